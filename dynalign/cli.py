@@ -1,0 +1,96 @@
+"""The `dynalign` command. Arguments are parsed before anything heavy is imported, so `--help` is
+fast; library errors become a one-line message and exit code 1 here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from dynalign.config import load_config, resolved_toml
+from dynalign.errors import DynalignError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynalign", description=__doc__.split(".")[0])
+    parser.add_argument("--config", metavar="PATH", help="TOML config (default: ./dynalign.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("config", help="print the resolved config as TOML")
+    model = sub.add_parser("model", help="the base model").add_subparsers(dest="action", required=True)
+    model.add_parser("prepare", help="convert the embedded SmolLM2 into <state>/model (idempotent)")
+    serve = sub.add_parser("serve", help="start engine, gateway and chat UI")
+    serve.add_argument("--port", type=int, help="gateway port (server.port)")
+    serve.add_argument("--swap", choices=["auto", "lora", "merged"], help="engine.swap")
+    serve.add_argument("--no-ui", action="store_true", help="do not start the Gradio UI")
+    _adapter_parser(sub)
+    return parser
+
+
+def _adapter_parser(sub) -> None:
+    adapters = sub.add_parser("adapters", help="list, register, activate adapter versions "
+                              "(through the running gateway's admin API)")
+    actions = adapters.add_subparsers(dest="action", required=True)
+    actions.add_parser("list")
+    register = actions.add_parser("register", help="register an adapter folder made elsewhere")
+    register.add_argument("path")
+    register.add_argument("--activate", action="store_true")
+    register.add_argument("--note", default="")
+    activate = actions.add_parser("activate", help="promote or roll back (VERSION or 'base')")
+    activate.add_argument("version")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args) or 0
+    except DynalignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int | None:
+    overrides = {}
+    if args.command == "serve":
+        overrides = {k: v for k, v in {"server.port": args.port, "engine.swap": args.swap,
+                                      "ui.enabled": False if args.no_ui else None}.items()
+                     if v is not None}
+    cfg = load_config(args.config, overrides)
+    if args.command == "config":
+        print(resolved_toml(cfg), end="")
+    elif args.command == "model":
+        from dynalign.model import prepare
+        prepare(cfg)
+    elif args.command == "serve":
+        from server.main import serve
+        serve(cfg)
+    elif args.command == "adapters":
+        return adapters_command(cfg, args)
+
+
+def adapters_command(cfg, args) -> int:
+    import httpx
+
+    base = f"http://{cfg.server.host}:{cfg.server.port}/admin"
+    key = os.environ.get("DYNALIGN_ADMIN_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if args.action == "list":
+        request = ("GET", "/adapters", None)
+    elif args.action == "register":
+        body = {"path": os.path.abspath(args.path), "activate": args.activate, "note": args.note}
+        request = ("POST", "/adapters", body)
+    else:
+        request = ("POST", f"/adapters/{args.version}/activate", None)
+    try:
+        response = httpx.request(request[0], base + request[1], json=request[2], headers=headers,
+                                 timeout=600)
+    except httpx.TransportError as e:
+        raise DynalignError(f"cannot reach the gateway at {base}: {e}") from None
+    if response.status_code >= 400:
+        raise DynalignError(response.json().get("error", {}).get("message", response.text))
+    print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""One config tree, loaded from one TOML file (`dynalign.toml` by default).
+
+Every section is a dataclass; a key the tree does not know is an error that names it. The state dir
+(model, adapters, SQLite, logs) is `./state` unless `DYNALIGN_HOME` is set. `resolved_toml()` gives
+the full tree back as TOML, so a run can save the exact config it used beside its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from dynalign.errors import ConfigError
+
+DEFAULT_FILE = "dynalign.toml"
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # local HF folder or hub id; "" = the embedded model, prepared into <state>/model
+    name: str = ""  # name the base model is served under; "" = derived from path
+    max_model_len: int = 2048
+    dtype: str = "bfloat16"
+
+
+@dataclass
+class EngineConfig:
+    host: str = "127.0.0.1"  # the engine listens on loopback only: the gateway is the front door
+    port: int = 8001
+    swap: str = "auto"  # "lora" | "merged" | "auto" (merged on CPU, lora on GPU)
+    enforce_eager: bool = True  # CPU: skip the 100 s compile at every start
+    kv_cache_gib: int = 2  # CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = 0.5  # GPU: leave the rest to the learner
+    max_lora_rank: int = 64
+    max_loras: int = 4
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    extra_args: list[str] = field(default_factory=list)  # passed verbatim to the vLLM server
+    startup_timeout_s: float = 900.0
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_n: int = 8  # largest `n` a chat request may ask for
+    request_timeout_s: float = 600.0
+
+
+@dataclass
+class UIConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+
+@dataclass
+class Config:
+    state_dir: str = "state"  # DYNALIGN_HOME, when set, wins
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
+
+    @property
+    def home(self) -> Path:
+        return Path(os.environ.get("DYNALIGN_HOME") or self.state_dir).resolve()
+
+    @property
+    def model_path(self) -> str:
+        return self.model.path or str(self.home / "model")
+
+    @property
+    def model_name(self) -> str:
+        if self.model.name:
+            return self.model.name
+        return Path(self.model.path).name if self.model.path else EMBEDDED_MODEL_NAME
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "dynalign.db"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.server.host}:{self.server.port}/v1"
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
+    """The defaults, updated by the TOML file (if any) and then by dotted-key overrides."""
+    data = _read_toml(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return _build(Config, data, prefix="")
+
+
+def resolved_toml(cfg: Config) -> str:
+    return tomli_w.dumps(dataclasses.asdict(cfg))
+
+
+def _read_toml(path) -> dict:
+    if path is None:
+        if not Path(DEFAULT_FILE).exists():
+            return {}
+        path = DEFAULT_FILE
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{prefix.rstrip('.')}] must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key: {prefix}{unknown[0]}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(f"{prefix}{key}", hint, value)
+    return cls(**kwargs)
+
+
+def _check_type(name: str, hint, value):
+    origin = typing.get_origin(hint) or hint
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, origin) and not (origin is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"config key {name} must be {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _type_name(hint) -> str:
+    return "a list of strings" if typing.get_origin(hint) is list else f"a {hint.__name__}"

@@ -1,0 +1,18 @@
+"""The library's few error types. The CLI turns them into a message and exit code 1; the gateway
+turns them into OpenAI-style error bodies. Nothing else catches them."""
+
+
+class DynalignError(Exception):
+    """Base class: a problem the user can fix, with a message that says how."""
+
+
+class ConfigError(DynalignError):
+    """The config file or an override is invalid."""
+
+
+class ModelError(DynalignError):
+    """The base model cannot be found or prepared."""
+
+
+class AdapterError(DynalignError):
+    """An adapter folder is invalid for the served base model, or a version is unknown."""

@@ -1,0 +1,147 @@
+"""The SQLite store: chat exchanges, adapter versions, refresh rounds.
+
+sqlite-utils over one file in WAL mode. The schema grows only through the append-only list of named
+migrations below; each runs once and is recorded in `_migrations`. Never edit a migration that has
+shipped: add a new one.
+
+Adapter lifecycle: candidate -> active -> retired (after a newer promotion); candidate -> rejected;
+a retired version can be activated again (rollback). At most one version is active; none = base.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+from dynalign.errors import AdapterError
+
+MIGRATIONS = []
+
+
+def migration(fn):
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_exchanges(db):
+    db["exchanges"].create(
+        {
+            "id": int, "created": str, "client_id": str, "user": str, "model_requested": str,
+            "model_served": str, "version": int, "mixed_versions": int, "messages": str,
+            "response": str, "finish_reason": str, "params": str, "stream": int,
+            "prompt_tokens": int, "completion_tokens": int, "latency_ms": float, "ttft_ms": float,
+            "opt_out": int, "status": str,
+        },
+        pk="id",
+    )
+    db["exchanges"].create_index(["created"])
+
+
+@migration
+def m002_adapters(db):
+    db["adapters"].create(
+        {
+            "version": int, "path": str, "parent": int, "status": str, "created": str,
+            "activated": str, "base_model": str, "rank": int, "source": str, "metrics": str,
+            "note": str,
+        },
+        pk="version",
+    )
+
+
+@migration
+def m003_rounds(db):
+    db["rounds"].create(
+        {
+            "id": int, "status": str, "trigger": str, "created": str, "started": str,
+            "finished": str, "config": str, "progress": str, "metrics": str,
+            "adapter_version": int, "error": str,
+        },
+        pk="id",
+    )
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    db["_migrations"].create({"name": str, "applied": str}, pk="name", if_not_exists=True)
+    done = {row["name"] for row in db["_migrations"].rows}
+    applied = []
+    for fn in MIGRATIONS:
+        if fn.__name__ not in done:
+            with db.conn:
+                fn(db)
+                db["_migrations"].insert({"name": fn.__name__, "applied": now()})
+            applied.append(fn.__name__)
+    return applied
+
+
+class Store:
+    """One connection to the SQLite file. Open one per thread."""
+
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=10, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        migrate(self.db)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # exchanges
+    def log_exchange(self, row: dict) -> int:
+        row = {k: _jsonable(v) for k, v in row.items()}
+        return self.db["exchanges"].insert({"created": now(), **row}).last_pk
+
+    def exchanges(self, limit: int = 100) -> list[dict]:
+        return list(self.db["exchanges"].rows_where(order_by="id desc", limit=limit))
+
+    # adapters
+    def add_adapter(self, path: str, *, base_model: str, rank: int, version: int | None = None,
+                    parent: int | None = None, source: str = "registered",
+                    metrics: dict | None = None, note: str = "") -> int:
+        row = {"version": version or self.next_version(), "path": path, "parent": parent, "status": "candidate", "created": now(),
+               "base_model": base_model, "rank": rank, "source": source,
+               "metrics": json.dumps(metrics or {}), "note": note}
+        return self.db["adapters"].insert(row).last_pk
+
+    def next_version(self) -> int:
+        return (self.db.execute("select max(version) from adapters").fetchone()[0] or 0) + 1
+
+    def adapter(self, version: int) -> dict:
+        try:
+            return self.db["adapters"].get(version)
+        except sqlite_utils.db.NotFoundError:
+            raise AdapterError(f"unknown adapter version: {version}") from None
+
+    def adapters(self) -> list[dict]:
+        return list(self.db["adapters"].rows_where(order_by="version"))
+
+    def active_version(self) -> int | None:
+        row = self.db.execute("select version from adapters where status = 'active'").fetchone()
+        return row[0] if row else None
+
+    def set_active(self, version: int | None) -> None:
+        """Make `version` the only active one (None: serve the base model)."""
+        if version is not None:
+            self.adapter(version)
+        with self.db.conn:
+            self.db.execute("update adapters set status = 'retired' where status = 'active'")
+            if version is not None:
+                self.db["adapters"].update(version, {"status": "active", "activated": now()})
+
+    def set_adapter_status(self, version: int, status: str, note: str | None = None) -> None:
+        fields = {"status": status} if note is None else {"status": status, "note": note}
+        self.db["adapters"].update(version, fields)
+
+
+def _jsonable(value):
+    return json.dumps(value) if isinstance(value, (dict, list)) else value

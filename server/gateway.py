@@ -1,0 +1,191 @@
+"""The gateway: a thin FastAPI app in front of the vLLM engine.
+
+It checks keys and request bodies, resolves the alias `dynalign` to the active adapter version,
+forwards to the engine (streaming bytes through untouched but for the model name), and hands each
+finished exchange to the SQLite writer thread. Admin routes live in server/admin.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from dynalign.config import Config
+from dynalign.errors import DynalignError
+from dynalign.store import Store
+from server.engine import EngineCallError, EngineClient
+from server.exchange_log import ExchangeLog
+from server.validate import Limits, RequestError, validate_chat
+from server.versions import Target, Versions
+
+VERSION_HEADER = "X-Dynalign-Version"
+
+
+def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with httpx.AsyncClient(limits=limits, timeout=cfg.server.request_timeout_s) as http:
+            app.state.http, app.state.engine_url = http, engine_url
+            app.state.store = Store(cfg.db_path)
+            app.state.versions = Versions(cfg, mode, EngineClient(engine_url, http), app.state.store)
+            await app.state.versions.startup()
+            app.state.log = ExchangeLog(cfg.db_path)
+            if on_ready:
+                on_ready(app)
+            yield
+            app.state.log.close()
+            app.state.store.close()
+
+    app = FastAPI(title="dynalign gateway", lifespan=lifespan)
+    app.state.cfg = cfg
+    app.state.limits = Limits(cfg.server.max_n, cfg.model.max_model_len, mode == "lora")
+    _add_error_handlers(app)
+    _add_routes(app)
+    from server.admin import router as admin_router
+    app.include_router(admin_router, prefix="/admin", dependencies=[Depends(admin_key)])
+    return app
+
+
+def error_response(status: int, message: str, type: str, code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(request, e: RequestError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(DynalignError)
+    async def dynalign_error(request, e: DynalignError):
+        status = 404 if "unknown" in str(e) else 400
+        return error_response(status, str(e), "invalid_request_error")
+
+    @app.exception_handler(EngineCallError)
+    async def engine_error(request, e: EngineCallError):
+        return error_response(502, str(e), "engine_error")
+
+    @app.exception_handler(httpx.TransportError)
+    async def engine_down(request, e: httpx.TransportError):
+        return error_response(503, f"engine unavailable: {e!r}", "engine_unavailable")
+
+
+def _check_key(request: Request, env: str) -> None:
+    expected = os.environ.get(env)
+    if not expected:
+        return
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if given != expected:
+        raise RequestError("invalid or missing API key", status=401, code="invalid_api_key",
+                           type="authentication_error")
+
+
+def api_key(request: Request) -> None:
+    _check_key(request, "DYNALIGN_API_KEY")
+
+
+def admin_key(request: Request) -> None:
+    _check_key(request, "DYNALIGN_ADMIN_KEY")
+
+
+async def read_json(request: Request):
+    try:
+        return json.loads(await request.body())
+    except ValueError as e:
+        raise RequestError(f"invalid JSON body: {e}") from None
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/health")
+    async def health(request: Request):
+        versions: Versions = request.app.state.versions
+        up = await versions.engine.healthy()
+        body = {"status": "ok" if up else "engine_down", "engine": up, "swap": versions.mode,
+                "active": versions._target(versions.active).public_name}
+        return JSONResponse(body, status_code=200 if up else 503)
+
+    @app.get("/v1/models", dependencies=[Depends(api_key)])
+    async def models(request: Request):
+        versions: Versions = request.app.state.versions
+        data = [{"id": "dynalign", "object": "model", "owned_by": "dynalign",
+                 "root": versions._target(versions.active).public_name}]
+        data += [{"id": t.public_name, "object": "model", "owned_by": "dynalign",
+                  "version": t.version} for t in versions.servable()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(api_key)])
+    async def chat(request: Request):
+        body = await read_json(request)
+        validate_chat(body, request.app.state.limits)
+        versions: Versions = request.app.state.versions
+        target = await versions.resolve(body.get("model"))
+        return await forward_chat(request, body, target)
+
+
+def _opt_out(request: Request, body: dict) -> bool:
+    header = request.headers.get("x-dynalign-opt-out", "").lower() in ("1", "true", "yes")
+    return header or body.get("store") is False
+
+
+async def forward_chat(request: Request, body: dict, target: Target):
+    state = request.app.state
+    payload = {k: v for k, v in body.items() if k != "store"}
+    payload["model"] = target.engine_model
+    record = {"body": body, "client_id": request.headers.get("x-client-id") or request.client.host,
+              "user": request.headers.get("x-dynalign-user"), "model_served": target.public_name,
+              "version": target.version, "opt_out": _opt_out(request, body),
+              "stream": bool(body.get("stream")), "start": time.perf_counter(),
+              "epoch": state.versions.weights_epoch}
+    rename = (f'"model":"{target.engine_model}"'.encode(), f'"model":"{target.public_name}"'.encode())
+    url = f"{state.engine_url}/v1/chat/completions"
+    if record["stream"]:
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return await _stream(state, url, payload, record, rename, wants_usage)
+    response = await state.http.post(url, json=payload)
+    if response.status_code != 200:
+        return Response(response.content, response.status_code, media_type="application/json")
+    content = response.content.replace(*rename)
+    _finish(state, record, status="ok", content=content)
+    return Response(content, media_type="application/json",
+                    headers={VERSION_HEADER: target.public_name})
+
+
+async def _stream(state, url, payload, record, rename, wants_usage):
+    response = await state.http.send(state.http.build_request("POST", url, json=payload), stream=True)
+    if response.status_code != 200:
+        content = await response.aread()
+        await response.aclose()
+        return Response(content, response.status_code, media_type="application/json")
+
+    async def events():
+        events, status, buffer = [], "aborted", b""
+        try:
+            async for raw in response.aiter_raw():
+                record.setdefault("ttft_ms", (time.perf_counter() - record["start"]) * 1000)
+                buffer += raw
+                *complete, buffer = buffer.split(b"\n\n")
+                for event in complete:
+                    events.append(event)
+                    if wants_usage or b'"choices":[]' not in event:
+                        yield event.replace(*rename) + b"\n\n"
+            status = "ok"
+        finally:
+            await response.aclose()
+            _finish(state, record, status=status, events=events)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={VERSION_HEADER: record["model_served"]})
+
+
+def _finish(state, record: dict, status: str, content: bytes = b"", events=None) -> None:
+    record["latency_ms"] = (time.perf_counter() - record.pop("start")) * 1000
+    record["mixed_versions"] = record.pop("epoch") != state.versions.weights_epoch
+    state.log.submit({**record, "status": status, "content": content, "events": events})

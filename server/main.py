@@ -1,0 +1,70 @@
+"""`dynalign serve`: engine, gateway and UI, started together and stopped together.
+
+The engine and the UI are child processes in their own process groups; Ctrl-C (or SIGTERM) stops
+the gateway gracefully, then both groups. Children also get SIGTERM if this process dies.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import uvicorn
+
+from dynalign.config import Config
+from dynalign.model import prepare
+from server.engine import EngineProcess, _die_with_parent, swap_mode
+from server.gateway import create_app
+
+
+def start_ui(cfg: Config) -> subprocess.Popen | None:
+    if not cfg.ui.enabled:
+        return None
+    log = open(cfg.home / "logs" / "ui.log", "ab")
+    cmd = [sys.executable, "-m", "ui.app", "--api-url", cfg.gateway_url,
+           "--host", cfg.ui.host, "--port", str(cfg.ui.port)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def banner(cfg: Config, mode: str):
+    def on_ready(app) -> None:
+        lines = [f"dynalign is up (swap mode: {mode}, answering: "
+                 f"{app.state.versions._target(app.state.versions.active).public_name})",
+                 f"  API (OpenAI-compatible): {cfg.gateway_url}",
+                 f"  admin:                   http://{cfg.server.host}:{cfg.server.port}/admin/adapters"]
+        if cfg.ui.enabled:
+            lines.append(f"  chat UI:                 http://{cfg.ui.host}:{cfg.ui.port}")
+        lines.append(f"  state dir:               {cfg.home}   (Ctrl-C stops everything)")
+        print("\n".join(lines), flush=True)
+    return on_ready
+
+
+def serve(cfg: Config) -> None:
+    (cfg.home / "logs").mkdir(parents=True, exist_ok=True)
+    prepare(cfg)
+    mode = swap_mode(cfg)
+    engine = EngineProcess(cfg, mode)
+    ui = None
+    try:
+        print(f"starting the vLLM engine (log: {engine.log_path}) ...", flush=True)
+        engine.start()
+        ui = start_ui(cfg)
+        engine.wait_ready(cfg.engine.startup_timeout_s)
+        app = create_app(cfg, mode, engine.url, on_ready=banner(cfg, mode))
+        uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level="warning",
+                    timeout_graceful_shutdown=5)
+    finally:
+        stop(ui)
+        engine.stop()

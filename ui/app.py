@@ -1,0 +1,141 @@
+"""dynalign chat UI: a small Gradio page in front of the dynalign gateway.
+
+It talks to the gateway only through the official ``openai`` client, streams each
+reply, and writes under every answer which adapter version produced it (the served
+model name the gateway puts in each chunk's ``model`` field, e.g. ``dynalign-v3``).
+A "Don't use my chats for training" box sends ``store: false`` and the
+``X-Dynalign-Opt-Out: 1`` header with each request.
+
+    python -m ui.app --api-url http://127.0.0.1:8000/v1 --host 127.0.0.1 --port 7860
+
+The API key comes from ``DYNALIGN_API_KEY`` (``none`` when unset). gradio and openai
+are imported only where needed, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Iterator
+
+FOOTER = "\n\n*answered by {}*"
+FOOTER_RE = re.compile(r"\n\n\*answered by [^*\n]*\*\s*\Z")
+ERROR_PREFIX = "⚠️ error: "
+OPT_OUT_HEADER = "X-Dynalign-Opt-Out"
+OPT_OUT_LABEL = "Don't use my chats for training"
+INTRO = "### dynalign chat\nEach answer names the adapter version that wrote it."
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ui.app", description="dynalign chat UI (Gradio)")
+    p.add_argument("--api-url", default="http://127.0.0.1:8000/v1", help="gateway base URL (OpenAI API)")
+    p.add_argument("--host", default="127.0.0.1", help="address the UI listens on")
+    p.add_argument("--port", type=int, default=7860, help="port the UI listens on")
+    p.add_argument("--model", default="dynalign", help="model name sent with each request")
+    return p.parse_args(argv)
+
+
+def _text(content) -> str:
+    """A Gradio message's content as plain text (a string, or a list of text parts)."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def _is_error(message: dict) -> bool:
+    return message["role"] == "assistant" and _text(message["content"]).startswith(ERROR_PREFIX)
+
+
+def to_openai(history: list[dict]) -> list[dict]:
+    """The conversation as the gateway should see it: plain text, no version footers, no error notes."""
+    return [
+        {"role": m["role"], "content": FOOTER_RE.sub("", _text(m["content"]))}
+        for m in history
+        if not _is_error(m)
+    ]
+
+
+def _msg(role: str, text: str) -> dict:
+    # A text part rather than a bare string: Gradio runs inspect.cleandoc on bare strings,
+    # which would dedent code blocks in the answer.
+    return {"role": role, "content": [{"type": "text", "text": text}]}
+
+
+def opt_out_kwargs(opt_out: bool) -> dict:
+    """Extra request arguments that ask the gateway not to keep this chat for training."""
+    if not opt_out:
+        return {}
+    return {"extra_body": {"store": False}, "extra_headers": {OPT_OUT_HEADER: "1"}}
+
+
+def _stream(client, model: str, messages: list[dict], opt_out: bool) -> Iterator[tuple[str, str]]:
+    """Yield (answer so far, served model name) as the chunks arrive."""
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True, **opt_out_kwargs(opt_out))
+    text, served = "", model
+    for chunk in stream:
+        served = chunk.model or served
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        yield text, served
+
+
+def respond(client, model: str, history: list[dict], message: str, opt_out: bool) -> Iterator[list[dict]]:
+    """Send `message` after `history`; yield the history with the user turn, then with the growing answer."""
+    import openai
+
+    history = [*history, _msg("user", message)]
+    yield history
+    answer: list[dict] = []
+    try:
+        for text, served in _stream(client, model, to_openai(history), opt_out):
+            answer = [_msg("assistant", text + FOOTER.format(served))]
+            yield history + answer
+    except openai.APIError as exc:
+        yield history + answer + [_msg("assistant", ERROR_PREFIX + exc.message)]
+
+
+def _chat_handler(client, model: str):
+    def chat(message: str, history: list[dict], opt_out: bool):
+        if not message.strip():
+            yield history, message
+            return
+        for updated in respond(client, model, history, message, opt_out):
+            yield updated, ""
+
+    return chat
+
+
+def _wire(gr, client, model: str, box, send, chatbot, opt_out, new) -> None:
+    chat = gr.on([box.submit, send.click], _chat_handler(client, model), [box, chatbot, opt_out],
+                 [chatbot, box], api_name="chat", concurrency_limit=None)
+    new.click(lambda: ([], ""), None, [chatbot, box], cancels=[chat], api_name="new_conversation")
+
+
+def build_app(api_url: str, model: str, api_key: str):
+    """The chat page as a gr.Blocks, not launched."""
+    import gradio as gr
+    import openai
+
+    client = openai.OpenAI(base_url=api_url, api_key=api_key)
+    with gr.Blocks(title="dynalign chat") as app:
+        gr.Markdown(INTRO)
+        chatbot = gr.Chatbot(label="Chat", height=520, buttons=["copy", "copy_all"], placeholder="Say hello.")
+        with gr.Row(equal_height=True):
+            box = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", scale=8, autofocus=True)
+            send = gr.Button("Send", variant="primary", scale=1)
+        with gr.Row(equal_height=True):
+            opt_out = gr.Checkbox(label=OPT_OUT_LABEL, value=False)
+            new = gr.Button("New conversation", variant="secondary")
+        _wire(gr, client, model, box, send, chatbot, opt_out, new)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    app = build_app(args.api_url, args.model, os.environ.get("DYNALIGN_API_KEY") or "none")
+    app.queue().launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()
