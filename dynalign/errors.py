@@ -15,4 +15,8 @@ class ModelError(DynalignError):
 
 
 class AdapterError(DynalignError):
-    """An adapter folder is invalid for the served base model, or a version is unknown."""
+    """An adapter folder is invalid for the served base model."""
+
+
+class UnknownVersionError(AdapterError):
+    """No adapter version with that number is registered."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from dynalign.errors import AdapterError
+from dynalign.errors import UnknownVersionError
 
 MIGRATIONS = []
 
@@ -120,7 +120,7 @@ class Store:
         try:
             return self.db["adapters"].get(version)
         except sqlite_utils.db.NotFoundError:
-            raise AdapterError(f"unknown adapter version: {version}") from None
+            raise UnknownVersionError(f"unknown adapter version: {version}") from None
 
     def adapters(self) -> list[dict]:
         return list(self.db["adapters"].rows_where(order_by="version"))

@@ -7,6 +7,7 @@ finished exchange to the SQLite writer thread. Admin routes live in server/admin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -17,7 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dynalign.config import Config
-from dynalign.errors import DynalignError
+from dynalign.errors import DynalignError, UnknownVersionError
 from dynalign.store import Store
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
@@ -45,6 +46,7 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None) -> FastAP
 
     app = FastAPI(title="dynalign gateway", lifespan=lifespan)
     app.state.cfg = cfg
+    app.state.prompt_logprobs_lock = asyncio.Lock()
     app.state.limits = Limits(cfg.server.max_n, cfg.model.max_model_len, mode == "lora")
     _add_error_handlers(app)
     _add_routes(app)
@@ -65,7 +67,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DynalignError)
     async def dynalign_error(request, e: DynalignError):
-        status = 404 if "unknown" in str(e) else 400
+        status = 404 if isinstance(e, UnknownVersionError) else 400
         return error_response(status, str(e), "invalid_request_error")
 
     @app.exception_handler(EngineCallError)
@@ -126,6 +128,9 @@ def _add_routes(app: FastAPI) -> None:
         validate_chat(body, request.app.state.limits)
         versions: Versions = request.app.state.versions
         target = await versions.resolve(body.get("model"))
+        if request.app.state.limits.lora_enabled and body.get("prompt_logprobs") is not None:
+            async with request.app.state.prompt_logprobs_lock:  # see validate._check_logprobs
+                return await forward_chat(request, body, target)
         return await forward_chat(request, body, target)
 
 
@@ -169,7 +174,8 @@ async def _stream(state, url, payload, record, rename, wants_usage):
         events, status, buffer = [], "aborted", b""
         try:
             async for raw in response.aiter_raw():
-                record.setdefault("ttft_ms", (time.perf_counter() - record["start"]) * 1000)
+                if "ttft_ms" not in record:
+                    record["ttft_ms"] = (time.perf_counter() - record["start"]) * 1000
                 buffer += raw
                 *complete, buffer = buffer.split(b"\n\n")
                 for event in complete:

@@ -102,10 +102,12 @@ def _check_logprobs(body: dict, limits: Limits) -> None:
         raise RequestError("'top_logprobs' must be between 0 and 20", param="top_logprobs")
     if top and not logprobs:
         raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-    prompt_logprobs = body.get("prompt_logprobs")
-    if prompt_logprobs is not None and limits.lora_enabled and (body.get("n") or 1) >= 2:
-        # vLLM's CPU LoRA path kills the whole engine on this combination.
-        raise RequestError("'prompt_logprobs' with n >= 2 is not supported while LoRA serving is "
+    if body.get("prompt_logprobs") is None or not limits.lora_enabled:
+        return
+    # vLLM's CPU LoRA path kills the whole engine when one step computes prompt logprobs for more
+    # than one sequence: the gateway allows one such request at a time, with n = 1, not streamed.
+    if (body.get("n") or 1) >= 2 or body.get("stream"):
+        raise RequestError("'prompt_logprobs' needs n = 1 and no streaming while LoRA serving is "
                            "enabled", param="prompt_logprobs")
 
 

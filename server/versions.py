@@ -21,7 +21,7 @@ from pathlib import Path
 from dynalign.config import Config
 from dynalign.store import Store
 from server import adapters
-from server.engine import EngineClient
+from server.engine import EngineCallError, EngineClient
 from server.validate import RequestError
 
 ALIAS = "dynalign"
@@ -146,11 +146,19 @@ class Versions:
             await self._ensure_merged(version)
         self.open.clear()
         try:
-            await self.engine.reload_weights(str(self.weights_dir(version)))
-            self.weights_epoch += 1
+            await self._reload_or_restore(version)
             self._flip(version)
         finally:
             self.open.set()
+
+    async def _reload_or_restore(self, version: int | None) -> None:
+        """A reload that fails half-way may leave mixed weights: put the active ones back."""
+        self.weights_epoch += 1
+        try:
+            await self.engine.reload_weights(str(self.weights_dir(version)))
+        except EngineCallError:
+            await self.engine.reload_weights(str(self.weights_dir(self.active)))
+            raise
 
     def _flip(self, version: int | None) -> None:
         self.store.set_active(version)

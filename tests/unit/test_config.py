@@ -1,0 +1,141 @@
+"""dynalign.config: defaults, TOML loading, strict keys and types, overrides, round-trip."""
+
+from pathlib import Path
+
+import pytest
+
+from dynalign.config import Config, load_config, resolved_toml
+from dynalign.errors import ConfigError
+
+
+def test_defaults():
+    cfg = load_config()
+    assert cfg.gateway_url == "http://127.0.0.1:8000/v1"
+    assert cfg.ui.port == 7860
+    assert cfg.engine.port == 8001
+    assert cfg == Config()
+
+
+def test_state_dir_without_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("DYNALIGN_HOME")
+    cfg = load_config()
+    assert cfg.home == (tmp_path / "state").resolve()
+    assert cfg.db_path == (tmp_path / "state" / "dynalign.db").resolve()
+    assert cfg.home.is_absolute()
+
+
+def test_state_dir_env_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("DYNALIGN_HOME", str(tmp_path / "elsewhere"))
+    cfg = load_config(overrides={"state_dir": "ignored"})
+    assert cfg.home == (tmp_path / "elsewhere").resolve()
+    assert cfg.model_path == str((tmp_path / "elsewhere" / "model").resolve())
+
+
+def test_model_name_embedded_when_path_empty():
+    assert load_config().model_name == "SmolLM2-135M-Instruct"
+
+
+def test_model_name_is_basename_of_path():
+    cfg = load_config(overrides={"model.path": "/models/Qwen2.5-0.5B-Instruct"})
+    assert cfg.model_name == "Qwen2.5-0.5B-Instruct"
+    assert cfg.model_path == "/models/Qwen2.5-0.5B-Instruct"
+    cfg = load_config(overrides={"model.path": "/models/x", "model.name": "served"})
+    assert cfg.model_name == "served"
+
+
+def test_load_from_explicit_path(tmp_path):
+    path = tmp_path / "sub" / "custom.toml"
+    path.parent.mkdir()
+    path.write_text('[server]\nport = 9100\n[engine]\nswap = "lora"\nextra_args = ["--foo"]\n')
+    cfg = load_config(path)
+    assert cfg.server.port == 9100
+    assert cfg.engine.swap == "lora"
+    assert cfg.engine.extra_args == ["--foo"]
+    assert cfg.gateway_url == "http://127.0.0.1:9100/v1"
+
+
+def test_load_from_default_file_in_cwd(tmp_path):
+    (tmp_path / "dynalign.toml").write_text("[ui]\nport = 7999\nenabled = false\n")
+    cfg = load_config()
+    assert cfg.ui.port == 7999
+    assert cfg.ui.enabled is False
+
+
+@pytest.mark.parametrize("text, key", [
+    ("bogus = 1\n", "bogus"),
+    ("[engine]\nbogus = 1\n", "engine.bogus"),
+    ("[nosuchsection]\nx = 1\n", "nosuchsection"),
+])
+def test_unknown_key_is_named(tmp_path, text, key):
+    (tmp_path / "dynalign.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config()
+    assert f"unknown config key: {key}" in str(e.value)
+
+
+@pytest.mark.parametrize("dotted, value", [
+    ("server.port", "8000"),
+    ("server.port", True),
+    ("engine.extra_args", [1, 2]),
+    ("engine.extra_args", "--foo"),
+    ("engine.enforce_eager", 1),
+    ("engine.gpu_memory_utilization", "0.5"),
+    ("model.path", 3),
+])
+def test_wrong_type_names_key(dotted, value):
+    with pytest.raises(ConfigError, match=dotted.replace(".", r"\.")):
+        load_config(overrides={dotted: value})
+
+
+def test_wrong_type_from_toml_names_key(tmp_path):
+    (tmp_path / "dynalign.toml").write_text('[server]\nport = "8000"\n')
+    with pytest.raises(ConfigError, match=r"server\.port"):
+        load_config()
+
+
+def test_section_must_be_table():
+    with pytest.raises(ConfigError, match="engine"):
+        load_config(overrides={"engine": 3})
+
+
+def test_int_accepted_for_float():
+    cfg = load_config(overrides={"engine.gpu_memory_utilization": 1, "server.request_timeout_s": 30})
+    assert cfg.engine.gpu_memory_utilization == 1.0
+    assert isinstance(cfg.engine.gpu_memory_utilization, float)
+    assert isinstance(cfg.server.request_timeout_s, float)
+
+
+def test_overrides_win_over_file(tmp_path):
+    (tmp_path / "dynalign.toml").write_text("[server]\nport = 9100\nmax_n = 4\n")
+    cfg = load_config(overrides={"server.port": 9200, "engine.swap": "merged"})
+    assert cfg.server.port == 9200
+    assert cfg.server.max_n == 4  # untouched key from the file survives
+    assert cfg.engine.swap == "merged"
+
+
+def test_unknown_override_key_is_named():
+    with pytest.raises(ConfigError, match=r"engine\.nope"):
+        load_config(overrides={"engine.nope": 1})
+
+
+def test_resolved_toml_round_trips(tmp_path):
+    cfg = load_config(overrides={"server.port": 9300, "engine.extra_args": ["--a", "b"],
+                                 "model.path": "/m/x", "engine.startup_timeout_s": 5.5,
+                                 "ui.enabled": False})
+    text = resolved_toml(cfg)
+    assert "[engine]" in text and "[server]" in text
+    path = tmp_path / "resolved.toml"
+    path.write_text(text)
+    assert load_config(path) == cfg
+    assert load_config(Path(path)) != Config()
+
+
+def test_missing_explicit_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("missing.toml")
+
+
+def test_invalid_toml(tmp_path):
+    (tmp_path / "dynalign.toml").write_text("[server\nport = \n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config()

@@ -1,0 +1,176 @@
+"""dynalign.store: migrations, WAL, exchanges, adapter lifecycle."""
+
+import sqlite3
+
+import pytest
+
+from dynalign import store as store_mod
+from dynalign.errors import AdapterError
+from dynalign.store import Store, migrate
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "state" / "sub" / "dynalign.db"
+
+
+@pytest.fixture
+def store(db_path):
+    s = Store(db_path)
+    yield s
+    s.close()
+
+
+def _names(path):
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("select name from _migrations order by name")]
+    finally:
+        conn.close()
+
+
+def test_fresh_file_gets_all_migrations(db_path):
+    s = Store(db_path)  # also creates the missing parent folders
+    assert set(s.db.table_names()) >= {"exchanges", "adapters", "rounds", "_migrations"}
+    s.close()
+    assert _names(db_path) == sorted(fn.__name__ for fn in store_mod.MIGRATIONS)
+    assert len(_names(db_path)) == len(store_mod.MIGRATIONS) >= 3
+
+
+def test_reopen_applies_nothing(db_path):
+    Store(db_path).close()
+    s = Store(db_path)
+    try:
+        assert migrate(s.db) == []
+    finally:
+        s.close()
+    assert len(_names(db_path)) == len(store_mod.MIGRATIONS)
+
+
+def test_wal_mode(store, db_path):
+    assert store.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    conn = sqlite3.connect(db_path)  # persisted in the file, not only on this connection
+    try:
+        assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_appended_migration_runs_once(db_path, monkeypatch):
+    Store(db_path).close()
+    calls = []
+
+    def m999_extra(db):
+        calls.append(1)
+        db["extra"].create({"id": int}, pk="id")
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, m999_extra])
+    s = Store(db_path)
+    assert calls == [1]
+    assert "extra" in s.db.table_names()
+    assert migrate(s.db) == []
+    s.close()
+    Store(db_path).close()
+    assert calls == [1]
+    assert "m999_extra" in _names(db_path)
+
+
+def test_migrate_returns_applied_names(tmp_path):
+    import sqlite_utils
+
+    db = sqlite_utils.Database(tmp_path / "raw.db")
+    assert migrate(db) == [fn.__name__ for fn in store_mod.MIGRATIONS]
+    assert migrate(db) == []
+
+
+def test_exchanges_round_trip_json(store):
+    messages = [{"role": "user", "content": "hi"}]
+    params = {"temperature": 0.5, "n": 2}
+    first = store.log_exchange({"client_id": "c1", "messages": messages, "params": params,
+                                "response": [{"index": 0, "content": "yo"}], "stream": 1,
+                                "prompt_tokens": 3, "latency_ms": 12.5, "status": "ok"})
+    second = store.log_exchange({"client_id": "c2", "messages": messages, "status": "ok"})
+    assert second > first
+    rows = store.exchanges()
+    assert [r["id"] for r in rows] == [second, first]  # newest first
+    row = rows[1]
+    import json
+    assert json.loads(row["messages"]) == messages
+    assert json.loads(row["params"]) == params
+    assert json.loads(row["response"]) == [{"index": 0, "content": "yo"}]
+    assert row["prompt_tokens"] == 3 and row["latency_ms"] == 12.5 and row["client_id"] == "c1"
+    assert row["created"]
+    assert len(store.exchanges(limit=1)) == 1
+
+
+def test_add_adapter_is_candidate(store):
+    v = store.add_adapter("/a/1", base_model="base", rank=8, metrics={"reward": 0.3}, note="n")
+    assert v == 1
+    row = store.adapter(1)
+    assert row["status"] == "candidate"
+    assert row["path"] == "/a/1" and row["rank"] == 8 and row["base_model"] == "base"
+    assert row["note"] == "n" and '"reward": 0.3' in row["metrics"]
+    assert store.active_version() is None
+
+
+def test_next_version_increments(store):
+    assert store.next_version() == 1
+    store.add_adapter("/a/1", base_model="b", rank=8)
+    assert store.next_version() == 2
+    assert store.add_adapter("/a/2", base_model="b", rank=8, parent=1) == 2
+    assert store.add_adapter("/a/7", base_model="b", rank=8, version=7) == 7
+    assert store.next_version() == 8
+    assert [a["version"] for a in store.adapters()] == [1, 2, 7]
+
+
+def test_set_active_exactly_one_and_retires_previous(store):
+    for i in (1, 2, 3):
+        store.add_adapter(f"/a/{i}", base_model="b", rank=8)
+    store.set_active(1)
+    assert store.active_version() == 1
+    assert store.adapter(1)["activated"]
+    store.set_active(2)
+    statuses = {a["version"]: a["status"] for a in store.adapters()}
+    assert statuses == {1: "retired", 2: "active", 3: "candidate"}
+    store.set_active(1)  # rollback to a retired version
+    statuses = {a["version"]: a["status"] for a in store.adapters()}
+    assert statuses == {1: "active", 2: "retired", 3: "candidate"}
+    assert sum(s == "active" for s in statuses.values()) == 1
+
+
+def test_set_active_none_serves_base(store):
+    store.add_adapter("/a/1", base_model="b", rank=8)
+    store.set_active(1)
+    store.set_active(None)
+    assert store.active_version() is None
+    assert store.adapter(1)["status"] == "retired"
+
+
+def test_unknown_version_raises(store):
+    store.add_adapter("/a/1", base_model="b", rank=8)
+    store.set_active(1)
+    with pytest.raises(AdapterError, match="unknown adapter version: 5"):
+        store.set_active(5)
+    assert store.active_version() == 1  # nothing changed
+    with pytest.raises(AdapterError):
+        store.adapter(42)
+
+
+def test_set_adapter_status(store):
+    store.add_adapter("/a/1", base_model="b", rank=8, note="orig")
+    store.set_adapter_status(1, "rejected")
+    assert store.adapter(1)["status"] == "rejected" and store.adapter(1)["note"] == "orig"
+    store.set_adapter_status(1, "rejected", note="bad reward")
+    assert store.adapter(1)["note"] == "bad reward"
+
+
+def test_state_survives_reopen(db_path):
+    s = Store(db_path)
+    s.add_adapter("/a/1", base_model="b", rank=8)
+    s.set_active(1)
+    s.close()
+    s = Store(db_path)
+    try:
+        assert s.active_version() == 1
+    finally:
+        s.close()

@@ -1,0 +1,150 @@
+"""server.validate: what a chat request may ask, and the OpenAI-shaped errors for what it may not."""
+
+import pytest
+
+from server.validate import Limits, RequestError, validate_chat
+
+LIMITS = Limits(max_n=4, max_model_len=512, lora_enabled=False)
+LORA = Limits(max_n=4, max_model_len=512, lora_enabled=True)
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+def _body(**extra):
+    return {"model": "m", "messages": MSGS, **extra}
+
+
+def _reject(body, limits=LIMITS) -> RequestError:
+    with pytest.raises(RequestError) as e:
+        validate_chat(body, limits)
+    err = e.value
+    assert err.status == 400
+    out = err.body()
+    assert set(out) == {"error"}
+    assert set(out["error"]) == {"message", "type", "param", "code"}
+    assert out["error"]["type"] == "invalid_request_error"
+    assert out["error"]["message"] and out["error"]["param"] == err.param
+    return err
+
+
+def test_accepts_full_normal_body():
+    body = {
+        "model": "dynalign-v3",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "!"}]},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "again"},
+        ],
+        "stream": True, "n": 4, "stop": ["\n", "END"], "seed": 7, "logprobs": True,
+        "top_logprobs": 5, "max_tokens": 512, "temperature": 0.7, "top_p": 1, "user": "u",
+        "presence_penalty": -1, "frequency_penalty": 0.5,
+    }
+    assert validate_chat(body, LIMITS) is None
+
+
+def test_accepts_minimal_and_edges():
+    validate_chat({"messages": MSGS}, LIMITS)  # model is optional
+    validate_chat(_body(temperature=0, top_p=0.01, stop="x", max_tokens=1, n=1), LIMITS)
+    validate_chat(_body(temperature=2.0), LIMITS)
+    validate_chat({"messages": [{"role": "assistant", "content": None,
+                                 "tool_calls": [{"id": "t"}]}]}, LIMITS)
+
+
+@pytest.mark.parametrize("body", [[], "x", None, 3])
+def test_rejects_non_object_body(body):
+    err = _reject(body)
+    assert err.param is None
+
+
+def test_rejects_missing_messages():
+    assert _reject({"model": "m"}).param == "messages"
+
+
+@pytest.mark.parametrize("messages", [[], {"role": "user"}, "hi"])
+def test_rejects_empty_or_non_list_messages(messages):
+    assert _reject(_body(messages=messages)).param == "messages"
+
+
+def test_rejects_message_not_object():
+    assert _reject(_body(messages=[MSGS[0], "hi"])).param == "messages[1]"
+
+
+@pytest.mark.parametrize("role", ["robot", None, "USER"])
+def test_rejects_unknown_role(role):
+    assert _reject(_body(messages=[{"role": role, "content": "x"}])).param == "messages[0].role"
+
+
+@pytest.mark.parametrize("content", [3, None, {"text": "x"}, [{"type": "image_url", "image_url": {}}],
+                                     [{"type": "text", "text": 5}], ["plain"]])
+def test_rejects_bad_content(content):
+    err = _reject(_body(messages=[{"role": "user", "content": content}]))
+    assert err.param == "messages[0].content"
+
+
+@pytest.mark.parametrize("model", ["", 3, ["m"]])
+def test_rejects_bad_model(model):
+    assert _reject(_body(model=model)).param == "model"
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True, 513, 1.5])
+def test_rejects_bad_max_tokens(value):
+    assert _reject(_body(max_tokens=value)).param == "max_tokens"
+
+
+def test_rejects_bad_max_completion_tokens():
+    assert _reject(_body(max_completion_tokens=0)).param == "max_completion_tokens"
+    assert "context length" in _reject(_body(max_completion_tokens=10_000)).message
+
+
+@pytest.mark.parametrize("n", [0, 5, -2, "2", True])
+def test_rejects_bad_n(n):
+    assert _reject(_body(n=n)).param == "n"
+
+
+@pytest.mark.parametrize("value", [3, -0.1, "hot", False])
+def test_rejects_bad_temperature(value):
+    assert _reject(_body(temperature=value)).param == "temperature"
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1.5])
+def test_rejects_bad_top_p(value):
+    assert _reject(_body(top_p=value)).param == "top_p"
+
+
+@pytest.mark.parametrize("stop", [[1], ["a", None], 5, ["s"] * 17])
+def test_rejects_bad_stop(stop):
+    assert _reject(_body(stop=stop)).param == "stop"
+
+
+@pytest.mark.parametrize("key, value", [("seed", "7"), ("stream", "yes"), ("stream", 1),
+                                        ("logprobs", 1), ("presence_penalty", 3)])
+def test_rejects_other_wrong_types(key, value):
+    assert _reject(_body(**{key: value})).param == key
+
+
+def test_top_logprobs_needs_logprobs():
+    assert _reject(_body(top_logprobs=3)).param == "top_logprobs"
+    assert _reject(_body(top_logprobs=3, logprobs=False)).param == "top_logprobs"
+    assert _reject(_body(top_logprobs=21, logprobs=True)).param == "top_logprobs"
+    validate_chat(_body(top_logprobs=0), LIMITS)
+    validate_chat(_body(top_logprobs=20, logprobs=True), LIMITS)
+
+
+def test_prompt_logprobs_with_n2_rejected_under_lora():
+    err = _reject(_body(prompt_logprobs=1, n=2), LORA)
+    assert err.param == "prompt_logprobs"
+    assert "LoRA" in err.message
+
+
+def test_prompt_logprobs_allowed_without_lora_or_with_n1():
+    validate_chat(_body(prompt_logprobs=1, n=2), LIMITS)
+    validate_chat(_body(prompt_logprobs=1, n=1), LORA)
+    validate_chat(_body(prompt_logprobs=1), LORA)
+    validate_chat(_body(n=2), LORA)
+
+
+def test_request_error_body_carries_code_and_status():
+    err = RequestError("nope", param="p", status=404, code="x_not_found", type="not_found_error")
+    assert err.body() == {"error": {"message": "nope", "type": "not_found_error", "param": "p",
+                                    "code": "x_not_found"}}
+    assert err.status == 404 and str(err) == "nope"
