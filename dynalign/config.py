@@ -121,6 +121,8 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
         data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a table")
     data[leaf] = value
 
 

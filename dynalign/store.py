@@ -108,7 +108,8 @@ class Store:
     def add_adapter(self, path: str, *, base_model: str, rank: int, version: int | None = None,
                     parent: int | None = None, source: str = "registered",
                     metrics: dict | None = None, note: str = "") -> int:
-        row = {"version": version or self.next_version(), "path": path, "parent": parent, "status": "candidate", "created": now(),
+        version = self.next_version() if version is None else version
+        row = {"version": version, "path": path, "parent": parent, "status": "candidate", "created": now(),
                "base_model": base_model, "rank": rank, "source": source,
                "metrics": json.dumps(metrics or {}), "note": note}
         return self.db["adapters"].insert(row).last_pk

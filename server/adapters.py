@@ -15,6 +15,7 @@ from pathlib import Path
 from dynalign.errors import AdapterError
 
 WEIGHTS = "adapter_model.safetensors"
+BASE_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers")
 KEY = re.compile(r"layers\.(\d+)\..*?(\w+_proj)\.lora_([AB])(?:\.default)?\.weight$")
 
 
@@ -40,7 +41,7 @@ def check_adapter(path: str | Path, base_path: str | Path, base_names: set[str],
     if not (path / WEIGHTS).exists():
         raise AdapterError(f"{path} has no {WEIGHTS}")
     _check_config(config, base_names, max_rank)
-    base_config = _read_json(Path(base_path) / "config.json")
+    base_config = _read_json(Path(base_path) / "config.json", required=BASE_KEYS)
     _check_shapes(_safetensors_shapes(path / WEIGHTS), module_shapes(base_config),
                   base_config["num_hidden_layers"], config["r"])
     return config
@@ -79,22 +80,37 @@ def _check_shapes(shapes: dict, expected: dict, layers: int, rank: int) -> None:
 
 
 def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
+    """Tensor shapes from the safetensors header: 8 bytes of length, then a JSON object."""
+    invalid = f"{path} is not a valid safetensors file"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < size <= path.stat().st_size - 8:
+            raise AdapterError(f"{invalid}: bad header length")
+        try:
             header = json.loads(f.read(size))
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{path} is not a valid safetensors file: {e}") from None
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+        except ValueError as e:
+            raise AdapterError(f"{invalid}: {e}") from None
+    entries = header.items() if isinstance(header, dict) else [(None, None)]
+    if not all(isinstance(v, dict) and isinstance(v.get("shape"), list)
+               for k, v in entries if k != "__metadata__"):
+        raise AdapterError(f"{invalid}: unexpected header layout")
+    return {k: v["shape"] for k, v in entries if k != "__metadata__"}
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise AdapterError(f"missing {path}") from None
     except ValueError as e:
         raise AdapterError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path} must hold a JSON object")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise AdapterError(f"{path} lacks {missing[0]!r}")
+    return data
 
 
 def copy_adapter(source: str | Path, target: Path) -> None:

@@ -7,11 +7,13 @@ timings); parsing and the INSERT happen here.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 
 from dynalign.store import Store
 
+log = logging.getLogger("dynalign.exchange_log")
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stop",
                  "seed", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty")
 
@@ -33,7 +35,12 @@ class ExchangeLog:
     def _run(self, db_path) -> None:
         store = Store(db_path)
         while (record := self.queue.get()) is not None:
-            store.log_exchange(to_row(record))
+            try:
+                row = to_row(record)
+            except (ValueError, KeyError, TypeError) as e:  # one odd response must not stop logging
+                log.error("exchange not logged: cannot parse the engine's response: %r", e)
+                continue
+            store.log_exchange(row)
         store.close()
 
 

@@ -6,6 +6,7 @@ OpenAI-style error body. The engine re-checks what needs the tokenizer (prompt l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -117,8 +118,9 @@ def _typed(body: dict, key: str, kind: type):
         return None
     bad_bool = kind is not bool and isinstance(value, bool)
     ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+    ok = ok and (kind is not float or math.isfinite(value))
     if bad_bool or not ok:
-        names = {int: "an integer", float: "a number", bool: "a boolean"}
+        names = {int: "an integer", float: "a finite number", bool: "a boolean"}
         raise RequestError(f"'{key}' must be {names[kind]}, got {value!r}", param=key)
     return value
 

@@ -139,3 +139,10 @@ def test_invalid_toml(tmp_path):
     (tmp_path / "dynalign.toml").write_text("[server\nport = \n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config()
+
+
+def test_override_into_non_table_is_config_error(tmp_path):
+    # e.g. `dynalign serve --port 9000` with `server = 5` in dynalign.toml
+    (tmp_path / "dynalign.toml").write_text("server = 5\n")
+    with pytest.raises(ConfigError, match="server"):
+        load_config(overrides={"server.port": 9000})

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from dynalign import store as store_mod
-from dynalign.errors import AdapterError
+from dynalign.errors import AdapterError, UnknownVersionError
 from dynalign.store import Store, migrate
 
 
@@ -149,7 +149,7 @@ def test_set_active_none_serves_base(store):
 def test_unknown_version_raises(store):
     store.add_adapter("/a/1", base_model="b", rank=8)
     store.set_active(1)
-    with pytest.raises(AdapterError, match="unknown adapter version: 5"):
+    with pytest.raises(UnknownVersionError, match="unknown adapter version: 5"):
         store.set_active(5)
     assert store.active_version() == 1  # nothing changed
     with pytest.raises(AdapterError):

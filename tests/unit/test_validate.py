@@ -101,7 +101,7 @@ def test_rejects_bad_n(n):
     assert _reject(_body(n=n)).param == "n"
 
 
-@pytest.mark.parametrize("value", [3, -0.1, "hot", False])
+@pytest.mark.parametrize("value", [3, -0.1, "hot", False, float("nan"), float("inf")])
 def test_rejects_bad_temperature(value):
     assert _reject(_body(temperature=value)).param == "temperature"
 
@@ -134,6 +134,12 @@ def test_prompt_logprobs_with_n2_rejected_under_lora():
     err = _reject(_body(prompt_logprobs=1, n=2), LORA)
     assert err.param == "prompt_logprobs"
     assert "LoRA" in err.message
+
+
+def test_prompt_logprobs_streamed_rejected_under_lora():
+    assert _reject(_body(prompt_logprobs=1, stream=True), LORA).param == "prompt_logprobs"
+    validate_chat(_body(prompt_logprobs=1, stream=True, n=2), LIMITS)
+    validate_chat(_body(prompt_logprobs=1, stream=False), LORA)
 
 
 def test_prompt_logprobs_allowed_without_lora_or_with_n1():

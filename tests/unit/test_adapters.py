@@ -1,0 +1,220 @@
+"""server.adapters.check_adapter against a tiny fake Llama-style base (config.json only)."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from dynalign.errors import AdapterError
+from server.adapters import check_adapter, copy_adapter, module_shapes
+
+BASE_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 2}
+BASE_NAMES = {"tiny-base", "tiny-base-served"}
+# (in, out) for this config: head_dim 16, kv width 32
+SHAPES = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64),
+          "gate_proj": (64, 128), "up_proj": (64, 128), "down_proj": (128, 64)}
+
+
+@pytest.fixture
+def base(tmp_path):
+    path = tmp_path / "tiny-base"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(BASE_CONFIG))
+    return path
+
+
+def _key(layer, module, ab):
+    group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+    return f"base_model.model.model.layers.{layer}.{group}.{module}.lora_{ab}.weight"
+
+
+def _tensors(rank=8, modules=("q_proj", "v_proj"), layers=(0, 1), shapes=SHAPES):
+    out = {}
+    for layer in layers:
+        for m in modules:
+            fan_in, fan_out = shapes[m]
+            out[_key(layer, m, "A")] = np.zeros((rank, fan_in), dtype=np.float32)
+            out[_key(layer, m, "B")] = np.zeros((fan_out, rank), dtype=np.float32)
+    return out
+
+
+def _adapter(tmp_path, name="adapter", *, config=None, tensors=None, rank=8):
+    path = tmp_path / name
+    path.mkdir()
+    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 16, "base_model_name_or_path": "tiny-base",
+           "target_modules": ["q_proj", "v_proj"]}
+    cfg.update(config or {})
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
+    save_file(_tensors(rank=rank) if tensors is None else tensors,
+              str(path / "adapter_model.safetensors"))
+    return path
+
+
+def test_module_shapes_for_fake_config():
+    assert module_shapes(BASE_CONFIG) == SHAPES
+
+
+def test_module_shapes_explicit_head_dim_and_no_kv_heads():
+    cfg = {"hidden_size": 64, "num_attention_heads": 4, "head_dim": 32, "intermediate_size": 96}
+    shapes = module_shapes(cfg)
+    assert shapes["q_proj"] == (64, 128)
+    assert shapes["k_proj"] == (64, 128)  # kv heads default to attention heads
+    assert shapes["o_proj"] == (128, 64)
+    assert shapes["down_proj"] == (96, 64)
+
+
+def test_valid_adapter_passes(tmp_path, base):
+    path = _adapter(tmp_path, tensors=_tensors(modules=tuple(SHAPES)))
+    config = check_adapter(path, base, BASE_NAMES, max_rank=64)
+    assert config["r"] == 8 and config["base_model_name_or_path"] == "tiny-base"
+
+
+def test_peft_default_suffix_accepted(tmp_path, base):
+    tensors = {k.replace(".weight", ".default.weight"): v for k, v in _tensors().items()}
+    assert check_adapter(_adapter(tmp_path, tensors=tensors), base, BASE_NAMES)["r"] == 8
+
+
+def test_missing_folder(tmp_path, base):
+    with pytest.raises(AdapterError, match="not found"):
+        check_adapter(tmp_path / "nope", base, BASE_NAMES)
+
+
+def test_missing_adapter_config(tmp_path, base):
+    path = _adapter(tmp_path)
+    (path / "adapter_config.json").unlink()
+    with pytest.raises(AdapterError, match="adapter_config.json"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_invalid_adapter_config_json(tmp_path, base):
+    path = _adapter(tmp_path)
+    (path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterError, match="not valid JSON"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_missing_weights(tmp_path, base):
+    path = _adapter(tmp_path)
+    (path / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterError, match="adapter_model.safetensors"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_rank_mismatch_in_shapes(tmp_path, base):
+    path = _adapter(tmp_path, config={"r": 8}, tensors=_tensors(rank=4), rank=8)
+    with pytest.raises(AdapterError, match=r"lora_A\.weight has shape \[4, 64\], expected \[8, 64\]"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_wrong_hidden_size_names_tensor(tmp_path, base):
+    wrong = {m: (fi * 2, fo * 2) for m, (fi, fo) in SHAPES.items()}
+    path = _adapter(tmp_path, tensors=_tensors(shapes=wrong))
+    with pytest.raises(AdapterError) as e:
+        check_adapter(path, base, BASE_NAMES)
+    assert "layers.0.self_attn.q_proj.lora_A.weight" in str(e.value)
+    assert "[8, 128]" in str(e.value)
+
+
+def test_wrong_b_shape_names_tensor(tmp_path, base):
+    tensors = _tensors()
+    tensors[_key(1, "v_proj", "B")] = np.zeros((64, 8), dtype=np.float32)  # kv width is 32
+    with pytest.raises(AdapterError, match=r"layers\.1\.self_attn\.v_proj\.lora_B\.weight"):
+        check_adapter(_adapter(tmp_path, tensors=tensors), base, BASE_NAMES)
+
+
+def test_layer_beyond_base(tmp_path, base):
+    path = _adapter(tmp_path, tensors=_tensors(layers=(0, 1, 2)))
+    with pytest.raises(AdapterError, match="layer 2, but the base model has 2 layers"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_unsupported_tensor(tmp_path, base):
+    tensors = _tensors()
+    tensors["base_model.model.lm_head.weight"] = np.zeros((4, 4), dtype=np.float32)
+    with pytest.raises(AdapterError, match="unsupported adapter tensor"):
+        check_adapter(_adapter(tmp_path, tensors=tensors), base, BASE_NAMES)
+
+
+def test_rank_over_max(tmp_path, base):
+    path = _adapter(tmp_path, rank=16)
+    assert check_adapter(path, base, BASE_NAMES, max_rank=16)["r"] == 16
+    with pytest.raises(AdapterError, match="rank 16 exceeds engine.max_lora_rank 8"):
+        check_adapter(path, base, BASE_NAMES, max_rank=8)
+
+
+@pytest.mark.parametrize("rank", [0, None, "8"])
+def test_invalid_rank(tmp_path, base, rank):
+    path = _adapter(tmp_path)
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank}))
+    with pytest.raises(AdapterError, match="rank"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_other_base_model_rejected(tmp_path, base):
+    path = _adapter(tmp_path, config={"base_model_name_or_path": "meta-llama/Llama-3-8B"})
+    with pytest.raises(AdapterError, match="Llama-3-8B"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_base_path_with_matching_basename_accepted(tmp_path, base):
+    path = _adapter(tmp_path, config={"base_model_name_or_path": "/somewhere/else/tiny-base"})
+    assert check_adapter(path, base, BASE_NAMES)["r"] == 8
+    path = _adapter(tmp_path, "hub", config={"base_model_name_or_path": "org/tiny-base-served"})
+    assert check_adapter(path, base, BASE_NAMES)["r"] == 8
+
+
+def test_empty_base_name_accepted(tmp_path, base):
+    path = _adapter(tmp_path, config={"base_model_name_or_path": None})
+    assert check_adapter(path, base, BASE_NAMES)["r"] == 8
+
+
+def test_non_lora_rejected(tmp_path, base):
+    path = _adapter(tmp_path, config={"peft_type": "IA3"})
+    with pytest.raises(AdapterError, match="IA3"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_modules_to_save_rejected(tmp_path, base):
+    path = _adapter(tmp_path, config={"modules_to_save": ["lm_head"]})
+    with pytest.raises(AdapterError, match="modules_to_save"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+@pytest.mark.parametrize("garbage", [
+    pytest.param(b"\x00\x01garbage bytes that are not safetensors" * 3, id="garbage"),
+    pytest.param(b"abc", id="short"),
+    pytest.param(b"", id="empty"),
+    pytest.param((12).to_bytes(8, "little") + b"{broken json", id="broken-json"),
+    pytest.param((2).to_bytes(8, "little") + b"[]", id="header-not-object"),
+    pytest.param((8).to_bytes(8, "little") + b'{"a": 1}', id="entry-not-object"),
+])
+def test_corrupt_safetensors_rejected(tmp_path, base, garbage):
+    path = _adapter(tmp_path)
+    (path / "adapter_model.safetensors").write_bytes(garbage)
+    with pytest.raises(AdapterError):
+        check_adapter(path, base, BASE_NAMES)
+
+
+def test_empty_weights_rejected(tmp_path, base):
+    with pytest.raises(AdapterError, match="empty"):
+        check_adapter(_adapter(tmp_path, tensors={}), base, BASE_NAMES)
+
+
+def test_copy_adapter_copies_only_serving_files(tmp_path):
+    source = _adapter(tmp_path)
+    (source / "README.md").write_text("extra")
+    target = tmp_path / "state" / "adapters" / "v1"
+    target.parent.mkdir(parents=True)
+    copy_adapter(source, target)
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    with pytest.raises(FileExistsError):
+        copy_adapter(source, target)
+
+
+def test_adapter_config_not_an_object_rejected(tmp_path, base):
+    path = _adapter(tmp_path)
+    (path / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(AdapterError, match="JSON object"):
+        check_adapter(path, base, BASE_NAMES)

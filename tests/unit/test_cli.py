@@ -1,0 +1,83 @@
+"""The `dynalign` command as a user runs it: a subprocess, exit codes, stderr."""
+
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from dynalign.cli import build_parser
+
+
+def _run(*args, timeout=60):
+    # Runs in the test's tmp cwd (see tests/conftest.py), so no ./dynalign.toml leaks in.
+    return subprocess.run([sys.executable, "-m", "dynalign.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help():
+    out = _run("--help")
+    assert out.returncode == 0
+    for command in ("config", "model", "serve", "adapters"):
+        assert command in out.stdout
+
+
+def test_console_script_help():
+    script = Path(sys.executable).parent / "dynalign"  # installed by [project.scripts]
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "usage: dynalign" in out.stdout
+
+
+def test_config_prints_resolved_toml(tmp_path):
+    out = _run("config")
+    assert out.returncode == 0, out.stderr
+    assert "[engine]" in out.stdout and "[server]" in out.stdout
+    data = tomllib.loads(out.stdout)
+    assert data["server"]["port"] == 8000 and data["ui"]["port"] == 7860
+
+
+def test_config_reads_local_file(tmp_path):
+    (tmp_path / "dynalign.toml").write_text("[server]\nport = 9123\n")
+    out = _run("config")
+    assert out.returncode == 0, out.stderr
+    assert tomllib.loads(out.stdout)["server"]["port"] == 9123
+
+
+def test_missing_config_file():
+    out = _run("--config", "missing.toml", "config")
+    assert out.returncode == 1
+    assert out.stderr.startswith("error:")
+    assert "missing.toml" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""
+
+
+def test_unknown_key_exits_1_naming_it(tmp_path):
+    (tmp_path / "bad.toml").write_text("[engine]\nbogus = 1\n")
+    out = _run("--config", "bad.toml", "config")
+    assert out.returncode == 1
+    assert "engine.bogus" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_adapters_list_without_gateway(tmp_path):
+    port = _free_port()
+    (tmp_path / "dynalign.toml").write_text(f"[server]\nport = {port}\n")
+    out = _run("adapters", "list", timeout=30)
+    assert out.returncode == 1
+    assert "cannot reach" in out.stderr and str(port) in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_parser_rejects_missing_subcommand():
+    out = _run()
+    assert out.returncode == 2
+    args = build_parser().parse_args(["serve", "--port", "9000", "--swap", "lora", "--no-ui"])
+    assert (args.port, args.swap, args.no_ui) == (9000, "lora", True)
