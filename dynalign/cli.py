@@ -63,7 +63,7 @@ def run(args) -> int | None:
         prepare(cfg)
     elif args.command == "serve":
         from server.main import serve
-        serve(cfg)
+        return serve(cfg)
     elif args.command == "adapters":
         return adapters_command(cfg, args)
 

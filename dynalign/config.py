@@ -20,6 +20,7 @@ from dynalign.errors import ConfigError
 
 DEFAULT_FILE = "dynalign.toml"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+PREPARED_MARKER = "dynalign-prepared.json"  # written into a folder made by `dynalign model prepare`
 
 
 @dataclass
@@ -81,7 +82,9 @@ class Config:
     def model_name(self) -> str:
         if self.model.name:
             return self.model.name
-        return Path(self.model.path).name if self.model.path else EMBEDDED_MODEL_NAME
+        if not self.model.path or (Path(self.model.path) / PREPARED_MARKER).exists():
+            return EMBEDDED_MODEL_NAME
+        return Path(self.model.path).name
 
     @property
     def db_path(self) -> Path:

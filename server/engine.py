@@ -7,6 +7,7 @@ of it is the only public door: the engine's dev endpoints (/pause, /collective_r
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.metadata
 import os
@@ -120,14 +121,32 @@ class EngineProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop our process group: the server and its engine-core and worker children, which
+        outlive the server if it crashed."""
+        if self.proc is None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # our own group: the server and its engine core
-        try:
+        group = self.proc.pid
+        _killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.2)  # orphans in the group are reaped by init, not by us: poll
+        _killpg(group, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _killpg(group: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 class EngineClient:

@@ -15,7 +15,9 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dynalign.config import Config
 from dynalign.errors import DynalignError, UnknownVersionError
@@ -47,6 +49,7 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None) -> FastAP
     app = FastAPI(title="dynalign gateway", lifespan=lifespan)
     app.state.cfg = cfg
     app.state.prompt_logprobs_lock = asyncio.Lock()
+    app.state.started = int(time.time())
     app.state.limits = Limits(cfg.server.max_n, cfg.model.max_model_len, mode == "lora")
     _add_error_handlers(app)
     _add_routes(app)
@@ -73,6 +76,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineCallError)
     async def engine_error(request, e: EngineCallError):
         return error_response(502, str(e), "engine_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        return error_response(e.status_code, str(e.detail), "invalid_request_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def params_error(request, e: RequestValidationError):
+        return error_response(400, f"invalid parameters: {e.errors()}", "invalid_request_error")
 
     @app.exception_handler(httpx.TransportError)
     async def engine_down(request, e: httpx.TransportError):
@@ -116,10 +127,11 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/v1/models", dependencies=[Depends(api_key)])
     async def models(request: Request):
         versions: Versions = request.app.state.versions
-        data = [{"id": "dynalign", "object": "model", "owned_by": "dynalign",
+        created = request.app.state.started
+        data = [{"id": "dynalign", "object": "model", "created": created, "owned_by": "dynalign",
                  "root": versions._target(versions.active).public_name}]
-        data += [{"id": t.public_name, "object": "model", "owned_by": "dynalign",
-                  "version": t.version} for t in versions.servable()]
+        data += [{"id": t.public_name, "object": "model", "created": created,
+                  "owned_by": "dynalign", "version": t.version} for t in versions.servable()]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(api_key)])
@@ -154,13 +166,34 @@ async def forward_chat(request: Request, body: dict, target: Target):
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return await _stream(state, url, payload, record, rename, wants_usage)
-    response = await state.http.post(url, json=payload)
+    response = await _post_unless_client_leaves(request, url, payload)
+    if response is None:
+        _finish(state, record, status="aborted", content=b"{}")
+        return Response(status_code=499)
     if response.status_code != 200:
         return Response(response.content, response.status_code, media_type="application/json")
     content = response.content.replace(*rename)
     _finish(state, record, status="ok", content=content)
     return Response(content, media_type="application/json",
                     headers={VERSION_HEADER: target.public_name})
+
+
+async def _post_unless_client_leaves(request: Request, url: str, payload: dict):
+    """The engine's answer, or None when the client hung up first (the engine request is then
+    cancelled, which makes vLLM abort it, as it does for streams)."""
+    post = asyncio.ensure_future(request.app.state.http.post(url, json=payload))
+    left = asyncio.ensure_future(_disconnected(request))
+    await asyncio.wait({post, left}, return_when=asyncio.FIRST_COMPLETED)
+    left.cancel()
+    if post.done():
+        return post.result()
+    post.cancel()
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stream(state, url, payload, record, rename, wants_usage):

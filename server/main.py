@@ -6,8 +6,10 @@ the gateway gracefully, then both groups. Children also get SIGTERM if this proc
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import threading
 
 import uvicorn
 
@@ -51,7 +53,18 @@ def banner(cfg: Config, mode: str):
     return on_ready
 
 
-def serve(cfg: Config) -> None:
+def watch_engine(engine: EngineProcess, server: uvicorn.Server) -> None:
+    """If the engine dies, stop the gateway too (exit code 1) rather than answer 503 forever:
+    a supervisor (systemd, a container runtime) can then restart the whole service."""
+    def watch() -> None:
+        engine.proc.wait()
+        if not server.should_exit:
+            print(f"engine exited unexpectedly:\n{engine.log_tail()}", file=sys.stderr, flush=True)
+            server.should_exit = True
+    threading.Thread(target=watch, daemon=True, name="engine-watch").start()
+
+
+def serve(cfg: Config) -> int:
     (cfg.home / "logs").mkdir(parents=True, exist_ok=True)
     prepare(cfg)
     mode = swap_mode(cfg)
@@ -63,8 +76,12 @@ def serve(cfg: Config) -> None:
         ui = start_ui(cfg)
         engine.wait_ready(cfg.engine.startup_timeout_s)
         app = create_app(cfg, mode, engine.url, on_ready=banner(cfg, mode))
-        uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level="warning",
-                    timeout_graceful_shutdown=5)
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.server.host, port=cfg.server.port,
+                                               log_level="warning", timeout_graceful_shutdown=5))
+        watch_engine(engine, server)
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
+            server.run()
+        return 0 if engine.proc.poll() is None else 1
     finally:
         stop(ui)
         engine.stop()

@@ -93,6 +93,7 @@ def _check_sampling(body: dict, limits: Limits) -> None:
     _in_range(body, "frequency_penalty", -2.0, 2.0)
     _typed(body, "seed", int)
     _typed(body, "stream", bool)
+    _check_stream_options(body.get("stream_options"))
     _check_stop(body.get("stop"))
 
 
@@ -132,6 +133,15 @@ def _in_range(body: dict, key: str, low: float, high: float, low_open: bool = Fa
     if value < low or value > high or (low_open and value == low):
         bracket = "(" if low_open else "["
         raise RequestError(f"'{key}' must be in {bracket}{low}, {high}], got {value}", param=key)
+
+
+def _check_stream_options(options) -> None:
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object", param="stream_options")
+    for key in ("include_usage", "continuous_usage_stats"):
+        _typed(options, key, bool)
 
 
 def _check_stop(stop) -> None:

@@ -58,6 +58,7 @@ class Versions:
         self.open.set()
         self.lock = asyncio.Lock()  # one registration or activation at a time
         self.loaded: set[int] = set()
+        self.load_lock = asyncio.Lock()  # concurrent first requests for a version load it once
 
     async def startup(self) -> None:
         """Put the version the store says is active into the engine."""
@@ -176,7 +177,10 @@ class Versions:
             await asyncio.to_thread(adapters.merge_adapter, self.cfg.model_path, source, target)
 
     async def _ensure_loaded(self, version: int) -> None:
-        if version not in self.loaded:
-            path = self.store.adapter(version)["path"]
-            await self.engine.load_lora(public_name(self.cfg, version), path)
-            self.loaded.add(version)
+        if version in self.loaded:
+            return
+        async with self.load_lock:
+            if version not in self.loaded:
+                path = self.store.adapter(version)["path"]
+                await self.engine.load_lora(public_name(self.cfg, version), path)
+                self.loaded.add(version)

@@ -154,3 +154,12 @@ def test_request_error_body_carries_code_and_status():
     assert err.body() == {"error": {"message": "nope", "type": "not_found_error", "param": "p",
                                     "code": "x_not_found"}}
     assert err.status == 404 and str(err) == "nope"
+
+
+@pytest.mark.parametrize("options", ["yes", [True], {"include_usage": "yes"}])
+def test_rejects_bad_stream_options(options):
+    assert _reject(_body(stream=True, stream_options=options)).status == 400
+
+
+def test_accepts_stream_options_object():
+    validate_chat(_body(stream=True, stream_options={"include_usage": True}), Limits())

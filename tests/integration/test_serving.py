@@ -1,0 +1,399 @@
+"""The gateway in front of a real vLLM engine, swap mode "merged": chat through the official openai
+client, the SQLite log, bad input, hot-swap and rollback, swaps under load, Ctrl-C.
+
+One server for the whole module; tests run in file order and each leaves the base model active.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+GREEDY_MESSAGES = [{"role": "user", "content": "Write a short poem about autumn."}]
+
+
+def tag() -> str:
+    """A fresh value for X-Dynalign-User: it finds the request's row without touching the prompt."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def greedy(server, model: str = "dynalign", user: str | None = None):
+    return server.client().chat.completions.create(
+        model=model, messages=GREEDY_MESSAGES, temperature=0, max_tokens=24,
+        extra_headers={"X-Dynalign-User": user or tag()})
+
+
+# 1. non-streaming chat and its log row
+@pytest.mark.parametrize("model", ["dynalign", None], ids=["alias", "omitted"])
+def test_chat_is_answered_and_logged(merged, model):
+    user = tag()
+    messages = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "Name a colour."}]
+    raw = merged.client().chat.completions.with_raw_response.create(
+        model=model or openai.NOT_GIVEN,  # NOT_GIVEN: the body has no "model" key at all
+        messages=messages, max_tokens=16, extra_headers={"X-Dynalign-User": user})
+    completion = raw.parse()
+    assert raw.headers.get("x-dynalign-version") == merged.base_name
+    assert completion.model == merged.base_name
+    text = completion.choices[0].message.content
+    assert text
+    assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
+
+    [row] = merged.wait_rows(user)
+    assert row["model_served"] == merged.base_name
+    assert row["model_requested"] == model
+    assert row["version"] is None
+    assert row["status"] == "ok"
+    assert row["stream"] == 0 and row["opt_out"] == 0 and row["mixed_versions"] == 0
+    assert row["prompt_tokens"] == completion.usage.prompt_tokens
+    assert row["completion_tokens"] == completion.usage.completion_tokens
+    assert row["latency_ms"] > 0
+    assert row["ttft_ms"] is None
+    assert json.loads(row["messages"]) == messages
+    [logged] = json.loads(row["response"])
+    assert logged["content"] == text
+    assert logged["finish_reason"] == completion.choices[0].finish_reason == row["finish_reason"]
+    assert json.loads(row["params"]) == {"max_tokens": 16}
+
+
+# 2. streaming chat
+def test_stream_matches_log_and_sends_no_usage_unless_asked(merged):
+    user = tag()
+    messages = [{"role": "user", "content": "Say something about rivers."}]
+    chunks = list(merged.client().chat.completions.create(
+        model="dynalign", messages=messages, max_tokens=20, stream=True,
+        extra_headers={"X-Dynalign-User": user}))
+    assert chunks
+    assert all(c.usage is None for c in chunks), "usage sent without stream_options.include_usage"
+    assert all(c.choices for c in chunks), "a chunk without choices (the usage chunk) leaked"
+    assert {c.model for c in chunks} == {merged.base_name}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text
+
+    [row] = merged.wait_rows(user)
+    assert row["stream"] == 1 and row["status"] == "ok"
+    assert json.loads(row["response"])[0]["content"] == text
+    assert row["completion_tokens"] > 0 and row["prompt_tokens"] > 0  # the gateway asked for usage
+    assert row["ttft_ms"] is not None and 0 < row["ttft_ms"] <= row["latency_ms"]
+
+
+def test_stream_with_include_usage_ends_with_usage(merged):
+    user = tag()
+    chunks = list(merged.client().chat.completions.create(
+        model="dynalign", messages=[{"role": "user", "content": "Say something about lakes."}],
+        max_tokens=20, stream=True, stream_options={"include_usage": True},
+        extra_headers={"X-Dynalign-User": user}))
+    last = chunks[-1]
+    assert last.usage is not None and last.choices == []
+    assert all(c.usage is None for c in chunks[:-1])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1] if c.choices)
+
+    [row] = merged.wait_rows(user)
+    assert json.loads(row["response"])[0]["content"] == text
+    assert row["completion_tokens"] == last.usage.completion_tokens
+    assert row["prompt_tokens"] == last.usage.prompt_tokens
+    assert row["ttft_ms"] is not None
+
+
+def test_stream_with_several_choices_is_logged_per_choice(merged):
+    user = tag()
+    chunks = list(merged.client().chat.completions.create(
+        model="dynalign", messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=12,
+        n=2, stream=True, extra_headers={"X-Dynalign-User": user}))
+    texts = {0: "", 1: ""}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    [row] = merged.wait_rows(user)
+    logged = json.loads(row["response"])
+    assert {c["index"]: c["content"] for c in logged} == texts
+    assert len(row["finish_reason"].split(",")) == 2
+
+
+def test_client_that_hangs_up_mid_stream_is_logged_as_aborted(merged):
+    user = tag()
+    body = {"model": "dynalign", "stream": True, "max_tokens": 2000, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Write a very long story about a ship."}]}
+    with httpx.stream("POST", f"{merged.url}/v1/chat/completions", json=body, timeout=120,
+                      headers={"X-Dynalign-User": user}) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()  # held: a dropped line iterator closes the connection
+        for line in lines:
+            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                break  # one token arrived
+        merged.wait_for(lambda: merged.engine_running_requests() == 1, 10,
+                        "the engine to report the request running")
+    # the connection is closed: the client hung up
+    [row] = merged.wait_rows(user)
+    assert row["status"] == "aborted"
+    assert row["stream"] == 1 and row["ttft_ms"] is not None
+    assert (row["completion_tokens"] or 0) < 2000
+    # the hang-up reached the engine: it stops generating (it would run ~10 s more otherwise)
+    merged.wait_for(lambda: merged.engine_running_requests() == 0, 3, "the engine to abort")
+
+
+def test_client_that_hangs_up_before_a_non_streamed_answer_is_not_served_on(merged):
+    user = tag()
+    body = {"model": "dynalign", "max_tokens": 300, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Write a very long story about a ship."}]}
+    with pytest.raises(httpx.TimeoutException):  # ~10 s of generation; the client waits 1.5 s
+        httpx.post(f"{merged.url}/v1/chat/completions", json=body, timeout=1.5,
+                   headers={"X-Dynalign-User": user})
+    try:
+        merged.wait_for(lambda: merged.engine_running_requests() == 0, 5, "the engine to abort")
+        [row] = merged.wait_rows(user)
+        assert row["status"] != "ok"
+    finally:  # the next tests get an idle engine either way
+        merged.wait_for(lambda: merged.engine_running_requests() == 0, 120, "an idle engine")
+
+
+# 3. models and health
+def test_models_and_health(merged):
+    ids = [m.id for m in merged.client().models.list().data]
+    assert "dynalign" in ids and merged.base_name in ids
+    health = merged.get("/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["engine"] is True and body["active"] == merged.base_name
+    assert body["swap"] == "merged"
+
+
+# 4. opt-out
+@pytest.mark.parametrize("how, expected", [
+    ("store-false", 1), ("header", 1), ("normal", 0)])
+def test_opt_out_is_logged(merged, how, expected):
+    user = tag()
+    headers = {"X-Dynalign-User": user}
+    extra_body = None
+    if how == "store-false":
+        extra_body = {"store": False}
+    if how == "header":
+        headers["X-Dynalign-Opt-Out"] = "1"
+    completion = merged.client().chat.completions.create(
+        model="dynalign", messages=[{"role": "user", "content": "Hi"}], max_tokens=8,
+        extra_headers=headers, extra_body=extra_body)
+    assert completion.choices[0].message.content is not None
+    [row] = merged.wait_rows(user)
+    assert row["opt_out"] == expected
+
+
+# 5. bad input
+BAD_REQUESTS = {
+    "invalid-json": (b'{"messages": [', 400),
+    "not-an-object": ([{"role": "user", "content": "hi"}], 400),
+    "missing-messages": ({"model": "dynalign"}, 400),
+    "empty-messages": ({"messages": []}, 400),
+    "unknown-role": ({"messages": [{"role": "wizard", "content": "hi"}]}, 400),
+    "content-not-text": ({"messages": [{"role": "user", "content": 42}]}, 400),
+    "max-tokens-string": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"},
+                          400),
+    "max-tokens-zero": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400),
+    "max-tokens-above-context": ({"messages": [{"role": "user", "content": "hi"}],
+                                 "max_tokens": 5000}, 400),
+    "prompt-above-context": ({"messages": [{"role": "user", "content": "word " * 3000}],
+                             "max_tokens": 8}, 400),  # only the engine can count: its 400
+    "prompt-above-context-stream": ({"messages": [{"role": "user", "content": "word " * 3000}],
+                                    "max_tokens": 8, "stream": True}, 400),
+    "n-over-limit": ({"messages": [{"role": "user", "content": "hi"}], "n": 9}, 400),
+    "temperature-out-of-range": ({"messages": [{"role": "user", "content": "hi"}],
+                                 "temperature": 5}, 400),
+    "unknown-model": ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+                      404),
+    "unknown-version": ({"model": "dynalign-v99", "messages": [{"role": "user", "content": "hi"}]},
+                        404),
+}
+
+
+def test_bad_requests_get_openai_errors_and_are_not_logged(merged, openai_error):
+    before = merged.exchange_count()
+    users = []
+    for name, (body, status) in BAD_REQUESTS.items():
+        user = tag()
+        users.append(user)
+        headers = {"X-Dynalign-User": user, "Content-Type": "application/json"}
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        response = httpx.post(f"{merged.url}/v1/chat/completions", content=content,
+                              headers=headers, timeout=120)
+        assert response.status_code == status, f"{name}: {response.status_code} {response.text}"
+        openai_error(response)
+
+    # The official client maps them to its exceptions too.
+    client = merged.client()
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="dynalign", n=9,
+                                       messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model",
+                                       messages=[{"role": "user", "content": "hi"}])
+
+    # The server still works, and only the good request was logged (the log is one FIFO queue:
+    # once its row is there, any row of an earlier request would be too).
+    user = tag()
+    completion = client.chat.completions.create(
+        model="dynalign", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+        extra_headers={"X-Dynalign-User": user})
+    assert completion.choices[0].message.content is not None
+    merged.wait_rows(user)
+    assert merged.exchange_count() == before + 1
+    assert not any(merged.rows_for(u) for u in users)
+
+
+@pytest.mark.parametrize("options", ["yes", [True]])
+def test_stream_options_of_the_wrong_type_get_a_400(merged, options):
+    response = httpx.post(f"{merged.url}/v1/chat/completions", timeout=120, json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True,
+        "stream_options": options})
+    assert response.status_code == 400, f"{response.status_code} {response.text}"
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/v1/nope", 404), ("GET", "/v1/chat/completions", 405),
+    ("GET", "/admin/exchanges?limit=abc", 400)])
+def test_framework_errors_have_the_openai_shape(merged, openai_error, method, path, status):
+    response = httpx.request(method, f"{merged.url}{path}", timeout=60)
+    assert response.status_code == status
+    assert openai_error(response)["message"]
+
+
+# 6. hot-swap: register, reject bad adapters, activate, roll back
+@pytest.fixture(scope="module")
+def registered(merged, test_adapter):
+    """Version 1 registered (merged into full weights at registration), not active."""
+    response = merged.post("/admin/adapters", json={"path": str(test_adapter), "note": "test"})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_register_activate_and_roll_back(merged, registered, tiny_adapter, tmp_path, openai_error):
+    assert registered["version"] == 1
+    assert registered["status"] == "candidate"
+    assert registered["name"] == "dynalign-v1"
+    assert merged.active() == merged.base_name
+
+    base = greedy(merged)
+    assert base.model == merged.base_name
+    base_text = base.choices[0].message.content
+    assert base_text
+
+    # invalid registrations: 4xx, nothing registered, nothing activated
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(registered["path"] + "/adapter_config.json", no_weights)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    relabelled = tmp_path / "relabelled"  # the tiny adapter, claiming our base model: shapes differ
+    shutil.copytree(tiny_adapter, relabelled)
+    config = json.loads((relabelled / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = merged.model_path
+    (relabelled / "adapter_config.json").write_text(json.dumps(config))
+    invalid = {
+        "missing folder": ({"path": str(tmp_path / "nowhere")}, None),
+        "empty folder": ({"path": str(empty)}, "adapter_config.json"),
+        "no weights file": ({"path": str(no_weights)}, "adapter_model.safetensors"),
+        "other base model": ({"path": str(tiny_adapter)}, "base"),
+        "other shapes": ({"path": str(relabelled)}, "shape"),
+        "no path": ({"note": "x"}, "path"),
+    }
+    for name, (body, words) in invalid.items():
+        response = merged.post("/admin/adapters", json=body)
+        assert 400 <= response.status_code < 500, f"{name}: {response.status_code} {response.text}"
+        error = openai_error(response)
+        if words:
+            assert words in error["message"], f"{name}: {error['message']}"
+    response = merged.post("/admin/adapters", content=b"{not json",
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    listing = merged.get("/admin/adapters").json()
+    assert [row["version"] for row in listing["data"]] == [1]
+    assert listing["active"] == merged.base_name
+
+    # unknown versions: 404, active unchanged
+    for version in ("7", "v7", "dynalign-v7", "nonsense"):
+        response = merged.activate(version)
+        assert response.status_code == 404, f"{version}: {response.text}"
+        openai_error(response)
+    assert merged.active() == merged.base_name
+
+    # in merged mode only the active version is servable
+    with pytest.raises(openai.NotFoundError):
+        greedy(merged, model="dynalign-v1")
+
+    response = merged.activate("1")
+    assert response.status_code == 200, response.text
+    print(f"\nactivate v1: {response.json()['seconds']} s (server)")
+    assert response.json()["active"] == "dynalign-v1"
+    assert merged.active() == "dynalign-v1"
+    assert merged.get("/health").json()["active"] == "dynalign-v1"
+    assert {m.id for m in merged.client().models.list().data} == {"dynalign", "dynalign-v1"}
+
+    user = tag()
+    tuned = greedy(merged, user=user)
+    assert tuned.model == "dynalign-v1"
+    tuned_text = tuned.choices[0].message.content
+    assert tuned_text and tuned_text != base_text
+    [row] = merged.wait_rows(user)
+    assert row["version"] == 1 and row["model_served"] == "dynalign-v1"
+    assert row["mixed_versions"] == 0
+    by_name = greedy(merged, model="dynalign-v1")
+    assert by_name.choices[0].message.content == tuned_text
+    with pytest.raises(openai.NotFoundError):  # the base is not servable while v1 is active
+        greedy(merged, model=merged.base_name)
+
+    response = merged.activate("base")
+    assert response.status_code == 200, response.text
+    print(f"activate base: {response.json()['seconds']} s (server)")
+    assert response.json()["active"] == merged.base_name
+    rolled_back = greedy(merged)
+    assert rolled_back.model == merged.base_name
+    assert rolled_back.choices[0].message.content == base_text
+
+    listing = merged.get("/admin/adapters").json()["data"]
+    assert {row["version"]: row["status"] for row in listing} == {1: "retired"}
+
+
+# 7. swaps under load
+def test_swaps_under_load_fail_nothing(merged, registered, swap_under_load, check_swaps):
+    assert merged.active() == merged.base_name
+    results, activations = swap_under_load(merged, ["1", "base", "1", "base"])
+    assert [a.name for a in activations] == ["dynalign-v1", merged.base_name] * 2
+    check_swaps(results, activations, before=merged.base_name)
+    assert merged.active() == merged.base_name
+
+
+# 9. Ctrl-C, then a restart over the same state dir (the last test: it stops the module's server)
+def test_ctrl_c_stops_everything_and_a_restart_serves_the_active_version(
+        merged, registered, start_server):
+    response = merged.activate("1")
+    assert response.status_code == 200, response.text
+    tuned = greedy(merged)
+    assert tuned.model == "dynalign-v1"
+    rows_before = merged.exchange_count()
+
+    result = merged.stop()
+    assert result.sigint_stopped, merged.output()
+    assert result.returncode == 0, merged.output()
+    assert not result.survivors, result.survivors
+    for port in (merged.port, merged.engine_port):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+    again = start_server(merged.home.parent, merged.model_path, "merged")
+    try:
+        assert again.get("/health").json()["active"] == "dynalign-v1"
+        answer = greedy(again)
+        assert answer.model == "dynalign-v1"
+        assert answer.choices[0].message.content == tuned.choices[0].message.content
+        assert again.exchange_count() >= rows_before  # the log survives restarts
+        response = again.activate("base")
+        assert response.status_code == 200, response.text
+    finally:
+        result = again.stop()
+    assert result.sigint_stopped and not result.survivors, (result, again.output())
+
