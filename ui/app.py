@@ -24,6 +24,7 @@ FOOTER_RE = re.compile(r"\n\n\*answered by [^*\n]*\*\s*\Z")
 ERROR_PREFIX = "⚠️ error: "
 OPT_OUT_HEADER = "X-Dynalign-Opt-Out"
 OPT_OUT_LABEL = "Don't use my chats for training"
+MAX_TOKENS = 512
 INTRO = "### dynalign chat\nEach answer names the adapter version that wrote it."
 
 
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address the UI listens on")
     p.add_argument("--port", type=int, default=7860, help="port the UI listens on")
     p.add_argument("--model", default="dynalign", help="model name sent with each request")
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="longest answer, in tokens")
     return p.parse_args(argv)
 
 
@@ -69,9 +71,11 @@ def opt_out_kwargs(opt_out: bool) -> dict:
     return {"extra_body": {"store": False}, "extra_headers": {OPT_OUT_HEADER: "1"}}
 
 
-def _stream(client, model: str, messages: list[dict], opt_out: bool) -> Iterator[tuple[str, str]]:
+def _stream(client, model: str, messages: list[dict], opt_out: bool,
+            max_tokens: int) -> Iterator[tuple[str, str]]:
     """Yield (answer so far, served model name) as the chunks arrive."""
-    stream = client.chat.completions.create(model=model, messages=messages, stream=True, **opt_out_kwargs(opt_out))
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True,
+                                            max_tokens=max_tokens, **opt_out_kwargs(opt_out))
     text, served = "", model
     for chunk in stream:
         served = chunk.model or served
@@ -80,7 +84,8 @@ def _stream(client, model: str, messages: list[dict], opt_out: bool) -> Iterator
         yield text, served
 
 
-def respond(client, model: str, history: list[dict], message: str, opt_out: bool) -> Iterator[list[dict]]:
+def respond(client, model: str, history: list[dict], message: str, opt_out: bool,
+            max_tokens: int = MAX_TOKENS) -> Iterator[list[dict]]:
     """Send `message` after `history`; yield the history with the user turn, then with the growing answer."""
     import openai
 
@@ -88,31 +93,31 @@ def respond(client, model: str, history: list[dict], message: str, opt_out: bool
     yield history
     answer: list[dict] = []
     try:
-        for text, served in _stream(client, model, to_openai(history), opt_out):
+        for text, served in _stream(client, model, to_openai(history), opt_out, max_tokens):
             answer = [_msg("assistant", text + FOOTER.format(served))]
             yield history + answer
     except openai.APIError as exc:
         yield history + answer + [_msg("assistant", ERROR_PREFIX + exc.message)]
 
 
-def _chat_handler(client, model: str):
+def _chat_handler(client, model: str, max_tokens: int):
     def chat(message: str, history: list[dict], opt_out: bool):
         if not message.strip():
             yield history, message
             return
-        for updated in respond(client, model, history, message, opt_out):
+        for updated in respond(client, model, history, message, opt_out, max_tokens):
             yield updated, ""
 
     return chat
 
 
-def _wire(gr, client, model: str, box, send, chatbot, opt_out, new) -> None:
-    chat = gr.on([box.submit, send.click], _chat_handler(client, model), [box, chatbot, opt_out],
+def _wire(gr, handler, box, send, chatbot, opt_out, new) -> None:
+    chat = gr.on([box.submit, send.click], handler, [box, chatbot, opt_out],
                  [chatbot, box], api_name="chat", concurrency_limit=None)
     new.click(lambda: ([], ""), None, [chatbot, box], cancels=[chat], api_name="new_conversation")
 
 
-def build_app(api_url: str, model: str, api_key: str):
+def build_app(api_url: str, model: str, api_key: str, max_tokens: int = MAX_TOKENS):
     """The chat page as a gr.Blocks, not launched."""
     import gradio as gr
     import openai
@@ -127,13 +132,14 @@ def build_app(api_url: str, model: str, api_key: str):
         with gr.Row(equal_height=True):
             opt_out = gr.Checkbox(label=OPT_OUT_LABEL, value=False)
             new = gr.Button("New conversation", variant="secondary")
-        _wire(gr, client, model, box, send, chatbot, opt_out, new)
+        _wire(gr, _chat_handler(client, model, max_tokens), box, send, chatbot, opt_out, new)
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    app = build_app(args.api_url, args.model, os.environ.get("DYNALIGN_API_KEY") or "none")
+    key = os.environ.get("DYNALIGN_API_KEY") or "none"
+    app = build_app(args.api_url, args.model, key, args.max_tokens)
     app.queue().launch(server_name=args.host, server_port=args.port)
 
 

@@ -57,6 +57,7 @@ def test_respond_streams_and_names_the_version():
     assert last.startswith("Hello") and "answered by dynalign-v3" in last
     body = json.loads(seen[0].content)
     assert body["messages"] == [{"role": "user", "content": "hi"}] and "store" not in body
+    assert body["max_tokens"] == 512
     assert "x-dynalign-opt-out" not in seen[0].headers
 
 
@@ -94,3 +95,9 @@ def test_error_mid_stream_keeps_the_partial_answer():
 
     final = list(respond(_client(half), "dynalign", [], "hi", opt_out=False))[-1]
     assert [m["content"][0]["text"] for m in final[1:]] == ["Hel\n\n*answered by dynalign-v3*", "⚠️ error: boom"]
+
+
+def test_max_tokens_is_configurable():
+    seen: list[httpx.Request] = []
+    list(respond(_client(_streaming(seen)), "dynalign", [], "hi", opt_out=False, max_tokens=7))
+    assert json.loads(seen[0].content)["max_tokens"] == 7
