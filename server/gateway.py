@@ -8,6 +8,7 @@ finished exchange to the SQLite writer thread. Admin routes live in server/admin
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import time
@@ -94,8 +95,8 @@ def _check_key(request: Request, env: str) -> None:
     expected = os.environ.get(env)
     if not expected:
         return
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if given != expected:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
         raise RequestError("invalid or missing API key", status=401, code="invalid_api_key",
                            type="authentication_error")
 
@@ -121,7 +122,7 @@ def _add_routes(app: FastAPI) -> None:
         versions: Versions = request.app.state.versions
         up = await versions.engine.healthy()
         body = {"status": "ok" if up else "engine_down", "engine": up, "swap": versions.mode,
-                "active": versions._target(versions.active).public_name}
+                "active": versions.target(versions.active).public_name}
         return JSONResponse(body, status_code=200 if up else 503)
 
     @app.get("/v1/models", dependencies=[Depends(api_key)])
@@ -129,7 +130,7 @@ def _add_routes(app: FastAPI) -> None:
         versions: Versions = request.app.state.versions
         created = request.app.state.started
         data = [{"id": "dynalign", "object": "model", "created": created, "owned_by": "dynalign",
-                 "root": versions._target(versions.active).public_name}]
+                 "root": versions.target(versions.active).public_name}]
         data += [{"id": t.public_name, "object": "model", "created": created,
                   "owned_by": "dynalign", "version": t.version} for t in versions.servable()]
         return {"object": "list", "data": data}

@@ -43,7 +43,7 @@ def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
 def banner(cfg: Config, mode: str):
     def on_ready(app) -> None:
         lines = [f"dynalign is up (swap mode: {mode}, answering: "
-                 f"{app.state.versions._target(app.state.versions.active).public_name})",
+                 f"{app.state.versions.target(app.state.versions.active).public_name})",
                  f"  API (OpenAI-compatible): {cfg.gateway_url}",
                  f"  admin:                   http://{cfg.server.host}:{cfg.server.port}/admin/adapters"]
         if cfg.ui.enabled:
