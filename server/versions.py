@@ -120,15 +120,17 @@ class Versions:
                 self.store.adapter(parent)
             version = self.store.next_version()
             target = self.cfg.home / "adapters" / f"{version:04d}"
-            await asyncio.to_thread(adapters.copy_adapter, source, target)
+            folders = [target, self.weights_dir(version)]
+            _remove(folders)  # left by a registration that died half-way: never registered
             try:
+                await asyncio.to_thread(adapters.copy_adapter, source, target)
                 if self.mode == "merged":
                     await self._ensure_merged(version, target)
+                self.store.add_adapter(str(target), version=version, parent=parent, note=note,
+                                       base_model=self.cfg.model_name, rank=config["r"])
             except Exception:
-                shutil.rmtree(target, ignore_errors=True)
+                _remove(folders)
                 raise
-            self.store.add_adapter(str(target), version=version, base_model=self.cfg.model_name,
-                                   rank=config["r"], parent=parent, note=note)
             return self.store.adapter(version)
 
     async def activate(self, version: int | None) -> None:
@@ -184,3 +186,8 @@ class Versions:
                 path = self.store.adapter(version)["path"]
                 await self.engine.load_lora(public_name(self.cfg, version), path)
                 self.loaded.add(version)
+
+
+def _remove(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)

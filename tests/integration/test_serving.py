@@ -367,6 +367,23 @@ def test_swaps_under_load_fail_nothing(merged, registered, swap_under_load, chec
     assert merged.active() == merged.base_name
 
 
+
+def test_folders_left_by_a_half_done_registration_do_not_leak_into_the_next(
+        merged, registered, test_adapter):
+    """A registration that died between copying and recording its row leaves folders under the
+    next version number: the next registration replaces them instead of failing or reusing them."""
+    stale_adapter, stale_merged = merged.home / "adapters" / "0002", merged.home / "merged" / "0002"
+    for folder in (stale_adapter, stale_merged):
+        folder.mkdir(parents=True)
+        (folder / "stale.txt").write_text("left behind")
+    response = merged.post("/admin/adapters", json={"path": str(test_adapter)})
+    assert response.status_code == 201, response.text
+    assert response.json()["version"] == 2
+    assert not (stale_adapter / "stale.txt").exists()
+    assert (stale_adapter / "adapter_model.safetensors").exists()
+    assert not (stale_merged / "stale.txt").exists()
+    assert list(stale_merged.glob("*.safetensors"))
+
 # 9. Ctrl-C, then a restart over the same state dir (the last test: it stops the module's server)
 def test_ctrl_c_stops_everything_and_a_restart_serves_the_active_version(
         merged, registered, start_server):
