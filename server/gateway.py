@@ -26,7 +26,7 @@ from dynalign.store import Store
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
 from server.validate import Limits, RequestError, validate_chat
-from server.versions import Target, Versions
+from server.versions import Target, Versions, public_name
 
 VERSION_HEADER = "X-Dynalign-Version"
 
@@ -122,7 +122,7 @@ def _add_routes(app: FastAPI) -> None:
         versions: Versions = request.app.state.versions
         up = await versions.engine.healthy()
         body = {"status": "ok" if up else "engine_down", "engine": up, "swap": versions.mode,
-                "active": versions.target(versions.active).public_name}
+                "active": public_name(versions.cfg, versions.active)}
         return JSONResponse(body, status_code=200 if up else 503)
 
     @app.get("/v1/models", dependencies=[Depends(api_key)])
@@ -130,7 +130,7 @@ def _add_routes(app: FastAPI) -> None:
         versions: Versions = request.app.state.versions
         created = request.app.state.started
         data = [{"id": "dynalign", "object": "model", "created": created, "owned_by": "dynalign",
-                 "root": versions.target(versions.active).public_name}]
+                 "root": public_name(versions.cfg, versions.active)}]
         data += [{"id": t.public_name, "object": "model", "created": created,
                   "owned_by": "dynalign", "version": t.version} for t in versions.servable()]
         return {"object": "list", "data": data}

@@ -17,6 +17,7 @@ from dynalign.config import Config
 from dynalign.model import prepare
 from server.engine import EngineProcess, _die_with_parent, swap_mode
 from server.gateway import create_app
+from server.versions import public_name
 
 
 def start_ui(cfg: Config) -> subprocess.Popen | None:
@@ -43,7 +44,7 @@ def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
 def banner(cfg: Config, mode: str):
     def on_ready(app) -> None:
         lines = [f"dynalign is up (swap mode: {mode}, answering: "
-                 f"{app.state.versions.target(app.state.versions.active).public_name})",
+                 f"{public_name(cfg, app.state.versions.active)})",
                  f"  API (OpenAI-compatible): {cfg.gateway_url}",
                  f"  admin:                   http://{cfg.server.host}:{cfg.server.port}/admin/adapters"]
         if cfg.ui.enabled:

@@ -84,7 +84,7 @@ class Versions:
                 status=404, code="model_not_found")
         if self.mode == "lora" and version is not None:
             await self._ensure_loaded(version)
-        return self.target(version)
+        return self._target(version)
 
     def _requested_version(self, requested: str | None) -> int | None:
         if requested in (None, ALIAS):
@@ -100,16 +100,16 @@ class Versions:
     def _known(self, version: int) -> bool:
         return any(row["version"] == version for row in self.store.adapters())
 
-    def target(self, version: int | None) -> Target:
+    def _target(self, version: int | None) -> Target:
         name = public_name(self.cfg, version)
         engine_model = name if self.mode == "lora" else self.cfg.model_name
         return Target(engine_model=engine_model, public_name=name, version=version)
 
     def servable(self) -> list[Target]:
         if self.mode == "merged":
-            return [self.target(self.active)]
+            return [self._target(self.active)]
         versions = [r["version"] for r in self.store.adapters() if r["status"] != "rejected"]
-        return [self.target(None)] + [self.target(v) for v in versions]
+        return [self._target(None)] + [self._target(v) for v in versions]
 
     # registration and activation
     async def register(self, source: str, parent: int | None = None, note: str = "") -> dict:
