@@ -16,6 +16,7 @@ from pathlib import Path
 
 import tomli_w
 
+from dynalign import prompts
 from dynalign.errors import ConfigError
 
 DEFAULT_FILE = "dynalign.toml"
@@ -63,12 +64,66 @@ class UIConfig:
 
 
 @dataclass
+class PromptsConfig:
+    """The paper's prompts (dynalign/prompts.py); replace any, keeping its [placeholders]."""
+
+    ca_definition: str = prompts.CA_DEFINITION
+    goal: str = prompts.GOAL
+    instruction: str = prompts.INSTRUCTION
+    criteria: str = prompts.CRITERIA
+    feedback: str = prompts.FEEDBACK
+    refinement: str = prompts.REFINEMENT
+    system: str = prompts.SYSTEM
+    reward: str = prompts.REWARD
+
+
+@dataclass
+class DataConfig:
+    seed: str = ""  # the seed task prompts (JSONL); "" = data/seed.jsonl shipped with dynalign
+
+
+@dataclass
+class EndpointConfig:
+    """One role of the generation pipeline: an OpenAI-compatible endpoint and model."""
+
+    url: str = ""  # "" = this dynalign server (server.host:server.port/v1)
+    model: str = "dynalign"  # on a dynalign server, the active version
+    api_key_env: str = "DYNALIGN_API_KEY"  # environment variable holding the key, if any
+    temperature: float = 1.0  # < 0: not sent (reasoning models reject it)
+    max_tokens: int = 256
+
+
+@dataclass
+class GenerateConfig:
+    """`dynalign generate`: the paper's goal -> prompt -> critique -> revision loop."""
+
+    count: int = 1000  # accepted prompts wanted in the output file
+    out: str = ""  # JSONL written incrementally; "" = <state>/generated/prompts.jsonl
+    max_revisions: int = 3  # critique-and-revise rounds before a prompt is rejected
+    max_attempts: int = 0  # attempts per run before giving up; 0 = 5 x the prompts still wanted
+    dedup_threshold: float = 0.7  # reject a prompt whose ROUGE-L to an accepted one is this high
+    check_rules: bool = True  # also hold prompts to `dynalign data check`'s rules before accepting
+    goal_context: int = 50  # previous goals kept in the goal writer's conversation
+    heldout_every: int = 10  # every 10th accepted prompt goes to the held-out split
+    id_prefix: str = "gen"
+    seed: int = 0  # per-request seeds derive from it (endpoints that honour `seed`)
+    max_retries: int = 6  # rate limits, 5xx, timeouts: exponential backoff (the openai client's)
+    timeout_s: float = 120.0
+    goal_writer: EndpointConfig = field(default_factory=lambda: EndpointConfig(max_tokens=48))
+    prompt_writer: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.7))
+    evaluator: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0))
+
+
+@dataclass
 class Config:
     state_dir: str = "state"  # DYNALIGN_HOME, when set, wins
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     ui: UIConfig = field(default_factory=UIConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     @property
     def home(self) -> Path:
@@ -104,7 +159,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
 
 
 def resolved_toml(cfg: Config) -> str:
-    return tomli_w.dumps(dataclasses.asdict(cfg))
+    return tomli_w.dumps(dataclasses.asdict(cfg), multiline_strings=True)
 
 
 def _read_toml(path) -> dict:
