@@ -20,3 +20,11 @@ class AdapterError(DynalignError):
 
 class UnknownVersionError(AdapterError):
     """No adapter version with that number is registered."""
+
+
+class DataError(DynalignError):
+    """A dataset file is missing or malformed."""
+
+
+class EndpointError(DynalignError):
+    """An OpenAI-compatible endpoint refused or failed a request for good."""
