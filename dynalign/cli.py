@@ -24,7 +24,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--swap", choices=["auto", "lora", "merged"], help="engine.swap")
     serve.add_argument("--no-ui", action="store_true", help="do not start the Gradio UI")
     _adapter_parser(sub)
+    _data_parsers(sub)
     return parser
+
+
+def _data_parsers(sub) -> None:
+    gen = sub.add_parser("generate", help="grow a task-prompt set with the paper's goal -> prompt "
+                         "-> critique -> revision loop (resumes where it stopped)")
+    gen.add_argument("--count", type=int, help="accepted prompts wanted in total (generate.count)")
+    gen.add_argument("--out", help="JSONL output (generate.out)")
+    gen.add_argument("--url", help="one endpoint for all three roles (generate.*.url)")
+    gen.add_argument("--model", help="one model for all three roles (generate.*.model)")
+    gen.add_argument("--seed", type=int, help="generate.seed")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data = sub.add_parser("data", help="check or describe a task-prompt set")
+    actions = data.add_subparsers(dest="action", required=True)
+    check = actions.add_parser("check", help="flag rows that break the checkable criteria")
+    check.add_argument("file", nargs="?", help="JSONL (default: the seed set, data.seed)")
+    stats = actions.add_parser("stats", help="pairwise ROUGE-L and length distributions, "
+                               "as numbers and PNG plots")
+    stats.add_argument("file", nargs="?", help="JSONL (default: the seed set, data.seed)")
+    stats.add_argument("--out", help="folder for stats.json and plots (default: "
+                       "<state>/reports/data-stats)")
 
 
 def _adapter_parser(sub) -> None:
@@ -50,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int | None:
-    overrides = {}
-    if args.command == "serve":
-        overrides = {k: v for k, v in {"server.port": args.port, "engine.swap": args.swap,
-                                      "ui.enabled": False if args.no_ui else None}.items()
-                     if v is not None}
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, _overrides(args))
     if args.command == "config":
         print(resolved_toml(cfg), end="")
     elif args.command == "model":
@@ -66,6 +82,62 @@ def run(args) -> int | None:
         return serve(cfg)
     elif args.command == "adapters":
         return adapters_command(cfg, args)
+    elif args.command == "generate":
+        return generate_command(cfg, args)
+    elif args.command == "data":
+        return data_command(cfg, args)
+
+
+def _overrides(args) -> dict:
+    if args.command == "serve":
+        pairs = {"server.port": args.port, "engine.swap": args.swap,
+                 "ui.enabled": False if args.no_ui else None}
+    elif args.command == "generate":
+        pairs = {"generate.count": args.count, "generate.out": args.out,
+                 "generate.seed": args.seed}
+        for role in ("goal_writer", "prompt_writer", "evaluator"):
+            pairs |= {f"generate.{role}.url": args.url, f"generate.{role}.model": args.model}
+    else:
+        pairs = {}
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def generate_command(cfg, args) -> int:
+    from dynalign.generate import open_generator
+
+    generator = open_generator(cfg)
+    try:
+        tally = generator.run(cfg.generate.count, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(generator.rows)} prompts in {generator.out}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"{len(generator.rows)} prompts in {generator.out} (this run: {tally.accepted} "
+          f"accepted, {tally.rejected} rejected, {tally.revised} revisions); "
+          f"every attempt in {generator.trace}")
+    return 0
+
+
+def data_command(cfg, args) -> int:
+    from dynalign.dataset import check_rows, read_rows, seed_path
+
+    path = args.file or seed_path(cfg)
+    rows = read_rows(path, strict=False)
+    if args.action == "check":
+        flags = check_rows(rows)
+        for flag in flags:
+            print(f"{flag.row_id}: {flag.reason}")
+        bad = len({flag.row_id for flag in flags})
+        print(f"{path}: {len(rows)} rows, {bad} flagged", file=sys.stderr)
+        return 1 if flags else 0
+    from pathlib import Path
+
+    from dynalign.datastats import format_summary, write_report
+
+    out = Path(args.out) if args.out else cfg.home / "reports" / "data-stats"
+    print(format_summary(write_report(rows, out)))
+    print(f"plots and stats.json in {out}", file=sys.stderr)
+    return 0
 
 
 def adapters_command(cfg, args) -> int:

@@ -1,5 +1,6 @@
 """The `dynalign` command as a user runs it: a subprocess, exit codes, stderr."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def _free_port() -> int:
 def test_help():
     out = _run("--help")
     assert out.returncode == 0
-    for command in ("config", "model", "serve", "adapters"):
+    for command in ("config", "model", "serve", "adapters", "generate", "data"):
         assert command in out.stdout
 
 
@@ -81,3 +82,49 @@ def test_parser_rejects_missing_subcommand():
     assert out.returncode == 2
     args = build_parser().parse_args(["serve", "--port", "9000", "--swap", "lora", "--no-ui"])
     assert (args.port, args.swap, args.no_ui) == (9000, "lora", True)
+
+
+def test_data_check_passes_the_shipped_seed_set():
+    out = _run("data", "check")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "seed.jsonl: 1000 rows, 0 flagged" in out.stderr
+
+
+def test_data_check_lists_flagged_rows_and_exits_1(tmp_path):
+    good = ("Our village in Ghana has one borehole for 400 people and it broke last week; the "
+            "district office says a repair crew may come in two months. Work out the next weeks.")
+    lines = [{"id": "a", "prompt": good}, {"id": "b", "prompt": good.replace("Ghana", "Togo")},
+             {"id": "c", "prompt": good + " Reply in JSON."}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = _run("data", "check", "p.jsonl")
+    assert out.returncode == 1
+    assert "b: near-duplicate of a" in out.stdout
+    assert "c: asks for a format: 'JSON'" in out.stdout
+    assert "3 rows, 2 flagged" in out.stderr
+
+
+def test_data_check_malformed_file_is_a_clear_error(tmp_path):
+    (tmp_path / "p.jsonl").write_text("{oops\n")
+    out = _run("data", "check", "p.jsonl")
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: p.jsonl:1: not JSON")
+
+
+def test_data_stats_writes_numbers_and_plots(tmp_path):
+    out = _run("data", "stats", "--out", "figs")
+    assert out.returncode == 0, out.stderr
+    stats = json.loads((tmp_path / "figs" / "stats.json").read_text())
+    assert stats["rows"] == 1000 and stats["splits"] == {"train": 900, "heldout": 100}
+    assert stats["rouge_l"]["pairs"] == 499500
+    for png in ("rouge_l.png", "lengths.png"):
+        assert (tmp_path / "figs" / png).read_bytes()[:4] == b"\x89PNG"
+    assert "pairwise ROUGE-L over 499,500 pairs" in out.stdout
+
+
+def test_generate_against_an_unreachable_endpoint_fails_clearly(tmp_path):
+    (tmp_path / "c.toml").write_text("[generate]\nmax_retries = 1\n")
+    out = _run("--config", "c.toml", "generate", "--count", "1", "--url", f"http://127.0.0.1:{_free_port()}/v1",
+               "--out", "g.jsonl", "--no-progress")
+    assert out.returncode == 1
+    assert "error: goal_writer (dynalign at http://127.0.0.1:" in out.stderr
+    assert "cannot connect after 1 retries" in out.stderr and "Traceback" not in out.stderr
