@@ -103,7 +103,8 @@ class GenerateConfig:
     max_attempts: int = 0  # attempts per run before giving up; 0 = 5 x the prompts still wanted
     dedup_threshold: float = 0.7  # reject a prompt whose ROUGE-L to an accepted one is this high
     check_rules: bool = True  # also hold prompts to `dynalign data check`'s rules before accepting
-    goal_context: int = 50  # previous goals kept in the goal writer's conversation
+    goal_context: int = 30  # previous goals kept in the goal writer's conversation
+    goal_followup: str = "Write one more, different from all of the above."  # later turns' ask
     heldout_every: int = 10  # every 10th accepted prompt goes to the held-out split
     id_prefix: str = "gen"
     seed: int = 0  # per-request seeds derive from it (endpoints that honour `seed`)

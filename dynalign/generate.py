@@ -117,11 +117,15 @@ class Generator:
         return record["outcome"] == "accepted"
 
     def _goal_messages(self) -> list[dict]:
-        ask = {"role": "user", "content": self.cfg.prompts.goal}
-        messages = []
-        for goal in self.goals[-self.gen.goal_context:] if self.gen.goal_context > 0 else []:
-            messages += [ask, {"role": "assistant", "content": goal}]
-        return messages + [ask]
+        """The paper's goal prompt, then the previous goals as the writer's own earlier answers,
+        each followed by a short ask for one more (repeating the full prompt every turn would
+        fill a small model's context after a dozen goals)."""
+        previous = self.goals[-self.gen.goal_context:] if self.gen.goal_context > 0 else []
+        messages = [{"role": "user", "content": self.cfg.prompts.goal}]
+        for goal in previous:
+            messages += [{"role": "assistant", "content": goal},
+                         {"role": "user", "content": self.gen.goal_followup}]
+        return messages
 
     def _write(self, number: int, goal: str) -> str:
         ask = fill(self.cfg.prompts.instruction, criteria=self._criteria(goal))

@@ -167,5 +167,9 @@ def test_resume_continues_ids_goals_and_seeds_after_a_crash(tmp_path):
 def test_goal_context_keeps_only_the_last_goals(tmp_path):
     gen = _generator(tmp_path, lambda m, s: _verdict(True), goal_context=2)
     gen.run(4, progress=False)
-    last = gen.goal_writer.calls[-1][0]
-    assert len(last) == 5 and last[-1]["content"] == gen.cfg.prompts.goal
+    first, last = gen.goal_writer.calls[0][0], gen.goal_writer.calls[-1][0]
+    assert first == [{"role": "user", "content": gen.cfg.prompts.goal}]
+    assert [m["role"] for m in last] == ["user", "assistant", "user", "assistant", "user"]
+    assert last[0]["content"] == gen.cfg.prompts.goal
+    assert [m["content"] for m in last[1::2]] == gen.goals[1:3]
+    assert last[-1]["content"] == gen.cfg.generate.goal_followup
