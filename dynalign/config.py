@@ -156,7 +156,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     data = _read_toml(path)
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return _build(Config, data, prefix="")
+    return _build(Config(), data, prefix="")
 
 
 def resolved_toml(cfg: Config) -> str:
@@ -185,22 +185,24 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     data[leaf] = value
 
 
-def _build(cls, data: dict, prefix: str):
+def _build(base, data: dict, prefix: str):
+    """`base` (a dataclass instance holding the defaults) updated from `data`. Nested tables
+    update the field's own default instance, so a section's per-field defaults (the evaluator's
+    temperature 0.0, say) survive when only some of its keys are set."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{prefix.rstrip('.')}] must be a table")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(type(base))
+    names = {f.name for f in dataclasses.fields(base)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key: {prefix}{unknown[0]}")
     kwargs = {}
     for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, prefix=f"{prefix}{key}.")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(getattr(base, key), value, prefix=f"{prefix}{key}.")
         else:
-            kwargs[key] = _check_type(f"{prefix}{key}", hint, value)
-    return cls(**kwargs)
+            kwargs[key] = _check_type(f"{prefix}{key}", hints[key], value)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _check_type(name: str, hint, value):

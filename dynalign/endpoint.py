@@ -50,6 +50,8 @@ class Endpoint:
 
     def _explain(self, error) -> str:
         where = f"{self.role} ({self.model} at {self.url})"
+        if isinstance(error, openai.APITimeoutError):
+            return f"{where}: no answer within the timeout, {self.max_retries} retries: {error}"
         if isinstance(error, openai.APIConnectionError):
             return f"{where}: cannot connect after {self.max_retries} retries: {error}"
         status = error.status_code

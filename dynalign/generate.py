@@ -14,6 +14,7 @@ resumes where it was: same goal history, same per-request seeds, same ids.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from dynalign.dataset import rule_flags
 from dynalign.endpoint import Endpoint
-from dynalign.errors import DynalignError
+from dynalign.errors import DataError, DynalignError
 from dynalign.prompts import RESPONSE_IN_FEEDBACK, fill, goal_clause
 from dynalign.rouge import RougeIndex
 
@@ -51,7 +52,8 @@ def clean_prompt(text: str) -> str:
 def clean_goal(text: str) -> str:
     """The first non-empty line, without list marks, labels or quotes."""
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
-    line = re.sub(r"^\s*([-*•\d.)]+\s+)?(task|goal)?\s*:?\s*", "", line, flags=re.IGNORECASE)
+    line = re.sub(r"^\s*(?:[-*•]|\d+[.)])?\s*(?:(?:task|goal)\s*:\s*)?", "", line,
+                  flags=re.IGNORECASE)
     return line.strip().strip(_QUOTES).strip()
 
 
@@ -185,7 +187,9 @@ class Generator:
                 f"{self.prompt_writer.model}, critiques by {self.evaluator.model}")
 
     def _seed(self, attempt: int, call: int) -> int:
-        return (self.gen.seed * 1_000_003 + attempt * 101 + call) % 2**31
+        """A distinct, reproducible seed per request: a hash of (seed, attempt, call)."""
+        digest = hashlib.sha256(f"{self.gen.seed}:{attempt}:{call}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def _user(content: str) -> list[dict]:
@@ -207,7 +211,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     if lines and not text.endswith("\n"):
         lines.pop()
         path.write_text("".join(line + "\n" for line in lines))
-    return [json.loads(line) for line in lines if line.strip()]
+    return [_parse(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def _parse(path: Path, number: int, line: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{number}: not JSON ({e}); fix or remove the line to resume") \
+            from None
 
 
 def open_generator(cfg, out: str | None = None) -> Generator:

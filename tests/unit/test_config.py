@@ -146,3 +146,12 @@ def test_override_into_non_table_is_config_error(tmp_path):
     (tmp_path / "dynalign.toml").write_text("server = 5\n")
     with pytest.raises(ConfigError, match="server"):
         load_config(overrides={"server.port": 9000})
+
+
+def test_a_sections_own_defaults_survive_setting_some_of_its_keys(tmp_path):
+    (tmp_path / "c.toml").write_text('[generate.evaluator]\nurl = "http://judge/v1"\n')
+    cfg = load_config(tmp_path / "c.toml", {"generate.goal_writer.model": "m"})
+    assert cfg.generate.evaluator.url == "http://judge/v1"
+    assert cfg.generate.evaluator.temperature == 0.0
+    assert (cfg.generate.goal_writer.model, cfg.generate.goal_writer.max_tokens) == ("m", 48)
+    assert cfg.generate.prompt_writer.temperature == 0.7

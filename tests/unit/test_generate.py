@@ -7,7 +7,7 @@ import random
 import pytest
 
 from dynalign.config import load_config
-from dynalign.errors import DynalignError
+from dynalign.errors import DataError, DynalignError
 from dynalign.generate import Generator, clean_goal, clean_prompt, parse_verdict
 
 PLACES = ["Lagos", "Oslo", "Lima", "Pune", "Hanoi", "Quito", "Turin", "Perth", "Accra", "Cork",
@@ -44,6 +44,10 @@ def test_clean_prompt(raw, clean):
     ("1. Choose a new job\n2. Another", "Choose a new job"),
     ("Task: \"Buy a house\"", "Buy a house"),
     ("\n\n- Organise a reunion.", "Organise a reunion."),
+    ("Goal: plan a move", "plan a move"),
+    ("Goalkeeping practice for a youth team", "Goalkeeping practice for a youth team"),
+    ("Taskforce meeting plan", "Taskforce meeting plan"),
+    ("2025 budget for the family", "2025 budget for the family"),
 ])
 def test_clean_goal(raw, clean):
     assert clean_goal(raw) == clean
@@ -61,7 +65,7 @@ class Scripted:
 
 
 def _goal(messages, seed):
-    n = seed // 101  # the attempt number (see Generator._seed)
+    n = sum(m["role"] == "assistant" for m in messages) + seed % 1000  # varies with every attempt
     return f"Plan the {WORDS[n % 16]} opening number {n}"
 
 
@@ -162,6 +166,18 @@ def test_resume_continues_ids_goals_and_seeds_after_a_crash(tmp_path):
     assert [r["prompt"] for r in _lines(tmp_path / "again" / "out.jsonl")] == \
         [r["prompt"] for r in rows]
     assert [c[1] for c in fresh.goal_writer.calls][3:] == [c[1] for c in resumed.goal_writer.calls]
+
+
+def test_a_malformed_line_in_the_output_is_a_clear_error(tmp_path):
+    (tmp_path / "out.jsonl").write_text('{"id": "gen-00001"}\n{oops}\n')
+    with pytest.raises(DataError, match=r"out.jsonl:2: not JSON"):
+        _generator(tmp_path, lambda m, s: _verdict(True))
+
+
+def test_seeds_differ_per_request_and_repeat_per_seed(tmp_path):
+    gen = _generator(tmp_path, lambda m, s: _verdict(True), max_revisions=60)
+    seeds = {gen._seed(a, c) for a in range(50) for c in range(125)}
+    assert len(seeds) == 50 * 125 and gen._seed(3, 1) == gen._seed(3, 1)
 
 
 def test_goal_context_keeps_only_the_last_goals(tmp_path):
