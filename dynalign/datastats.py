@@ -61,7 +61,7 @@ def _histogram(values, path: Path, bins, xlabel: str, title: str, marker=None) -
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.hist(values, bins=bins, color="#4c72b0", edgecolor="white")
     if marker is not None:
-        ax.axvline(marker, color="#c44e52", linestyle="--", linewidth=1, label=f"{marker}")
+        ax.axvline(marker, color="#c44e52", linestyle="--", linewidth=1, label=f"near-duplicate threshold {marker}")
         ax.legend(loc="upper right", frameon=False)
     ax.set(xlabel=xlabel, ylabel="count", title=f"{title} (n={len(values):,})")
     fig.tight_layout()
