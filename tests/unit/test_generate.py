@@ -1,5 +1,5 @@
 """The generation loop's mechanics, with scripted writers standing in for the three models
-(the loop against a real model served by dynalign is in tests/integration/test_generate.py)."""
+(the loop against a real model served by dynalign is in tests/integration/test_generate_live.py)."""
 
 import json
 import random
