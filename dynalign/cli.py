@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from dynalign.config import load_config, resolved_toml
 from dynalign.errors import DynalignError
@@ -130,8 +131,6 @@ def data_command(cfg, args) -> int:
         bad = len({flag.row_id for flag in flags})
         print(f"{path}: {len(rows)} rows, {bad} flagged", file=sys.stderr)
         return 1 if flags else 0
-    from pathlib import Path
-
     from dynalign.datastats import format_summary, write_report
 
     out = Path(args.out) if args.out else cfg.home / "reports" / "data-stats"

@@ -59,13 +59,19 @@ def read_rows(path: str | Path, strict: bool = True) -> list[dict]:
     return rows
 
 
-def _parse_line(path: Path, number: int, line: str, strict: bool) -> dict:
+def json_object(path: Path, number: int, line: str) -> dict:
+    """One JSONL line as a JSON object; errors name the file and the line."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{number}: not JSON: {e}") from None
     if not isinstance(row, dict):
         raise DataError(f"{path}:{number}: a row must be a JSON object")
+    return row
+
+
+def _parse_line(path: Path, number: int, line: str, strict: bool) -> dict:
+    row = json_object(path, number, line)
     if not strict:
         row.setdefault("id", f"line {number}")
     missing = [key for key in (REQUIRED if strict else ("id", "prompt"))
@@ -105,9 +111,18 @@ def check_rows(rows: list[dict], threshold: float = NEAR_DUPLICATE) -> list[Flag
         if row["id"] in seen_ids:
             flags.append(Flag(row["id"], "duplicate id"))
         seen_ids.add(row["id"])
-        score, position = index.nearest(row["prompt"])
-        if score >= threshold:
-            flags.append(Flag(row["id"], f"near-duplicate of {rows[position]['id']} "
-                                         f"(ROUGE-L {score:.2f})"))
+        reason = near_duplicate(index, rows, row["prompt"], threshold)
+        if reason:
+            flags.append(Flag(row["id"], reason))
         index.add(row["prompt"])
     return flags
+
+
+def near_duplicate(index: RougeIndex, rows: list[dict], prompt: str,
+                   threshold: float) -> str | None:
+    """Why `prompt` is a near-duplicate of an indexed prompt (rows[i] is index entry i), or
+    None when its closest ROUGE-L stays under `threshold`."""
+    score, position = index.nearest(prompt)
+    if score >= threshold:
+        return f"near-duplicate of {rows[position]['id']} (ROUGE-L {score:.2f})"
+    return None

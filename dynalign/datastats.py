@@ -32,11 +32,10 @@ def _summary(values) -> dict:
 
     if values.size == 0:
         return {}
-    quantiles = np.quantile(values, [0.1, 0.5, 0.9, 0.99])
-    return {"min": round(float(values.min()), 4), "p10": round(float(quantiles[0]), 4),
-            "median": round(float(quantiles[1]), 4), "mean": round(float(values.mean()), 4),
-            "p90": round(float(quantiles[2]), 4), "p99": round(float(quantiles[3]), 4),
-            "max": round(float(values.max()), 4)}
+    p10, median, p90, p99 = np.quantile(values, [0.1, 0.5, 0.9, 0.99])
+    stats = {"min": values.min(), "p10": p10, "median": median, "mean": values.mean(),
+             "p90": p90, "p99": p99, "max": values.max()}
+    return {name: round(float(value), 4) for name, value in stats.items()}
 
 
 def write_report(rows: list[dict], out_dir: Path) -> dict:
@@ -61,7 +60,8 @@ def _histogram(values, path: Path, bins, xlabel: str, title: str, marker=None) -
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.hist(values, bins=bins, color="#4c72b0", edgecolor="white")
     if marker is not None:
-        ax.axvline(marker, color="#c44e52", linestyle="--", linewidth=1, label=f"near-duplicate threshold {marker}")
+        ax.axvline(marker, color="#c44e52", linestyle="--", linewidth=1,
+                   label=f"near-duplicate threshold {marker}")
         ax.legend(loc="upper right", frameon=False)
     ax.set(xlabel=xlabel, ylabel="count", title=f"{title} (n={len(values):,})")
     fig.tight_layout()

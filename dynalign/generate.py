@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynalign.dataset import rule_flags
+from dynalign.dataset import json_object, near_duplicate, rule_flags
 from dynalign.endpoint import Endpoint
-from dynalign.errors import DataError, DynalignError
+from dynalign.errors import DynalignError
 from dynalign.prompts import RESPONSE_IN_FEEDBACK, fill, goal_clause
 from dynalign.rouge import RougeIndex
 
@@ -106,7 +106,8 @@ class Generator:
         record = {"attempt": number, "goal": goal, "rounds": []}
         prompt = self._write(number, goal) if goal else ""
         prompt, reason = self._review(number, goal, prompt, record) if prompt else ("", "empty")
-        reason = reason or self._deduplicate(prompt)
+        reason = reason or near_duplicate(self.index, self.rows, prompt,
+                                          self.gen.dedup_threshold)
         if reason is None:
             row = self._accept(number, goal, prompt, record)
             record.update(outcome="accepted", id=row["id"])
@@ -158,13 +159,8 @@ class Generator:
             critique += "\n\nAlso, it breaks these criteria: " + "; ".join(flags) + "."
         ask = fill(self.cfg.prompts.refinement, criteria=self._criteria(goal),
                    generated_prompt=prompt, critique=critique)
-        return clean_prompt(self.prompt_writer.chat(_user(ask), self._seed(number, 3 + 2 * revision)))
-
-    def _deduplicate(self, prompt: str) -> str | None:
-        score, position = self.index.nearest(prompt)
-        if score >= self.gen.dedup_threshold:
-            return f"near-duplicate of {self.rows[position]['id']} (ROUGE-L {score:.2f})"
-        return None
+        seed = self._seed(number, 3 + 2 * revision)
+        return clean_prompt(self.prompt_writer.chat(_user(ask), seed))
 
     def _accept(self, number: int, goal: str, prompt: str, record: dict) -> dict:
         n = len(self.rows) + 1
@@ -211,15 +207,8 @@ def _read_jsonl(path: Path) -> list[dict]:
     if lines and not text.endswith("\n"):
         lines.pop()
         path.write_text("".join(line + "\n" for line in lines))
-    return [_parse(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
-
-
-def _parse(path: Path, number: int, line: str) -> dict:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{number}: not JSON ({e}); fix or remove the line to resume") \
-            from None
+    return [json_object(path, number, line) for number, line in enumerate(lines, 1)
+            if line.strip()]
 
 
 def open_generator(cfg, out: str | None = None) -> Generator:
