@@ -116,6 +116,58 @@ class GenerateConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """When refresh rounds run on their own (with `dynalign serve` or `dynalign learn --schedule`)."""
+
+    interval_hours: float = 0.0  # 0 = no interval schedule
+    cron: str = ""  # crontab line ("0 3 * * *" = 03:00 daily); wins over interval_hours
+    timezone: str = "UTC"
+
+
+@dataclass
+class LearnConfig:
+    """A refresh round: the paper's self-improving phase (Algorithm 1) with TRL's GRPOTrainer."""
+
+    # prompts
+    prompts: int = 64  # prompts per round: logged user prompts first, the rest from the seed set
+    logged_share: float = 0.5  # at most this share of a round's prompts comes from the log
+    max_prompt_chars: int = 4000  # longer logged prompts are skipped (and counted)
+    # GRPO, with the paper's settings as defaults (TRL's own defaults differ: see the README)
+    num_generations: int = 8  # G, candidates per prompt
+    prompts_per_step: int = 4  # 4 prompts x G 8 = 32 completions per step (paper: batch 32)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_tokens: int = 256
+    learning_rate: float = 5e-6
+    epsilon: float = 0.2  # PPO-style clip
+    beta: float = 0.04  # KL to the base model
+    loss_type: str = "grpo"  # TRL's default is "dapo"
+    max_steps: int = 200
+    converge_window: int = 10  # stop when the reward's moving average over this many steps ...
+    converge_tolerance: float = 0.05  # ... moved less than this (0-5 scale) over the last window
+    # reward
+    reward: str = "self"  # "self" (the paper) | "rule" | "judge"
+    self_score: str = "expected"  # "expected" (digit probabilities) | "greedy" (the paper's integer)
+    rule: str = "brevity"  # rule reward: "brevity" (5 at <= rule_words words) | "keyword"
+    rule_words: int = 12
+    rule_keyword: str = "thanks"
+    judge: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0,
+                                                                        max_tokens=8))
+    # adapter and compute
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    from_active: bool = True  # continue from the active adapter (else a fresh one on the base)
+    dtype: str = "float32"  # log-probs in bf16 make the KL term noise
+    threads: int = 1  # CPU: torch threads (the engine keeps the other core)
+    seed: int = 0
+    use_vllm: bool = False  # GPU: rollouts on TRL's colocated vLLM instead of transformers
+    vllm_gpu_memory_utilization: float = 0.25
+    accelerate_config: str = ""  # run the round under `accelerate launch --config_file` this
+    promote: bool = True  # promote a finished round's adapter (the evaluation gate goes here)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
 class Config:
     state_dir: str = "state"  # DYNALIGN_HOME, when set, wins
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -125,6 +177,7 @@ class Config:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    learn: LearnConfig = field(default_factory=LearnConfig)
 
     @property
     def home(self) -> Path:

@@ -28,3 +28,15 @@ class DataError(DynalignError):
 
 class EndpointError(DynalignError):
     """An OpenAI-compatible endpoint refused or failed a request for good."""
+
+
+class RoundError(DynalignError):
+    """A refresh round cannot start, or no round has that id."""
+
+
+class RoundBusyError(RoundError):
+    """A round is already queued or running: rounds never overlap."""
+
+    def __init__(self, message: str, round_id: int):
+        super().__init__(message)
+        self.round_id = round_id

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from dynalign.errors import UnknownVersionError
+from dynalign.errors import RoundBusyError, RoundError, UnknownVersionError
+
+OPEN_ROUND = ("queued", "running", "evaluating")  # a round in one of these blocks a new one
+ROUND_END = ("promoted", "rejected", "failed", "cancelled")
 
 MIGRATIONS = []
 
@@ -64,6 +67,16 @@ def m003_rounds(db):
         },
         pk="id",
     )
+
+
+@migration
+def m004_round_owner(db):
+    """Who runs a round (pid of the managing process and of the learner child), which logged
+    exchanges it consumed, where its candidate adapter is, and whether a cancel was asked."""
+    table = db["rounds"]
+    for name, kind in [("owner_pid", int), ("pid", int), ("exchanges_upto", int),
+                       ("candidate", str), ("cancel_requested", int)]:
+        table.add_column(name, kind)
 
 
 def now() -> str:
@@ -142,6 +155,51 @@ class Store:
     def set_adapter_status(self, version: int, status: str, note: str | None = None) -> None:
         fields = {"status": status} if note is None else {"status": status, "note": note}
         self.db["adapters"].update(version, fields)
+
+    # refresh rounds: queued -> running -> evaluating -> promoted | rejected | failed | cancelled
+    def open_round(self, trigger: str, config: str, owner_pid: int) -> int:
+        """Insert a queued round, unless one is open already (checked in the same write
+        transaction, so two processes can never both start one)."""
+        with self.db.conn:
+            self.db.execute("begin immediate")
+            row = self.db.execute("select id, status from rounds where status in (?, ?, ?)",
+                                  OPEN_ROUND).fetchone()
+            if row:
+                raise RoundBusyError(f"round {row[0]} is {row[1]}; rounds never overlap", row[0])
+            return self.db["rounds"].insert({
+                "status": "queued", "trigger": trigger, "created": now(), "config": config,
+                "owner_pid": owner_pid, "progress": "{}", "metrics": "{}"}).last_pk
+
+    def round(self, round_id: int) -> dict:
+        try:
+            return self.db["rounds"].get(round_id)
+        except sqlite_utils.db.NotFoundError:
+            raise RoundError(f"unknown round: {round_id}") from None
+
+    def rounds(self, limit: int = 50) -> list[dict]:
+        return list(self.db["rounds"].rows_where(order_by="id desc", limit=limit))
+
+    def update_round(self, round_id: int, **fields) -> None:
+        fields = {k: _jsonable(v) for k, v in fields.items()}
+        if fields.get("status") in ROUND_END:
+            fields.setdefault("finished", now())
+        with self.db.conn:
+            self.db["rounds"].update(round_id, fields)
+
+    def open_rounds(self) -> list[dict]:
+        return list(self.db["rounds"].rows_where("status in (?, ?, ?)", OPEN_ROUND))
+
+    def consumed_upto(self) -> int:
+        """The last exchange id a finished round trained on: later ones are new."""
+        row = self.db.execute("select max(exchanges_upto) from rounds where status in "
+                              "('evaluating', 'promoted', 'rejected')").fetchone()
+        return row[0] or 0
+
+    def training_exchanges(self, after: int) -> list[dict]:
+        """Logged exchanges after id `after` that may be trained on: answered, not opted out."""
+        return list(self.db["exchanges"].rows_where(
+            "id > ? and opt_out = 0 and status = 'ok'", [after], order_by="id",
+            select="id, messages"))
 
 
 def _jsonable(value):

@@ -1,0 +1,85 @@
+"""Reward functions with TRL's signature: `(prompts, completions, **kwargs) -> list[float]`.
+
+Three built-ins, chosen by `learn.reward`:
+- "self" (the paper): the policy scores its own answers with the CA rubric. It needs the model,
+  so it lives in learner/self_reward.py; the prompt it reads is `reward_prompt` below.
+- "rule": a learnable, checkable signal (brevity, or a keyword), used to prove that a round
+  learns at all; it says nothing about alignment.
+- "judge": any OpenAI-compatible endpoint scores with the same CA rubric.
+All score on the paper's 0-5 scale. An unreadable judge answer scores 0 and is counted.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from dynalign import prompts as paper
+
+SCORE = re.compile(r"(?<![\d.])([0-5])(?![\d.])")
+WORD = re.compile(r"\w+")
+
+
+def text_of(item) -> str:
+    """A TRL prompt or completion, conversational (a list of messages) or plain text."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, list):
+        turns = [m for m in item if m.get("role") in ("user", "assistant")]
+        return (turns[-1].get("content") or "") if turns else ""
+    return str(item)
+
+
+def reward_prompt(template: str, definition: str, prompt: str, response: str) -> str:
+    return paper.fill(template, definition=definition, prompt=prompt, response=response)
+
+
+def parse_score(text: str) -> int | None:
+    """The first stand-alone digit 0-5 in a judge's answer ("4", "Score: 4", "4/5"); None if none."""
+    match = SCORE.search(text or "")
+    return int(match.group(1)) if match else None
+
+
+def brevity(target_words: int):
+    """5 for a non-empty answer of at most `target_words` words, falling as target / words above."""
+    def brevity_reward(prompts, completions, **kwargs) -> list[float]:
+        scores = []
+        for completion in completions:
+            words = len(WORD.findall(text_of(completion)))
+            scores.append(0.0 if words == 0 else 5.0 * min(1.0, target_words / words))
+        return scores
+    return brevity_reward
+
+
+def keyword(word: str):
+    """5 when the answer contains `word` (case-insensitive), else 0."""
+    def keyword_reward(prompts, completions, **kwargs) -> list[float]:
+        return [5.0 if word.lower() in text_of(c).lower() else 0.0 for c in completions]
+    return keyword_reward
+
+
+def rule_reward(learn):
+    return brevity(learn.rule_words) if learn.rule == "brevity" else keyword(learn.rule_keyword)
+
+
+class JudgeReward:
+    """Scores each answer by asking an external endpoint with the CA reward prompt."""
+
+    __name__ = "judge_reward"
+
+    def __init__(self, endpoint, template: str, definition: str, workers: int = 8):
+        self.endpoint, self.template, self.definition = endpoint, template, definition
+        self.workers = workers
+        self.unreadable = 0
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        asks = [reward_prompt(self.template, self.definition, text_of(p), text_of(c))
+                for p, c in zip(prompts, completions)]
+        with ThreadPoolExecutor(self.workers) as pool:
+            answers = list(pool.map(self._ask, asks))
+        scores = [parse_score(a) for a in answers]
+        self.unreadable += sum(s is None for s in scores)
+        return [float(s or 0) for s in scores]
+
+    def _ask(self, text: str) -> str:
+        return self.endpoint.chat([{"role": "user", "content": text}])

@@ -1,0 +1,109 @@
+"""What a refresh round trains on, and how far along it is. Pure: no torch here.
+
+A round's prompts are the user prompts logged since the last finished round (never opted-out
+ones, never failed requests; the last user turn of each conversation; de-duplicated; over-long
+ones skipped and counted), topped up with a replay sample of the seed set's train split. The
+held-out split is never trained on: evaluation uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+from dynalign.config import LearnConfig
+from dynalign.errors import ConfigError
+
+REWARDS = ("self", "rule", "judge")
+SELF_SCORES = ("expected", "greedy")
+RULES = ("brevity", "keyword")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+
+
+@dataclass
+class Selection:
+    prompts: list[dict] = field(default_factory=list)  # {"prompt", "source", "id"}
+    logged: int = 0
+    seed: int = 0
+    skipped_long: int = 0
+    duplicates: int = 0
+    exchanges_upto: int = 0
+
+    def summary(self) -> dict:
+        return {"prompts": len(self.prompts), "logged": self.logged, "seed": self.seed,
+                "skipped_long": self.skipped_long, "duplicates": self.duplicates,
+                "exchanges_upto": self.exchanges_upto}
+
+
+def check_learn(learn: LearnConfig) -> None:
+    """The choices and ranges a round relies on; a bad one is a ConfigError naming the key."""
+    for key, value, allowed in [("reward", learn.reward, REWARDS),
+                                ("self_score", learn.self_score, SELF_SCORES),
+                                ("rule", learn.rule, RULES), ("loss_type", learn.loss_type, LOSS_TYPES)]:
+        if value not in allowed:
+            raise ConfigError(f"learn.{key} must be one of {', '.join(allowed)}; got {value!r}")
+    for key in ("prompts", "num_generations", "prompts_per_step", "max_steps",
+                "max_completion_tokens", "converge_window", "lora_rank", "threads"):
+        if getattr(learn, key) < 1:
+            raise ConfigError(f"learn.{key} must be at least 1")
+    if learn.num_generations < 2:
+        raise ConfigError("learn.num_generations must be at least 2: GRPO compares a group")
+    if not 0.0 <= learn.logged_share <= 1.0:
+        raise ConfigError("learn.logged_share must be between 0 and 1")
+
+
+def last_user_turn(messages) -> str | None:
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    for message in reversed(messages or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return content.strip() if isinstance(content, str) and content.strip() else None
+    return None
+
+
+def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnConfig,
+                   salt: int = 0) -> Selection:
+    """`exchanges`: rows with id and messages, oldest first (already filtered for opt-out and
+    status by the store). The newest logged prompts win when there are more than the share."""
+    sel = Selection(exchanges_upto=max((row["id"] for row in exchanges), default=0))
+    seen: set[str] = set()
+    logged = []
+    for row in reversed(exchanges):
+        text = last_user_turn(row["messages"])
+        if text is None:
+            continue
+        if len(text) > learn.max_prompt_chars:
+            sel.skipped_long += 1
+        elif _key(text) in seen:
+            sel.duplicates += 1
+        else:
+            seen.add(_key(text))
+            logged.append({"prompt": text, "source": "logged", "id": f"exchange-{row['id']}"})
+    logged = logged[: int(learn.prompts * learn.logged_share)]
+    train = [r for r in seed_rows if r.get("split") == "train" and _key(r["prompt"]) not in seen]
+    rng = random.Random(f"{learn.seed}-{salt}")
+    replay = rng.sample(train, min(len(train), learn.prompts - len(logged)))
+    sel.prompts = logged + [{"prompt": r["prompt"], "source": "seed", "id": r["id"]} for r in replay]
+    rng.shuffle(sel.prompts)
+    sel.logged, sel.seed = len(logged), len(replay)
+    return sel
+
+
+def _key(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def progress(step: int, max_steps: int, seconds: list[float], reward: float | None) -> dict:
+    """Live progress of a running round: step i of N, ETA from the mean step time so far."""
+    per_step = sum(seconds) / len(seconds) if seconds else None
+    eta = per_step * (max_steps - step) if per_step is not None else None
+    return {"step": step, "max_steps": max_steps, "reward": reward,
+            "seconds_per_step": _round(per_step), "eta_s": _round(eta)}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)

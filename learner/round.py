@@ -1,0 +1,164 @@
+"""One refresh round, run as its own process: `python -m learner.round CONFIG --round-id N`.
+
+The process that triggered the round (the gateway, or `dynalign learn`) wrote CONFIG (the
+resolved config with the round's overrides) into the round's folder and watches this process:
+it decides failed / cancelled from the exit, and promotes the candidate. This process only
+trains: select prompts, run GRPO, save the adapter, the per-step metrics and a summary. It can be
+killed at any moment; a round that did not finish publishes nothing.
+
+<state>/rounds/NNNN/: config.toml, prompts.jsonl, metrics.jsonl (one line per step),
+summary.json, learner.log, adapter/ (the candidate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from dynalign.config import Config, load_config
+from dynalign.dataset import read_rows, seed_path
+from dynalign.errors import DynalignError, RoundError
+from dynalign.grpo import converged
+from dynalign.rounds import check_learn, progress, select_prompts
+from dynalign.store import Store
+
+STEP_KEYS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "loss": "loss",
+             "frac_reward_zero_std": "frac_reward_zero_std",
+             "completions/mean_length": "completion_length", "entropy": "entropy",
+             "learning_rate": "learning_rate", "clip_ratio/region_mean": "clip_ratio"}
+
+
+def round_dir(cfg: Config, round_id: int) -> Path:
+    return cfg.home / "rounds" / f"{round_id:04d}"
+
+
+def make_reward(cfg: Config, tokenizer):
+    learn = cfg.learn
+    if learn.reward == "self":
+        from learner.self_reward import SelfReward
+        return SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition, learn.self_score)
+    if learn.reward == "rule":
+        from dynalign.rewards import rule_reward
+        return rule_reward(learn)
+    from dynalign.endpoint import Endpoint
+    from dynalign.rewards import JudgeReward
+    judge = Endpoint.from_config("judge", learn.judge, cfg.generate, cfg.gateway_url)
+    return JudgeReward(judge, cfg.prompts.reward, cfg.prompts.ca_definition)
+
+
+def step_callback(cfg: Config, store: Store, round_id: int, phases, metrics_path: Path):
+    """Per logged step: one metrics line, live progress in the store, and the convergence stop."""
+    from transformers import TrainerCallback
+
+    learn = cfg.learn
+
+    class RoundCallback(TrainerCallback):
+        rewards: list[float] = []
+        step_seconds: list[float] = []
+        started = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or "reward" not in (logs or {}):
+                return
+            seconds = time.perf_counter() - self.started
+            self.step_seconds.append(seconds)
+            self.rewards.append(logs["reward"])
+            row = {"step": state.global_step, **{v: logs[k] for k, v in STEP_KEYS.items() if k in logs},
+                   **phases.take(seconds)}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            stop = converged(self.rewards, learn.converge_window, learn.converge_tolerance)
+            store.update_round(round_id, progress={
+                **progress(state.global_step, learn.max_steps, self.step_seconds, logs["reward"]),
+                "phase": "converged" if stop else "training"})
+            control.should_training_stop = control.should_training_stop or stop
+
+    return RoundCallback()
+
+
+def run_round(cfg: Config, round_id: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from learner.trainer import build_trainer, load_policy
+
+    learn = cfg.learn
+    check_learn(learn)
+    torch.set_num_threads(learn.threads)
+    store = Store(cfg.db_path)
+    out = round_dir(cfg, round_id)
+    selection = select_prompts(store.training_exchanges(store.consumed_upto()),
+                               read_rows(seed_path(cfg)), learn, salt=round_id)
+    if not selection.prompts:
+        raise RoundError("no prompts to train on: the log has none and the seed set is empty")
+    _write_jsonl(out / "prompts.jsonl", selection.prompts)
+    parent = store.active_version() if learn.from_active else None
+    store.update_round(round_id, exchanges_upto=selection.exchanges_upto,
+                       progress={"phase": "loading", "step": 0, "max_steps": learn.max_steps})
+    per_step = min(learn.prompts_per_step, len(selection.prompts))
+    learn = dataclasses.replace(learn, prompts_per_step=per_step)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+    model = load_policy(cfg.model_path, learn, store.adapter(parent)["path"] if parent else None)
+    reward = make_reward(cfg, tokenizer)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}]}
+                                 for p in selection.prompts])
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    trainer = build_trainer(model, tokenizer, dataset, learn, cfg.prompts.system, reward,
+                            str(out / "trainer"))
+    trainer.add_callback(step_callback(cfg, store, round_id, trainer.phases, metrics_path))
+    started = time.perf_counter()
+    trainer.train()
+    trainer.save_model(str(out / "adapter"))
+    steps = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    summary = summarize(steps, selection.summary(), parent, time.perf_counter() - started,
+                        getattr(reward, "unreadable", None), learn)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    store.update_round(round_id, metrics=summary, candidate=str(out / "adapter"))
+    store.close()
+    return summary
+
+
+def summarize(steps: list[dict], selection: dict, parent, seconds: float, unreadable, learn) -> dict:
+    rewards = [s["reward"] for s in steps]
+    window = max(1, min(learn.converge_window, len(rewards)))
+    return {"steps": len(steps), "max_steps": learn.max_steps, "parent": parent,
+            "reward_first": rewards[0] if rewards else None,
+            "reward_last": rewards[-1] if rewards else None,
+            "reward_last_window": sum(rewards[-window:]) / window if rewards else None,
+            "converged": len(steps) < learn.max_steps, "seconds": round(seconds, 1),
+            "unreadable_scores": unreadable, "reward": learn.reward,
+            "self_score": learn.self_score if learn.reward == "self" else None,
+            "selection": selection}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="learner.round", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="the round's resolved config (TOML)")
+    parser.add_argument("--round-id", type=int, required=True)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    try:
+        run_round(load_config(args.config), args.round_id)
+    except DynalignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
