@@ -26,7 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-ui", action="store_true", help="do not start the Gradio UI")
     _adapter_parser(sub)
     _data_parsers(sub)
+    _round_parsers(sub)
     return parser
+
+
+def _round_options(parser) -> None:
+    parser.add_argument("--max-steps", type=int, help="learn.max_steps for this round")
+    parser.add_argument("--prompts", type=int, help="learn.prompts for this round")
+    parser.add_argument("--reward", choices=["self", "rule", "judge"], help="learn.reward")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other [learn] key for this round (TOML value), repeatable")
+
+
+def _round_parsers(sub) -> None:
+    refresh = sub.add_parser("refresh", help="start a refresh round now on the running server")
+    _round_options(refresh)
+    refresh.add_argument("--wait", action="store_true", help="follow its progress to the end")
+    rounds = sub.add_parser("rounds", help="list refresh rounds, show one, or cancel one")
+    rounds.add_argument("action", nargs="?", choices=["list", "show", "cancel"], default="list")
+    rounds.add_argument("id", nargs="?", type=int)
+    learn = sub.add_parser("learn", help="run refresh rounds without the server's scheduler: one "
+                           "round now, or --schedule; candidates are published to the running "
+                           "server's admin API")
+    _round_options(learn)
+    learn.add_argument("--schedule", action="store_true", help="run [learn.schedule] until Ctrl-C")
 
 
 def _data_parsers(sub) -> None:
@@ -87,6 +110,9 @@ def run(args) -> int | None:
         return generate_command(cfg, args)
     elif args.command == "data":
         return data_command(cfg, args)
+    elif args.command in ("refresh", "rounds", "learn"):
+        from dynalign import cli_rounds
+        return getattr(cli_rounds, f"{args.command}_command")(cfg, args)
 
 
 def _overrides(args) -> dict:
@@ -140,11 +166,6 @@ def data_command(cfg, args) -> int:
 
 
 def adapters_command(cfg, args) -> int:
-    import httpx
-
-    base = f"http://{cfg.server.host}:{cfg.server.port}/admin"
-    key = os.environ.get("DYNALIGN_ADMIN_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
     if args.action == "list":
         request = ("GET", "/adapters", None)
     elif args.action == "register":
@@ -152,15 +173,24 @@ def adapters_command(cfg, args) -> int:
         request = ("POST", "/adapters", body)
     else:
         request = ("POST", f"/adapters/{args.version}/activate", None)
+    print(json.dumps(admin_request(cfg, *request), indent=2))
+    return 0
+
+
+def admin_request(cfg, method: str, path: str, body=None, timeout: float = 600) -> dict:
+    """One call to the running gateway's admin API (key: DYNALIGN_ADMIN_KEY)."""
+    import httpx
+
+    base = f"http://{cfg.server.host}:{cfg.server.port}/admin"
+    key = os.environ.get("DYNALIGN_ADMIN_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        response = httpx.request(request[0], base + request[1], json=request[2], headers=headers,
-                                 timeout=600)
+        response = httpx.request(method, base + path, json=body, headers=headers, timeout=timeout)
     except httpx.TransportError as e:
         raise DynalignError(f"cannot reach the gateway at {base}: {e}") from None
     if response.status_code >= 400:
         raise DynalignError(response.json().get("error", {}).get("message", response.text))
-    print(json.dumps(response.json(), indent=2))
-    return 0
+    return response.json()
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ class LearnConfig:
     from_active: bool = True  # continue from the active adapter (else a fresh one on the base)
     dtype: str = "float32"  # log-probs in bf16 make the KL term noise
     threads: int = 1  # CPU: torch threads (the engine keeps the other core)
+    nice: int = 10  # the learner process runs at this lower CPU priority, so chats come first
     seed: int = 0
     use_vllm: bool = False  # GPU: rollouts on TRL's colocated vLLM instead of transformers
     vllm_gpu_memory_utilization: float = 0.25

@@ -40,3 +40,7 @@ class RoundBusyError(RoundError):
     def __init__(self, message: str, round_id: int):
         super().__init__(message)
         self.round_id = round_id
+
+
+class UnknownRoundError(RoundError):
+    """No round has that id."""

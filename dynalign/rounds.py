@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dynalign.config import LearnConfig
 from dynalign.errors import ConfigError
@@ -107,3 +108,27 @@ def progress(step: int, max_steps: int, seconds: list[float], reward: float | No
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
+
+
+def round_view(row: dict, folder: Path | None = None) -> dict:
+    """A round as the API shows it; with its `folder`, also the per-step metrics and config."""
+    view = {k: v for k, v in row.items() if k not in ("config", "progress", "metrics")}
+    view["progress"] = json.loads(row["progress"] or "{}")
+    view["summary"] = json.loads(row["metrics"] or "{}")
+    if folder is not None:
+        view["config"] = row["config"]
+        view["steps"] = _read_steps(folder / "metrics.jsonl")
+    return view
+
+
+def _read_steps(path: Path) -> list[dict]:
+    """Per-step metrics; a last line cut short while the learner writes it is left out."""
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line))
+        except ValueError:
+            break
+    return steps

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from dynalign.errors import RoundBusyError, RoundError, UnknownVersionError
+from dynalign.errors import RoundBusyError, UnknownRoundError, UnknownVersionError
 
 OPEN_ROUND = ("queued", "running", "evaluating")  # a round in one of these blocks a new one
 ROUND_END = ("promoted", "rejected", "failed", "cancelled")
@@ -77,6 +77,13 @@ def m004_round_owner(db):
     for name, kind in [("owner_pid", int), ("pid", int), ("exchanges_upto", int),
                        ("candidate", str), ("cancel_requested", int)]:
         table.add_column(name, kind)
+
+
+@migration
+def m005_schedule(db):
+    """The refresh schedule's memory across restarts: its spec, phase anchor and last firing."""
+    db["schedule"].create({"name": str, "spec": str, "anchor": str, "last_fire": str,
+                           "last_result": str}, pk="name")
 
 
 def now() -> str:
@@ -174,7 +181,7 @@ class Store:
         try:
             return self.db["rounds"].get(round_id)
         except sqlite_utils.db.NotFoundError:
-            raise RoundError(f"unknown round: {round_id}") from None
+            raise UnknownRoundError(f"unknown round: {round_id}") from None
 
     def rounds(self, limit: int = 50) -> list[dict]:
         return list(self.db["rounds"].rows_where(order_by="id desc", limit=limit))
@@ -200,6 +207,14 @@ class Store:
         return list(self.db["exchanges"].rows_where(
             "id > ? and opt_out = 0 and status = 'ok'", [after], order_by="id",
             select="id, messages"))
+
+    # the refresh schedule's state
+    def schedule_state(self, name: str = "refresh") -> dict | None:
+        rows = list(self.db["schedule"].rows_where("name = ?", [name]))
+        return rows[0] if rows else None
+
+    def save_schedule_state(self, name: str = "refresh", **fields) -> None:
+        self.db["schedule"].upsert({"name": name, **fields}, pk="name")
 
 
 def _jsonable(value):

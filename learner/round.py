@@ -119,6 +119,8 @@ def run_round(cfg: Config, round_id: int) -> dict:
     started = time.perf_counter()
     trainer.train()
     trainer.save_model(str(out / "adapter"))
+    store.update_round(round_id, progress={**json.loads(store.round(round_id)["progress"]),
+                                           "phase": "saved"})
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     summary = summarize(steps, selection.summary(), parent, time.perf_counter() - started,
                         getattr(reward, "unreadable", None), learn)

@@ -40,7 +40,9 @@ async def register_adapter(request: Request):
     if parent is not None and not isinstance(parent, int):
         raise RequestError("'parent' must be an integer version", param="parent")
     versions = _versions(request)
-    row = await versions.register(body["path"], parent=parent, note=str(body.get("note", "")))
+    origin = "round" if body.get("source") == "round" else "registered"
+    row = await versions.register(body["path"], parent=parent, note=str(body.get("note", "")),
+                                  origin=origin)
     if body.get("activate"):
         await versions.activate(row["version"])
         row = versions.store.adapter(row["version"])

@@ -21,8 +21,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dynalign.config import Config
-from dynalign.errors import DynalignError, UnknownVersionError
+from dynalign.errors import (DynalignError, RoundBusyError, RoundError, UnknownRoundError,
+                             UnknownVersionError)
 from dynalign.store import Store
+from server import learning
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
 from server.validate import Limits, RequestError, validate_chat
@@ -41,9 +43,11 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None) -> FastAP
             app.state.versions = Versions(cfg, mode, EngineClient(engine_url, http), app.state.store)
             await app.state.versions.startup()
             app.state.log = ExchangeLog(cfg.db_path)
+            app.state.rounds, app.state.schedule = learning.start(cfg, app.state.versions)
             if on_ready:
                 on_ready(app)
             yield
+            learning.stop(app.state.rounds, app.state.schedule)
             app.state.log.close()
             app.state.store.close()
 
@@ -55,7 +59,9 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None) -> FastAP
     _add_error_handlers(app)
     _add_routes(app)
     from server.admin import router as admin_router
+    from server.learning import router as rounds_router
     app.include_router(admin_router, prefix="/admin", dependencies=[Depends(admin_key)])
+    app.include_router(rounds_router, prefix="/admin", dependencies=[Depends(admin_key)])
     return app
 
 
@@ -71,8 +77,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DynalignError)
     async def dynalign_error(request, e: DynalignError):
-        status = 404 if isinstance(e, UnknownVersionError) else 400
-        return error_response(status, str(e), "invalid_request_error")
+        if isinstance(e, (UnknownVersionError, UnknownRoundError)):
+            return error_response(404, str(e), "invalid_request_error", "not_found")
+        if isinstance(e, RoundError):  # busy, or not in a state that allows it
+            code = "round_in_progress" if isinstance(e, RoundBusyError) else "round_state"
+            return error_response(409, str(e), "invalid_request_error", code)
+        return error_response(400, str(e), "invalid_request_error")
 
     @app.exception_handler(EngineCallError)
     async def engine_error(request, e: EngineCallError):

@@ -112,7 +112,8 @@ class Versions:
         return [self._target(None)] + [self._target(v) for v in versions]
 
     # registration and activation
-    async def register(self, source: str, parent: int | None = None, note: str = "") -> dict:
+    async def register(self, source: str, parent: int | None = None, note: str = "",
+                       origin: str = "registered") -> dict:
         async with self.lock:
             max_rank = self.cfg.engine.max_lora_rank if self.mode == "lora" else None
             config = adapters.check_adapter(source, self.cfg.model_path, self.base_names(), max_rank)
@@ -127,7 +128,8 @@ class Versions:
                 if self.mode == "merged":
                     await self._ensure_merged(version, target)
                 self.store.add_adapter(str(target), version=version, parent=parent, note=note,
-                                       base_model=self.cfg.model_name, rank=config["r"])
+                                       base_model=self.cfg.model_name, rank=config["r"],
+                                       source=origin)
             except Exception:
                 _remove(folders)
                 raise

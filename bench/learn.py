@@ -1,0 +1,321 @@
+"""Learner benchmark: seconds per GRPO step, split by phase, as a refresh round runs it.
+
+Why: a round's cost is steps x seconds per step, on the one core the serving engine leaves free;
+the split says which phase to work on, and the comparisons below price two of our choices.
+
+Workload: one seed prompt, G = 8 candidates of 64 tokens (learn.num_generations = 8,
+prompts_per_step = 1, max_completion_tokens = 64), self-reward, a fresh LoRA adapter (r 16) on
+the embedded model, fp32, CPU, --threads torch threads (default 1, what a round gets beside the
+engine). Trainers come from learner.trainer.build_trainer / load_policy, so candidates are sampled
+with the CA system prompt and the loss sees the prompt without it, exactly as in a round. EOS is
+suppressed (min_new_tokens = 64) so every candidate has exactly 64 tokens and the runs do the same
+work (like bench/serve.py's ignore_eos); --natural-length lets candidates stop at EOS.
+Each run: 1 warm-up step, then --steps measured steps; figures are per-phase medians.
+
+Phases (learner.trainer.Phases): generation = the rollout (sampling); scoring = the reward
+function; ref_logprobs = the rest of TRL's batch preparation (reference log-probs with the adapter
+switched off, plus tokenising and advantages); update = the rest of the step (policy forward and
+backward, optimiser step, logging). The median of each phase is taken separately, so the phase
+medians need not add up to the median step.
+
+(a) our configured round ([learn] settings, paper defaults: beta 0.04, loss "grpo", fp32,
+    lr 5e-6, self_score "expected"): seconds per phase and each phase's share of the step.
+(b) self-scoring by one forward pass ("expected") vs generating the score ("greedy", the paper's
+    way): after each measured step of (a), outside its timing, the step's 8 completions are scored
+    again by both readings (alternating which goes first), so both see the same completions and
+    the same policy. Reported: seconds per step's scoring and the ratio greedy / expected, with the
+    greedy answers that held no digit 0-5 (unreadable, scored 0).
+(c) our round vs TRL's GRPOConfig defaults for the settings the paper changes: beta 0.0,
+    loss_type "dapo", use_bias_correction_kl True, learning_rate 1e-6 (same workload, same
+    reward). TRL's default bf16 = True is NOT applied: both runs stay fp32 (the learner trains in
+    fp32 on CPU, and log-probs in bf16 make the KL term noise). Ratio TRL / ours per phase and per
+    step, and the list of every GRPOConfig field where our grpo_config() differs from
+    GRPOConfig's defaults. The two runs go one after the other (ours first), not interleaved.
+
+Usage: .venv/bin/python bench/learn.py [--steps 3] [--threads 1] [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PHASES = ("generation", "scoring", "ref_logprobs", "update", "step")
+WORKLOAD = {"num_generations": 8, "prompts_per_step": 1, "max_completion_tokens": 64}
+TRL_DEFAULTS = {"beta": 0.0, "loss_type": "dapo", "use_bias_correction_kl": True,
+                "learning_rate": 1e-6}
+PLUMBING = {"output_dir", "report_to", "save_strategy", "logging_steps", "use_cpu", "max_steps",
+            "per_device_train_batch_size", "num_generations", "max_completion_length", "seed",
+            "dataloader_num_workers", "vllm_mode", "vllm_gpu_memory_utilization", "logging_dir"}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, help="measured steps per run, after 1 warm-up "
+                   "(default 3; quick 1)")
+    p.add_argument("--tokens", type=int, help="tokens per candidate (default 64; quick 16)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: what a round gets beside the serving engine)")
+    p.add_argument("--config", help="dynalign config whose [learn] section is 'ours' "
+                   "(default: the repo's dynalign.toml)")
+    p.add_argument("--model-path", help="base model (default: the config's, <state>/model)")
+    p.add_argument("--natural-length", action="store_true",
+                   help="let candidates stop at EOS (default: exactly --tokens tokens each)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 step of 16 tokens per run")
+    p.add_argument("--out", help="also write the results to this JSON file")
+    a = p.parse_args()
+    a.steps = a.steps or (1 if a.quick else 3)
+    a.tokens = a.tokens or (16 if a.quick else 64)
+    if a.steps < 1 or a.tokens < 1 or a.threads < 1:
+        p.error("--steps, --tokens and --threads must be at least 1")
+    a.out = str(Path(a.out).resolve()) if a.out else None
+    return a
+
+
+def load(args):
+    """The config ('ours', with the workload forced) and the model path."""
+    from dynalign.config import load_config
+    from dynalign.rounds import check_learn
+    config = args.config or (str(REPO / "dynalign.toml") if (REPO / "dynalign.toml").exists()
+                             else None)
+    cfg = load_config(config, {f"learn.{k}": v for k, v in WORKLOAD.items()} | {
+        "learn.max_completion_tokens": args.tokens, "learn.max_steps": args.steps + 1,
+        "learn.reward": "self", "learn.threads": args.threads})
+    check_learn(cfg.learn)
+    path = args.model_path or cfg.model_path
+    if not (Path(path) / "config.json").exists():
+        sys.exit(f"error: no model at {path}: run `dynalign model prepare` or pass --model-path")
+    return cfg, path
+
+
+class Recorder:
+    """The round's reward, remembering the last batch it scored (re-scored in (b))."""
+
+    __name__ = "self_reward"
+
+    def __init__(self, reward):
+        self.reward, self.last = reward, None
+
+    def bind(self, model) -> None:
+        self.reward.bind(model)
+
+    def __call__(self, prompts, completions, **kwargs):
+        self.last = (prompts, completions)
+        return self.reward(prompts, completions, **kwargs)
+
+
+def step_timer(trainer, label: str, paired: dict | None):
+    """Per logged step: the phase split; with `paired`, both readings re-score the step's batch."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        rows: list[dict] = []
+        started = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "reward" not in (logs or {}):
+                return
+            seconds = time.perf_counter() - self.started
+            row = {"step": state.global_step, **{k.split("/")[1]: v for k, v in
+                                                 trainer.phases.take(seconds).items()},
+                   "completion_tokens": logs.get("completions/mean_length"),
+                   "reward": logs["reward"], "frac_reward_zero_std": logs.get(
+                       "frac_reward_zero_std")}
+            if paired:
+                row["paired_scoring"] = score_both(paired, state.global_step)
+            self.rows.append(row)
+            print(f"  {label} step {state.global_step}: " + ", ".join(
+                f"{k} {row[k]:.2f}" for k in PHASES) + f" s; {row['completion_tokens']:.0f} "
+                f"tokens/candidate" + (f"; re-scored expected {row['paired_scoring']['expected']:.2f}"
+                                       f" s, greedy {row['paired_scoring']['greedy']:.2f} s"
+                                       if paired else ""), flush=True)
+
+    return Timer()
+
+
+def score_both(paired: dict, step: int) -> dict:
+    recorder, readings = paired["recorder"], paired["readings"]
+    order = ["expected", "greedy"] if step % 2 else ["greedy", "expected"]
+    out = {}
+    for mode in order:
+        before = readings[mode].unreadable
+        start = time.perf_counter()
+        scores = readings[mode](*recorder.last)
+        out[mode] = time.perf_counter() - start
+        out[f"{mode}_scores"] = [round(s, 3) for s in scores]
+        out[f"{mode}_unreadable"] = readings[mode].unreadable - before
+    return out
+
+
+def run(label: str, cfg, learn, model_path: str, args, paired: bool, after_build=None) -> dict:
+    """Build a trainer as a round does, train 1 + steps steps, return the measured steps."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from dynalign.dataset import SEED_FILE, read_rows
+    from learner.self_reward import SelfReward
+    from learner.trainer import build_trainer, load_policy
+
+    seed = next(r for r in read_rows(SEED_FILE) if r["split"] == "train")
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": seed["prompt"]}]}])
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    reading = lambda mode: SelfReward(tokenizer, cfg.prompts.reward,  # noqa: E731
+                                      cfg.prompts.ca_definition, mode)
+    recorder = Recorder(reading(learn.self_score))
+    model = load_policy(model_path, learn, None)
+    with tempfile.TemporaryDirectory(prefix="dynalign-bench-learn-") as tmp:
+        trainer = build_trainer(model, tokenizer, dataset, learn, cfg.prompts.system, recorder,
+                                tmp)
+        if not args.natural_length:
+            trainer.generation_config.min_new_tokens = learn.max_completion_tokens
+        if after_build:
+            after_build(trainer)
+        both = None
+        if paired:
+            both = {"recorder": recorder, "readings": {m: reading(m) for m in
+                                                        ("expected", "greedy")}}
+            for r in both["readings"].values():
+                r.bind(trainer.model)
+        timer = step_timer(trainer, label, both)
+        trainer.add_callback(timer)
+        trainer.train()
+        rows = list(timer.rows)
+    del trainer, model
+    gc.collect()
+    if len(rows) != args.steps + 1:
+        raise RuntimeError(f"{label}: expected {args.steps + 1} logged steps, got {len(rows)}")
+    measured = rows[1:]
+    return {"steps": rows, "median": {k: statistics.median(r[k] for r in measured)
+                                      for k in PHASES},
+            "completion_tokens": statistics.mean(r["completion_tokens"] for r in measured)}
+
+
+def config_diff(learn, model_path: str) -> list[dict]:
+    """Every GRPOConfig field where grpo_config(ours) differs from GRPOConfig's defaults."""
+    from trl import GRPOConfig
+
+    from learner.trainer import grpo_config
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = grpo_config(learn, tmp, cuda=False)
+        default = GRPOConfig(output_dir=tmp)
+    rows = []
+    for f in dataclasses.fields(GRPOConfig):
+        if f.name in PLUMBING or not f.init:
+            continue
+        a, b = getattr(ours, f.name, None), getattr(default, f.name, None)
+        if str(a) != str(b):
+            rows.append({"setting": f.name, "ours": str(a), "trl_default": str(b),
+                         "in_trl_run": ("trl default" if f.name in TRL_DEFAULTS else
+                                        "ours (kept fp32)" if f.name == "bf16" else "ours")})
+    return rows
+
+
+def paired_summary(steps: list[dict]) -> dict:
+    measured = [r["paired_scoring"] for r in steps[1:]]
+    exp = statistics.median(m["expected"] for m in measured)
+    gre = statistics.median(m["greedy"] for m in measured)
+    return {"expected_s": exp, "greedy_s": gre, "ratio_greedy_expected": gre / exp,
+            "greedy_unreadable": sum(m["greedy_unreadable"] for m in measured),
+            "items": sum(len(m["greedy_scores"]) for m in measured),
+            "expected_scores": [m["expected_scores"] for m in measured],
+            "greedy_scores": [m["greedy_scores"] for m in measured]}
+
+
+def bench(args) -> dict:
+    import torch
+    torch.set_num_threads(args.threads)
+    cfg, path = load(args)
+    ours = cfg.learn
+    trl = dataclasses.replace(ours, **{k: v for k, v in TRL_DEFAULTS.items()
+                                       if k != "use_bias_correction_kl"})
+
+    def trl_kl(trainer):  # grpo_config() pins it to False; compute_loss reads it from args
+        trainer.args.use_bias_correction_kl = TRL_DEFAULTS["use_bias_correction_kl"]
+
+    out = {"workload": {"prompts": 1, "candidates": ours.num_generations,
+                        "tokens": ours.max_completion_tokens,
+                        "length": "natural (EOS)" if args.natural_length else "exact",
+                        "steps": args.steps, "warmup_steps": 1, "threads": args.threads,
+                        "torch_threads": torch.get_num_threads(), "dtype": ours.dtype,
+                        "model": path, "cpu_count": os.cpu_count()},
+           "ours_settings": {"beta": ours.beta, "loss_type": ours.loss_type,
+                             "learning_rate": ours.learning_rate, "dtype": ours.dtype,
+                             "self_score": ours.self_score, "lora_rank": ours.lora_rank}}
+    print(f"(a)+(b) ours: beta {ours.beta}, loss {ours.loss_type}, lr {ours.learning_rate}, "
+          f"{ours.dtype}, self_score {ours.self_score}", flush=True)
+    out["ours"] = run("ours", cfg, ours, path, args, paired=True)
+    out["scoring"] = paired_summary(out["ours"]["steps"])
+    print("(c) TRL defaults: " + ", ".join(f"{k} {v}" for k, v in TRL_DEFAULTS.items()),
+          flush=True)
+    out["trl_defaults"] = run("trl", cfg, trl, path, args, paired=False, after_build=trl_kl)
+    out["trl_vs_ours"] = {k: ratio(out["trl_defaults"]["median"][k], out["ours"]["median"][k])
+                          for k in PHASES}
+    out["settings_differ"] = config_diff(ours, path)
+    return out
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def summary(out: dict) -> str:
+    w, o, t = out["workload"], out["ours"]["median"], out["trl_defaults"]["median"]
+    s = out["scoring"]
+    lines = [f"workload: 1 prompt x {w['candidates']} candidates x {w['tokens']} tokens "
+             f"({w['length']} length), median of {w['steps']} step(s) after 1 warm-up, "
+             f"{w['torch_threads']} torch thread(s) of {w['cpu_count']} CPUs, {w['dtype']}",
+             f"{'phase (s/step, median)':<26}{'ours':>8}{'share':>8}{'TRL dflt':>10}"
+             f"{'TRL/ours':>10}"]
+    for k in PHASES:
+        r = out["trl_vs_ours"][k]
+        lines.append(f"{k:<26}{o[k]:>8.2f}{o[k] / o['step']:>8.0%}{t[k]:>10.2f}"
+                     f"{(f'{r:.2f}' if r is not None else '-'):>10}")
+    lines += [f"completion tokens/candidate: ours {out['ours']['completion_tokens']:.1f}, "
+              f"TRL defaults {out['trl_defaults']['completion_tokens']:.1f}",
+              f"(b) scoring {w['candidates']} completions (same ones, re-scored after each step): "
+              f"expected {s['expected_s']:.2f} s, greedy {s['greedy_s']:.2f} s, "
+              f"greedy/expected {s['ratio_greedy_expected']:.2f}; greedy unreadable "
+              f"{s['greedy_unreadable']}/{s['items']}",
+              f"    a step with greedy scoring would take ~{o['step'] - o['scoring'] + s['greedy_s']:.1f}"
+              f" s (ours step - scoring + greedy), {(o['step'] - o['scoring'] + s['greedy_s']) / o['step']:.2f}x ours",
+              f"(c) step TRL defaults / ours: {out['trl_vs_ours']['step']:.2f} "
+              f"(bf16 kept off: both fp32)",
+              "settings where our grpo_config differs from GRPOConfig defaults "
+              "(last column: what the TRL-defaults run used):"]
+    lines += [f"    {d['setting']:<28}{d['ours']:>12}{d['trl_default']:>12}   {d['in_trl_run']}"
+              for d in out["settings_differ"]]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    args = parse_args()
+    os.chdir(REPO)  # the config's relative state dir, as the server sees it
+    sys.path.insert(0, str(REPO))
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    started = time.perf_counter()
+    out = bench(args)
+    out["wall_s"] = round(time.perf_counter() - started, 1)
+    print("\n" + summary(out))
+    print(json.dumps(out, separators=(",", ":")))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2))
+        print(f"JSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Runs refresh rounds: one at a time, each in its own process, then the gate, then publishing.
+
+Used by the gateway (`dynalign serve`: admin API and schedule) and by `dynalign learn`. The
+store is the single source of truth: `open_round` refuses a round while another is open, in one
+write transaction, so two managers (a gateway and a standalone learner) never overlap either.
+
+A round: queued -> running (the child `learner.round` trains) -> evaluating (the gate; the
+evaluation suite plugs in at `gate`) -> promoted | rejected, or failed / cancelled. The child
+runs niced, in its own process group; a crash or out-of-memory kill of it fails the round and
+publishes nothing. The manager's own death leaves its round open; the next manager to start
+marks it failed (`recover`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dynalign.config import Config, _build, resolved_toml
+from dynalign.errors import RoundError
+from dynalign.rounds import check_learn
+from dynalign.store import Store, now
+
+log = logging.getLogger("dynalign.rounds")
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+
+
+def default_gate(cfg: Config, round_row: dict) -> Decision:
+    """The seam for the evaluation gate: without one, a finished round is promoted unless
+    learn.promote is off."""
+    if not cfg.learn.promote:
+        return Decision(False, ["learn.promote is off: registered, not activated"])
+    return Decision(True, ["no evaluation gate configured"])
+
+
+# publish(candidate_dir, parent, note, activate) -> the new version number
+Publisher = Callable[[str, "int | None", str, bool], int]
+
+
+def with_overrides(cfg: Config, overrides: dict | None) -> Config:
+    """`{"max_steps": 2, "prompts": 2}` applied to [learn]; unknown keys and wrong types are errors."""
+    learn = _build(cfg.learn, dict(overrides or {}), prefix="learn.")
+    check_learn(learn)
+    return dataclasses.replace(cfg, state_dir=str(cfg.home), learn=learn)
+
+
+def learner_command(cfg: Config, config_path: Path, round_id: int) -> list[str]:
+    module = ["-m", "learner.round", str(config_path), "--round-id", str(round_id)]
+    if cfg.learn.accelerate_config:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                cfg.learn.accelerate_config, *module]
+    return [sys.executable, *module]
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RoundManager:
+    def __init__(self, cfg: Config, publish: Publisher, gate=default_gate):
+        self.cfg, self.publish, self.gate = cfg, publish, gate
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.threads: dict[int, threading.Thread] = {}
+
+    def store(self) -> Store:
+        return Store(self.cfg.db_path)  # one connection per call: rounds run on their own threads
+
+    def recover(self) -> list[int]:
+        """Fail the open rounds whose managing process is gone (a crash or restart)."""
+        failed = []
+        with closing(self.store()) as store:
+            for row in store.open_rounds():
+                if row["owner_pid"] == os.getpid() or alive(row["owner_pid"]):
+                    continue
+                _kill_group(row["pid"])
+                store.update_round(row["id"], status="failed", error=(
+                    f"interrupted: the process that ran it (pid {row['owner_pid']}) exited"))
+                failed.append(row["id"])
+        return failed
+
+    def trigger(self, trigger: str = "operator", overrides: dict | None = None) -> dict:
+        cfg = with_overrides(self.cfg, overrides)
+        with closing(self.store()) as store:
+            round_id = store.open_round(trigger, resolved_toml(cfg), os.getpid())
+            folder = self.cfg.home / "rounds" / f"{round_id:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.toml").write_text(resolved_toml(cfg))
+            if overrides:
+                (folder / "overrides.json").write_text(json.dumps(overrides))
+            thread = threading.Thread(target=self._run, args=(round_id, cfg, folder),
+                                      name=f"round-{round_id}", daemon=True)
+            self.threads[round_id] = thread
+            thread.start()
+            return store.round(round_id)
+
+    def cancel(self, round_id: int, wait_s: float = 30.0) -> dict:
+        with closing(self.store()) as store:
+            row = store.round(round_id)
+            if row["status"] not in ("queued", "running"):
+                raise RoundError(f"round {round_id} is {row['status']}: only a queued or running "
+                                 "round can be cancelled")
+            store.update_round(round_id, cancel_requested=1)
+            _kill_group(row["pid"])
+        thread = self.threads.get(round_id)
+        if thread is not None:
+            thread.join(wait_s)
+        with closing(self.store()) as store:
+            return store.round(round_id)
+
+    def shutdown(self, wait_s: float = 30.0) -> None:
+        """Cancel this manager's running rounds (the learner dies with us anyway)."""
+        for round_id, thread in list(self.threads.items()):
+            if thread.is_alive():
+                with closing(self.store()) as store:
+                    store.update_round(round_id, cancel_requested=1,
+                                       error="cancelled: the server stopped")
+                    _kill_group(store.round(round_id)["pid"])
+                thread.join(wait_s)
+
+    def wait(self, round_id: int, timeout: float | None = None) -> None:
+        thread = self.threads.get(round_id)
+        if thread is not None:
+            thread.join(timeout)
+
+    def busy(self) -> bool:
+        return any(t.is_alive() for t in self.threads.values())
+
+    def _run(self, round_id: int, cfg: Config, folder: Path) -> None:
+        """The round's life after `trigger`. This is a thread's outermost frame: whatever goes
+        wrong is recorded on the round (failed) rather than lost with the thread."""
+        with closing(self.store()) as store:
+            try:
+                rc = self._train(store, round_id, cfg, folder)
+                row = store.round(round_id)
+                if row["cancel_requested"]:
+                    store.update_round(round_id, status="cancelled")
+                elif rc != 0:
+                    store.update_round(round_id, status="failed", error=_tail(folder / "learner.log"))
+                else:
+                    self._publish(store, cfg, row)
+            except Exception as e:  # noqa: BLE001 (recorded on the round, see docstring)
+                log.exception("round %s failed", round_id)
+                store.update_round(round_id, status="failed", error=f"{type(e).__name__}: {e}")
+
+    def _train(self, store: Store, round_id: int, cfg: Config, folder: Path) -> int:
+        if store.round(round_id)["cancel_requested"]:
+            return -1
+        env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "PYTHONUNBUFFERED": "1",
+               "OMP_NUM_THREADS": str(cfg.learn.threads), "DYNALIGN_HOME": str(cfg.home)}
+        with open(folder / "learner.log", "ab") as out:
+            proc = subprocess.Popen(learner_command(cfg, folder / "config.toml", round_id),
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True,
+                                    preexec_fn=_child_setup(cfg.learn.nice))
+        self.procs[round_id] = proc
+        store.update_round(round_id, status="running", started=now(), pid=proc.pid)
+        if store.round(round_id)["cancel_requested"]:  # a cancel that came before the pid
+            _kill_group(proc.pid)
+        try:
+            return proc.wait()
+        finally:
+            self.procs.pop(round_id, None)
+
+    def _publish(self, store: Store, cfg: Config, row: dict) -> None:
+        store.update_round(row["id"], status="evaluating")
+        summary = json.loads(row["metrics"] or "{}")
+        decision = self.gate(cfg, store.round(row["id"]))
+        note = f"round {row['id']}: " + "; ".join(decision.reasons)
+        version = self.publish(row["candidate"], summary.get("parent"), note, decision.promote)
+        metrics = {**summary, "gate": {"promote": decision.promote, "reasons": decision.reasons,
+                                       **decision.report}}
+        store.update_round(row["id"], status="promoted" if decision.promote else "rejected",
+                           adapter_version=version, metrics=metrics,
+                           error=None if decision.promote else "; ".join(decision.reasons))
+
+
+def _child_setup(nice: int):
+    from server.engine import _die_with_parent
+
+    def setup() -> None:
+        _die_with_parent()
+        os.nice(nice)
+    return setup
+
+
+def _kill_group(pid: int | None) -> None:
+    if pid and alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "the learner exited before writing a log"
+    return "\n".join(text[-lines:])
+

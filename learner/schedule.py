@@ -1,0 +1,99 @@
+"""The refresh schedule: APScheduler with an interval or cron trigger from `[learn.schedule]`.
+
+APScheduler's jobs live in memory here (its persistent job stores need SQLAlchemy); what must
+survive a restart is kept in our own SQLite `schedule` table instead: the spec, the anchor an
+interval counts from (so a restart keeps the phase: every 6 h from 00:00 stays 00:00, 06:00, ...),
+and the last firing. A firing that fell due while nothing was running happens once at start
+(coalesced). A firing during a round is skipped and recorded, never queued.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from contextlib import closing
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from dynalign.config import Config, ScheduleConfig
+from dynalign.errors import ConfigError, RoundBusyError
+from dynalign.store import Store, now
+
+log = logging.getLogger("dynalign.schedule")
+JOB = "refresh"
+
+
+def spec_of(schedule: ScheduleConfig) -> dict | None:
+    if schedule.cron:
+        return {"cron": schedule.cron, "timezone": schedule.timezone}
+    if schedule.interval_hours > 0:
+        return {"interval_hours": schedule.interval_hours, "timezone": schedule.timezone}
+    return None
+
+
+def make_trigger(spec: dict, anchor: dt.datetime):
+    try:
+        if "cron" in spec:
+            return CronTrigger.from_crontab(spec["cron"], timezone=spec["timezone"])
+        return IntervalTrigger(hours=spec["interval_hours"], start_date=anchor,
+                               timezone=spec["timezone"])
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"invalid learn.schedule {spec}: {e}") from None
+
+
+def first_run(trigger, since: dt.datetime, at: dt.datetime) -> dt.datetime:
+    """`at` when a firing fell due in (since, at] (missed while down), else the next one."""
+    due = trigger.get_next_fire_time(None, since + dt.timedelta(microseconds=1))
+    return at if due is not None and due <= at else trigger.get_next_fire_time(None, at)
+
+
+class Schedule:
+    def __init__(self, cfg: Config, fire: Callable[[str], dict]):
+        self.cfg, self.fire = cfg, fire
+        self.spec = spec_of(cfg.learn.schedule)
+        self.scheduler: BackgroundScheduler | None = None
+
+    def start(self, at: dt.datetime | None = None) -> dt.datetime | None:
+        """Start the scheduler thread; returns the first run time (None: no schedule)."""
+        if self.spec is None:
+            return None
+        at = at or dt.datetime.now(dt.timezone.utc)
+        with closing(Store(self.cfg.db_path)) as store:
+            state = store.schedule_state()
+            if state is None or json.loads(state["spec"]) != self.spec:
+                state = {"spec": json.dumps(self.spec), "anchor": at.isoformat(), "last_fire": None}
+                store.save_schedule_state(**state)
+        anchor = dt.datetime.fromisoformat(state["anchor"])
+        trigger = make_trigger(self.spec, anchor)
+        since = dt.datetime.fromisoformat(state["last_fire"]) if state["last_fire"] else anchor
+        first = first_run(trigger, since, at)
+        self.scheduler = BackgroundScheduler(timezone=self.spec["timezone"])
+        self.scheduler.add_job(self._fire, trigger, id=JOB, next_run_time=first, coalesce=True,
+                               max_instances=1, misfire_grace_time=None)
+        self.scheduler.start()
+        return first
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+
+    def info(self) -> dict:
+        job = self.scheduler.get_job(JOB) if self.scheduler else None
+        with closing(Store(self.cfg.db_path)) as store:
+            state = store.schedule_state() or {}
+        return {"spec": self.spec, "next_run": job.next_run_time.isoformat() if job else None,
+                "last_fire": state.get("last_fire"), "last_result": state.get("last_result")}
+
+    def _fire(self) -> None:
+        try:
+            row = self.fire("schedule")
+            result = f"started round {row['id']}"
+        except RoundBusyError as e:
+            result = f"skipped: {e}"
+        log.warning("scheduled refresh: %s", result)
+        with closing(Store(self.cfg.db_path)) as store:
+            store.save_schedule_state(last_fire=now(), last_result=result)

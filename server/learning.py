@@ -1,0 +1,95 @@
+"""Refresh rounds inside the gateway: the round manager, the schedule, and their admin routes.
+
+POST /admin/refresh            start a round now; the body may override [learn] keys for this
+                               round only ({"max_steps": 2, "prompts": 2}); 202 with the round,
+                               409 (code round_in_progress) while another round is open
+GET  /admin/rounds             recent rounds with live progress, and the schedule
+GET  /admin/rounds/{id}        one round: progress (step i of N, ETA, reward), summary, per-step
+                               metrics, the config it ran with
+POST /admin/rounds/{id}/cancel stop a queued or running round
+GET  /admin/schedule           the schedule: spec, next run, last firing and what it did
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from dynalign.config import Config
+from dynalign.rounds import round_view
+from server.validate import RequestError
+from server.versions import Versions
+
+router = APIRouter()
+
+
+def start(cfg: Config, versions: Versions):
+    """The round manager (publishing through `versions`, the operator's hot-swap path) and the
+    refresh schedule. Rounds left open by a previous gateway are failed first."""
+    from learner.manager import RoundManager
+    from learner.schedule import Schedule
+
+    rounds = RoundManager(cfg, publish=versions_publisher(versions, asyncio.get_running_loop()))
+    rounds.recover()
+    schedule = Schedule(cfg, rounds.trigger)
+    schedule.start()
+    return rounds, schedule
+
+
+def stop(rounds, schedule) -> None:
+    schedule.stop()
+    rounds.shutdown()
+
+
+def versions_publisher(versions: Versions, loop: asyncio.AbstractEventLoop):
+    """Register a round's candidate and activate it (or mark it rejected), on the app's loop."""
+    async def publish(candidate: str, parent, note: str, activate: bool) -> int:
+        row = await versions.register(candidate, parent=parent, note=note, origin="round")
+        if activate:
+            await versions.activate(row["version"])
+        else:
+            versions.store.set_adapter_status(row["version"], "rejected", note=note)
+        return row["version"]
+
+    def run(candidate, parent, note, activate) -> int:
+        return asyncio.run_coroutine_threadsafe(publish(candidate, parent, note, activate),
+                                                loop).result()
+    return run
+
+
+@router.post("/refresh", status_code=202)
+async def refresh(request: Request):
+    from server.gateway import read_json
+
+    raw = await request.body()
+    overrides = (await read_json(request)) if raw.strip() else {}
+    if not isinstance(overrides, dict):
+        raise RequestError("body must be a JSON object of [learn] overrides, e.g. "
+                           '{"max_steps": 2, "prompts": 2}')
+    row = await asyncio.to_thread(request.app.state.rounds.trigger, "operator", overrides)
+    return round_view(row)
+
+
+@router.get("/rounds")
+async def list_rounds(request: Request, limit: int = 20):
+    store = request.app.state.store
+    rows = store.rounds(limit=min(max(limit, 1), 500))
+    return {"data": [round_view(r) for r in rows], "schedule": request.app.state.schedule.info()}
+
+
+@router.get("/rounds/{round_id}")
+async def get_round(round_id: int, request: Request):
+    folder = request.app.state.cfg.home / "rounds" / f"{round_id:04d}"
+    return round_view(request.app.state.store.round(round_id), folder)
+
+
+@router.post("/rounds/{round_id}/cancel")
+async def cancel_round(round_id: int, request: Request):
+    row = await asyncio.to_thread(request.app.state.rounds.cancel, round_id)
+    return round_view(row)
+
+
+@router.get("/schedule")
+async def schedule(request: Request):
+    return request.app.state.schedule.info()
