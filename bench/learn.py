@@ -21,10 +21,12 @@ medians need not add up to the median step.
 (a) our configured round ([learn] settings, paper defaults: beta 0.04, loss "grpo", fp32,
     lr 5e-6, self_score "expected"): seconds per phase and each phase's share of the step.
 (b) self-scoring by one forward pass ("expected") vs generating the score ("greedy", the paper's
-    way): after each measured step of (a), outside its timing, the step's 8 completions are scored
-    again by both readings (alternating which goes first), so both see the same completions and
-    the same policy. Reported: seconds per step's scoring and the ratio greedy / expected, with the
-    greedy answers that held no digit 0-5 (unreadable, scored 0).
+    way): right after each measured step of (a), outside its timing, the step's 8 completions are
+    scored again by the greedy reading (learner.self_reward.SelfReward, mode "greedy", as a round
+    with self_score = "greedy" calls it), so it sees the same completions as the step's expected
+    scoring. Reported: the scoring phase (expected) and the greedy re-scoring, seconds per step
+    (medians), the ratio greedy / expected, and the greedy answers that held no digit 0-5
+    (unreadable, scored 0).
 (c) our round vs TRL's GRPOConfig defaults for the settings the paper changes: beta 0.0,
     loss_type "dapo", use_bias_correction_kl True, learning_rate 1e-6 (same workload, same
     reward). TRL's default bf16 = True is NOT applied: both runs stay fp32 (the learner trains in
@@ -46,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,36 +136,33 @@ def step_timer(trainer, label: str, paired: dict | None):
                    "completion_tokens": logs.get("completions/mean_length"),
                    "reward": logs["reward"], "frac_reward_zero_std": logs.get(
                        "frac_reward_zero_std")}
-            if paired:
-                row["paired_scoring"] = score_both(paired, state.global_step)
+            if paired and state.global_step > 1:  # not after the warm-up step
+                row["rescoring"] = rescore(paired)
             self.rows.append(row)
             print(f"  {label} step {state.global_step}: " + ", ".join(
                 f"{k} {row[k]:.2f}" for k in PHASES) + f" s; {row['completion_tokens']:.0f} "
-                f"tokens/candidate" + (f"; re-scored expected {row['paired_scoring']['expected']:.2f}"
-                                       f" s, greedy {row['paired_scoring']['greedy']:.2f} s"
-                                       if paired else ""), flush=True)
+                f"tokens/candidate" + (f"; re-scored {row['rescoring']['reading']} "
+                                       f"{row['rescoring']['seconds']:.2f} s"
+                                       if "rescoring" in row else ""), flush=True)
 
     return Timer()
 
 
-def score_both(paired: dict, step: int) -> dict:
-    recorder, readings = paired["recorder"], paired["readings"]
-    order = ["expected", "greedy"] if step % 2 else ["greedy", "expected"]
-    out = {}
-    for mode in order:
-        before = readings[mode].unreadable
-        start = time.perf_counter()
-        scores = readings[mode](*recorder.last)
-        out[mode] = time.perf_counter() - start
-        out[f"{mode}_scores"] = [round(s, 3) for s in scores]
-        out[f"{mode}_unreadable"] = readings[mode].unreadable - before
-    return out
+def rescore(paired: dict) -> dict:
+    """The step's batch scored again by the other reading, timed."""
+    reward, before = paired["other"], paired["other"].unreadable
+    start = time.perf_counter()
+    scores = reward(*paired["recorder"].last)
+    return {"reading": reward.mode, "seconds": time.perf_counter() - start,
+            "scores": [round(x, 3) for x in scores],
+            "unreadable": reward.unreadable - before, "items": len(scores)}
 
 
 def run(label: str, cfg, learn, model_path: str, args, paired: bool, after_build=None) -> dict:
     """Build a trainer as a round does, train 1 + steps steps, return the measured steps."""
     from datasets import Dataset
     from transformers import AutoTokenizer
+    from transformers.trainer_callback import ProgressCallback
 
     from dynalign.dataset import SEED_FILE, read_rows
     from learner.self_reward import SelfReward
@@ -178,16 +178,16 @@ def run(label: str, cfg, learn, model_path: str, args, paired: bool, after_build
     with tempfile.TemporaryDirectory(prefix="dynalign-bench-learn-") as tmp:
         trainer = build_trainer(model, tokenizer, dataset, learn, cfg.prompts.system, recorder,
                                 tmp)
+        trainer.remove_callback(ProgressCallback)  # the bar and the raw log dicts
         if not args.natural_length:
             trainer.generation_config.min_new_tokens = learn.max_completion_tokens
         if after_build:
             after_build(trainer)
         both = None
         if paired:
-            both = {"recorder": recorder, "readings": {m: reading(m) for m in
-                                                        ("expected", "greedy")}}
-            for r in both["readings"].values():
-                r.bind(trainer.model)
+            other = "greedy" if learn.self_score == "expected" else "expected"
+            both = {"recorder": recorder, "other": reading(other)}
+            both["other"].bind(trainer.model)
         timer = step_timer(trainer, label, both)
         trainer.add_callback(timer)
         trainer.train()
@@ -199,7 +199,8 @@ def run(label: str, cfg, learn, model_path: str, args, paired: bool, after_build
     measured = rows[1:]
     return {"steps": rows, "median": {k: statistics.median(r[k] for r in measured)
                                       for k in PHASES},
-            "completion_tokens": statistics.mean(r["completion_tokens"] for r in measured)}
+            "completion_tokens": statistics.mean(r["completion_tokens"] for r in measured),
+            "unreadable": getattr(recorder.reward, "unreadable", None)}
 
 
 def config_diff(learn, model_path: str) -> list[dict]:
@@ -209,7 +210,7 @@ def config_diff(learn, model_path: str) -> list[dict]:
     from learner.trainer import grpo_config
     with tempfile.TemporaryDirectory() as tmp:
         ours = grpo_config(learn, tmp, cuda=False)
-        default = GRPOConfig(output_dir=tmp)
+        default = GRPOConfig(output_dir=tmp, use_cpu=True)
     rows = []
     for f in dataclasses.fields(GRPOConfig):
         if f.name in PLUMBING or not f.init:
@@ -222,20 +223,26 @@ def config_diff(learn, model_path: str) -> list[dict]:
     return rows
 
 
-def paired_summary(steps: list[dict]) -> dict:
-    measured = [r["paired_scoring"] for r in steps[1:]]
-    exp = statistics.median(m["expected"] for m in measured)
-    gre = statistics.median(m["greedy"] for m in measured)
-    return {"expected_s": exp, "greedy_s": gre, "ratio_greedy_expected": gre / exp,
-            "greedy_unreadable": sum(m["greedy_unreadable"] for m in measured),
-            "items": sum(len(m["greedy_scores"]) for m in measured),
-            "expected_scores": [m["expected_scores"] for m in measured],
-            "greedy_scores": [m["greedy_scores"] for m in measured]}
+def paired_summary(steps: list[dict], in_step: str) -> dict:
+    """Median seconds per step's scoring: `in_step` from the scoring phase, the other reading
+    from the re-scoring of the same completions right after the step."""
+    measured = steps[1:]
+    other = measured[0]["rescoring"]["reading"]
+    seconds = {in_step: statistics.median(r["scoring"] for r in measured),
+               other: statistics.median(r["rescoring"]["seconds"] for r in measured)}
+    out = {"expected_s": seconds["expected"], "greedy_s": seconds["greedy"],
+           "ratio_greedy_expected": seconds["greedy"] / seconds["expected"],
+           "in_step": in_step, "rescored": other,
+           "rescored_unreadable": sum(r["rescoring"]["unreadable"] for r in measured),
+           "rescored_items": sum(r["rescoring"]["items"] for r in measured)}
+    return out
 
 
 def bench(args) -> dict:
     import torch
+    from transformers.utils import logging
     torch.set_num_threads(args.threads)
+    logging.disable_progress_bar()
     cfg, path = load(args)
     ours = cfg.learn
     trl = dataclasses.replace(ours, **{k: v for k, v in TRL_DEFAULTS.items()
@@ -256,7 +263,7 @@ def bench(args) -> dict:
     print(f"(a)+(b) ours: beta {ours.beta}, loss {ours.loss_type}, lr {ours.learning_rate}, "
           f"{ours.dtype}, self_score {ours.self_score}", flush=True)
     out["ours"] = run("ours", cfg, ours, path, args, paired=True)
-    out["scoring"] = paired_summary(out["ours"]["steps"])
+    out["scoring"] = paired_summary(out["ours"]["steps"], ours.self_score)
     print("(c) TRL defaults: " + ", ".join(f"{k} {v}" for k, v in TRL_DEFAULTS.items()),
           flush=True)
     out["trl_defaults"] = run("trl", cfg, trl, path, args, paired=False, after_build=trl_kl)
@@ -273,9 +280,16 @@ def ratio(a: float, b: float) -> float | None:
 def summary(out: dict) -> str:
     w, o, t = out["workload"], out["ours"]["median"], out["trl_defaults"]["median"]
     s = out["scoring"]
+    alt = o["step"] - o["scoring"] + s[f"{s['rescored']}_s"]
+    la = out["load_average"]
     lines = [f"workload: 1 prompt x {w['candidates']} candidates x {w['tokens']} tokens "
              f"({w['length']} length), median of {w['steps']} step(s) after 1 warm-up, "
-             f"{w['torch_threads']} torch thread(s) of {w['cpu_count']} CPUs, {w['dtype']}",
+             f"{w['torch_threads']} torch thread(s) of {w['cpu_count']} CPUs, {w['dtype']}; "
+             f"load average (1 min) {la['start'][0]:.2f} at start, {la['end'][0]:.2f} at end, "
+             f"{out['wall_s']:.0f} s wall",
+             f"ours: beta {out['ours_settings']['beta']}, loss {out['ours_settings']['loss_type']}"
+             f", lr {out['ours_settings']['learning_rate']}, self_score "
+             f"{out['ours_settings']['self_score']}",
              f"{'phase (s/step, median)':<26}{'ours':>8}{'share':>8}{'TRL dflt':>10}"
              f"{'TRL/ours':>10}"]
     for k in PHASES:
@@ -284,12 +298,17 @@ def summary(out: dict) -> str:
                      f"{(f'{r:.2f}' if r is not None else '-'):>10}")
     lines += [f"completion tokens/candidate: ours {out['ours']['completion_tokens']:.1f}, "
               f"TRL defaults {out['trl_defaults']['completion_tokens']:.1f}",
-              f"(b) scoring {w['candidates']} completions (same ones, re-scored after each step): "
-              f"expected {s['expected_s']:.2f} s, greedy {s['greedy_s']:.2f} s, "
-              f"greedy/expected {s['ratio_greedy_expected']:.2f}; greedy unreadable "
-              f"{s['greedy_unreadable']}/{s['items']}",
-              f"    a step with greedy scoring would take ~{o['step'] - o['scoring'] + s['greedy_s']:.1f}"
-              f" s (ours step - scoring + greedy), {(o['step'] - o['scoring'] + s['greedy_s']) / o['step']:.2f}x ours",
+              f"(b) scoring a step's {w['candidates']} completions (median s/step): "
+              f"expected {s['expected_s']:.2f}, greedy {s['greedy_s']:.2f}, "
+              f"greedy/expected {s['ratio_greedy_expected']:.2f}",
+              f"    ({s['in_step']} = the step's scoring phase; {s['rescored']} = the same "
+              f"completions re-scored right after the step; {s['rescored']} unreadable: "
+              f"{s['rescored_unreadable']}/{s['rescored_items']})"
+              if s["rescored"] == "greedy" else
+              f"    ({s['in_step']} = the step's scoring phase; {s['rescored']} = the same "
+              f"completions re-scored right after the step)",
+              f"    a step scoring by {s['rescored']} would take ~{alt:.1f} s (ours step - scoring + "
+              f"{s['rescored']}), {alt / o['step']:.2f}x ours",
               f"(c) step TRL defaults / ours: {out['trl_vs_ours']['step']:.2f} "
               f"(bf16 kept off: both fp32)",
               "settings where our grpo_config differs from GRPOConfig defaults "
@@ -305,9 +324,11 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    started = time.perf_counter()
+    warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
+    started, load_before = time.perf_counter(), os.getloadavg()
     out = bench(args)
     out["wall_s"] = round(time.perf_counter() - started, 1)
+    out["load_average"] = {"start": load_before, "end": os.getloadavg()}
     print("\n" + summary(out))
     print(json.dumps(out, separators=(",", ":")))
     if args.out:

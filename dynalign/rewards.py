@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dynalign import prompts as paper
 
-SCORE = re.compile(r"(?<![\d.])([0-5])(?![\d.])")
+SCORE = re.compile(r"(?<![\d.])([0-5])(?!\.?\d)")
 WORD = re.compile(r"\w+")
 
 

@@ -50,6 +50,9 @@ def check_learn(learn: LearnConfig) -> None:
             raise ConfigError(f"learn.{key} must be at least 1")
     if learn.num_generations < 2:
         raise ConfigError("learn.num_generations must be at least 2: GRPO compares a group")
+    if learn.accelerate_config and learn.dtype != "bfloat16":
+        raise ConfigError("learn.accelerate_config (DeepSpeed ZeRO-3 / FSDP) trains in bf16: "
+                          "set learn.dtype = \"bfloat16\"")
     if not 0.0 <= learn.logged_share <= 1.0:
         raise ConfigError("learn.logged_share must be between 0 and 1")
 
@@ -61,7 +64,7 @@ def last_user_turn(messages) -> str | None:
         if message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, list):  # content parts: keep the text ones
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("text"))
             return content.strip() if isinstance(content, str) and content.strip() else None
     return None
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dynalign.config import Config, _build, resolved_toml
+from dynalign.config import Config, _build, _set_dotted, resolved_toml
 from dynalign.errors import RoundError
 from dynalign.rounds import check_learn
 from dynalign.store import Store, now
@@ -55,7 +55,10 @@ Publisher = Callable[[str, "int | None", str, bool], int]
 
 def with_overrides(cfg: Config, overrides: dict | None) -> Config:
     """`{"max_steps": 2, "prompts": 2}` applied to [learn]; unknown keys and wrong types are errors."""
-    learn = _build(cfg.learn, dict(overrides or {}), prefix="learn.")
+    nested: dict = {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(nested, key, value)  # "judge.model" reaches [learn.judge]
+    learn = _build(cfg.learn, nested, prefix="learn.")
     check_learn(learn)
     return dataclasses.replace(cfg, state_dir=str(cfg.home), learn=learn)
 

@@ -107,13 +107,13 @@ def run_round(cfg: Config, round_id: int) -> dict:
     per_step = min(learn.prompts_per_step, len(selection.prompts))
     learn = dataclasses.replace(learn, prompts_per_step=per_step)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
-    model = load_policy(cfg.model_path, learn, store.adapter(parent)["path"] if parent else None)
+    policy = load_policy(cfg.model_path, learn, store.adapter(parent)["path"] if parent else None)
     reward = make_reward(cfg, tokenizer)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}]}
                                  for p in selection.prompts])
     metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
-    trainer = build_trainer(model, tokenizer, dataset, learn, cfg.prompts.system, reward,
+    trainer = build_trainer(policy, tokenizer, dataset, learn, cfg.prompts.system, reward,
                             str(out / "trainer"))
     trainer.add_callback(step_callback(cfg, store, round_id, trainer.phases, metrics_path))
     started = time.perf_counter()

@@ -20,7 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from dynalign.config import Config, ScheduleConfig
-from dynalign.errors import ConfigError, RoundBusyError
+from dynalign.errors import ConfigError, DynalignError, RoundBusyError
 from dynalign.store import Store, now
 
 log = logging.getLogger("dynalign.schedule")
@@ -45,10 +45,14 @@ def make_trigger(spec: dict, anchor: dt.datetime):
         raise ConfigError(f"invalid learn.schedule {spec}: {e}") from None
 
 
+def next_after(trigger, at: dt.datetime) -> dt.datetime | None:
+    return trigger.get_next_fire_time(None, at + dt.timedelta(microseconds=1))
+
+
 def first_run(trigger, since: dt.datetime, at: dt.datetime) -> dt.datetime:
     """`at` when a firing fell due in (since, at] (missed while down), else the next one."""
     due = trigger.get_next_fire_time(None, since + dt.timedelta(microseconds=1))
-    return at if due is not None and due <= at else trigger.get_next_fire_time(None, at)
+    return at if due is not None and due <= at else next_after(trigger, at)
 
 
 class Schedule:
@@ -62,6 +66,7 @@ class Schedule:
         if self.spec is None:
             return None
         at = at or dt.datetime.now(dt.timezone.utc)
+        make_trigger(self.spec, at)  # a bad spec fails here, before anything is saved
         with closing(Store(self.cfg.db_path)) as store:
             state = store.schedule_state()
             if state is None or json.loads(state["spec"]) != self.spec:
@@ -72,8 +77,12 @@ class Schedule:
         since = dt.datetime.fromisoformat(state["last_fire"]) if state["last_fire"] else anchor
         first = first_run(trigger, since, at)
         self.scheduler = BackgroundScheduler(timezone=self.spec["timezone"])
-        self.scheduler.add_job(self._fire, trigger, id=JOB, next_run_time=first, coalesce=True,
-                               max_instances=1, misfire_grace_time=None)
+        # the recurring job keeps the anchor's phase; a firing missed while down is a one-off
+        self.scheduler.add_job(self._fire, trigger, id=JOB, next_run_time=next_after(trigger, at),
+                               coalesce=True, max_instances=1, misfire_grace_time=None)
+        if first == at:
+            self.scheduler.add_job(self._fire, id=f"{JOB}-missed", next_run_time=at,
+                                   misfire_grace_time=None)
         self.scheduler.start()
         return first
 
@@ -94,6 +103,8 @@ class Schedule:
             result = f"started round {row['id']}"
         except RoundBusyError as e:
             result = f"skipped: {e}"
+        except DynalignError as e:  # a bad [learn] config, say: shown at /admin/schedule
+            result = f"failed to start: {e}"
         log.warning("scheduled refresh: %s", result)
         with closing(Store(self.cfg.db_path)) as store:
             store.save_schedule_state(last_fire=now(), last_result=result)

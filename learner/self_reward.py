@@ -55,9 +55,17 @@ class SelfReward:
     @torch.no_grad()
     def greedy(self, texts: list[str]) -> list[float]:
         ids, mask = self._encode(texts)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                                  max_new_tokens=self.max_new_tokens,
-                                  pad_token_id=self.tokenizer.pad_token_id)
+        # In training mode with gradient checkpointing (TRL's default) transformers drops the
+        # KV cache while generate() still feeds one token per step: every token after the first
+        # would be generated without context. Generate in eval mode, then restore the mode.
+        training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                      max_new_tokens=self.max_new_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        finally:
+            self.model.train(training)
         answers = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         scores = [parse_score(a) for a in answers]
         self.unreadable += sum(s is None for s in scores)

@@ -1,7 +1,7 @@
 """TRL's GRPOTrainer set up as the paper's self-improving phase (Algorithm 1).
 
 What TRL does unchanged: sampling G candidates per prompt, group-normalised advantages, the
-clipped objective, the KL term to the base model (the LoRA adapter switched off), the optimiser.
+clipped objective, the KL term to the base model (the LoRA adapter switched off: see `Policy`), the optimiser.
 What dynalign adds:
 - `rollout`: candidates are sampled WITH the CA system prompt, but the prompt ids handed back to
   TRL (which the loss and the reference log-probs use) are the same prompt WITHOUT it. TRL has no
@@ -15,7 +15,9 @@ What dynalign adds:
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
@@ -78,10 +80,17 @@ def timed_reward(func, phases: Phases):
     return reward
 
 
+def per_device_batch(learn) -> int:
+    """Completions per step (prompts_per_step x G, the paper's batch 32) split over the processes
+    `accelerate launch` starts, so the global batch stays the configured one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return -(-learn.prompts_per_step * learn.num_generations // world)
+
+
 def grpo_config(learn, out_dir: str, cuda: bool) -> GRPOConfig:
     return GRPOConfig(
         output_dir=out_dir, report_to=[], save_strategy="no", logging_steps=1,
-        per_device_train_batch_size=learn.prompts_per_step * learn.num_generations,
+        per_device_train_batch_size=per_device_batch(learn),
         gradient_accumulation_steps=1, num_generations=learn.num_generations,
         max_completion_length=learn.max_completion_tokens, temperature=learn.temperature,
         top_p=learn.top_p, top_k=0, learning_rate=learn.learning_rate,
@@ -95,28 +104,50 @@ def grpo_config(learn, out_dir: str, cuda: bool) -> GRPOConfig:
     )
 
 
-def load_policy(model_path: str, learn, adapter_path: str | None):
-    """The base model with a trainable LoRA adapter: the active one, or a fresh one."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+@dataclass
+class Policy:
+    """The base model, the LoRA config to train, and the weights to start from (None: fresh).
+
+    The adapter is created by TRL from `lora` and the starting weights loaded into it afterwards,
+    rather than handing TRL a PeftModel: for a PeftModel TRL anchors the KL term to a frozen copy
+    of the starting adapter, while the paper (and a loop that must not drift round after round)
+    wants it anchored to the base model, which is what TRL's adapter-disabled reference gives."""
+
+    base: object
+    lora: object
+    start: dict | None
+
+
+def load_policy(model_path: str, learn, adapter_path: str | None) -> Policy:
+    from peft import LoraConfig
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, learn.dtype))
     if adapter_path:
-        return PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
-    config = LoraConfig(r=learn.lora_rank, lora_alpha=learn.lora_alpha, target_modules=TARGETS,
-                        lora_dropout=0.0, task_type="CAUSAL_LM")
-    return get_peft_model(base, config)
+        lora = LoraConfig.from_pretrained(adapter_path)
+        lora.inference_mode = False
+        return Policy(base, lora, load_file(f"{adapter_path}/adapter_model.safetensors"))
+    lora = LoraConfig(r=learn.lora_rank, lora_alpha=learn.lora_alpha, target_modules=TARGETS,
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    return Policy(base, lora, None)
 
 
-def build_trainer(model, tokenizer, dataset, learn, system_prompt: str, reward, out_dir: str,
-                  callbacks=()) -> PhaseTimedTrainer:
+def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str, reward,
+                  out_dir: str, callbacks=()) -> PhaseTimedTrainer:
+    from peft import set_peft_model_state_dict
+
     phases = Phases()
     trainer = PhaseTimedTrainer(
-        model=model, processing_class=tokenizer, train_dataset=dataset,
-        reward_funcs=[timed_reward(reward, phases)], callbacks=list(callbacks),
-        args=grpo_config(learn, out_dir, torch.cuda.is_available()),
+        model=policy.base, peft_config=policy.lora, processing_class=tokenizer,
+        train_dataset=dataset, reward_funcs=[timed_reward(reward, phases)],
+        callbacks=list(callbacks), args=grpo_config(learn, out_dir, torch.cuda.is_available()),
         rollout_func=system_rollout(system_prompt, phases))
     trainer.phases = phases
+    if policy.start is not None:
+        result = set_peft_model_state_dict(trainer.model, policy.start)
+        if result.unexpected_keys:
+            raise ValueError(f"the active adapter does not fit: {result.unexpected_keys[:3]}")
     if hasattr(reward, "bind"):
         reward.bind(trainer.model)
     return trainer

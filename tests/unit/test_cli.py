@@ -128,3 +128,86 @@ def test_generate_against_an_unreachable_endpoint_fails_clearly(tmp_path):
     assert out.returncode == 1
     assert "error: goal_writer (dynalign at http://127.0.0.1:" in out.stderr
     assert "cannot connect after 1 retries" in out.stderr and "Traceback" not in out.stderr
+
+
+# refresh rounds: `dynalign refresh | rounds | learn`
+
+def test_round_commands_are_listed_and_parse():
+    out = _run("--help")
+    for command in ("refresh", "rounds", "learn"):
+        assert command in out.stdout
+    parser = build_parser()
+    args = parser.parse_args(["refresh", "--max-steps", "2", "--prompts", "3", "--reward", "rule",
+                              "--set", "rule=keyword", "--set", "lora_rank=8", "--wait"])
+    assert (args.command, args.max_steps, args.prompts, args.reward, args.wait) == \
+        ("refresh", 2, 3, "rule", True)
+    assert args.set == ["rule=keyword", "lora_rank=8"]
+    args = parser.parse_args(["refresh"])
+    assert (args.max_steps, args.prompts, args.reward, args.set, args.wait) == \
+        (None, None, None, [], False)
+    args = parser.parse_args(["rounds"])
+    assert (args.action, args.id) == ("list", None)
+    args = parser.parse_args(["rounds", "cancel", "7"])
+    assert (args.action, args.id) == ("cancel", 7)
+    args = parser.parse_args(["learn", "--schedule", "--max-steps", "1"])
+    assert (args.command, args.schedule, args.max_steps) == ("learn", True, 1)
+    assert parser.parse_args(["learn"]).schedule is False
+
+
+def test_round_commands_reject_bad_arguments():
+    out = _run("refresh", "--reward", "vibes")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+    out = _run("rounds", "show")
+    assert out.returncode == 1
+    assert out.stderr == "error: dynalign rounds show needs a round id\n"
+
+
+def test_round_overrides_parse_set_values_as_toml():
+    from dynalign.cli_rounds import round_overrides
+
+    args = build_parser().parse_args([
+        "learn", "--max-steps", "2", "--set", "lora_rank=8", "--set", "temperature=0.7",
+        "--set", "use_vllm=true", "--set", "rule=keyword", "--set", " rule_keyword = \"thanks\"",
+        "--set", "learning_rate=1e-5", "--set", "rule_keyword=many thanks"])
+    assert round_overrides(args) == {
+        "max_steps": 2, "lora_rank": 8, "temperature": 0.7, "use_vllm": True, "rule": "keyword",
+        "rule_keyword": "many thanks", "learning_rate": 1e-5}  # the last --set of a key wins
+    assert isinstance(round_overrides(args)["lora_rank"], int)
+    assert round_overrides(build_parser().parse_args(["refresh"])) == {}
+
+
+def test_round_overrides_want_key_equals_value():
+    import pytest
+
+    from dynalign.cli_rounds import round_overrides
+    from dynalign.errors import ConfigError
+
+    args = build_parser().parse_args(["refresh", "--set", "max_steps"])
+    with pytest.raises(ConfigError, match="--set wants KEY=VALUE, got 'max_steps'"):
+        round_overrides(args)
+
+
+def test_progress_line():
+    from dynalign.cli_rounds import progress_line
+
+    assert progress_line({"id": 3, "status": "queued", "progress": {}}) == "round 3: queued"
+    running = {"id": 3, "status": "running", "adapter_version": None, "error": None,
+               "progress": {"step": 4, "max_steps": 10, "reward": 2.34567, "eta_s": 61.6}}
+    assert progress_line(running) == "round 3: running, step 4/10, reward 2.346, ETA 62 s"
+    done = {"id": 3, "status": "promoted", "adapter_version": 5, "progress": {"step": 10,
+            "max_steps": 10}}
+    assert progress_line(done) == "round 3: promoted, step 10/10, version 5"
+    failed = {"id": 4, "status": "failed", "progress": {},
+              "error": "Traceback...\n  File x\nRuntimeError: out of memory"}
+    assert progress_line(failed) == "round 4: failed, (RuntimeError: out of memory)"
+
+
+def test_refresh_and_rounds_without_gateway(tmp_path):
+    port = _free_port()
+    (tmp_path / "c.toml").write_text(f"[server]\nport = {port}\n")
+    out = _run("--config", "c.toml", "refresh", "--max-steps", "1", timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"error: cannot reach the gateway at http://127.0.0.1:{port}/admin")
+    assert "Traceback" not in out.stderr
+    out = _run("--config", "c.toml", "refresh", "--set", "oops", timeout=30)
+    assert out.returncode == 1 and "--set wants KEY=VALUE" in out.stderr

@@ -1,0 +1,489 @@
+"""Refresh rounds on a real server (`dynalign serve --no-ui`, swap mode "merged"): the admin API
+starts a round, the learner child trains with TRL's GRPOTrainer on logged and seed prompts, the
+candidate is registered and activated through the same hot-swap path an operator uses, and the new
+version answers chats. Also: opt-out and the consumed-prompt watermark, cancel, bad input, a
+round that fails, the CLI, proof that a round learns a learnable signal, and a round left open
+by a gateway that was killed.
+
+One server for the module; tests run in file order (each round builds on the active version the
+previous one left). The last test stops the module's server and restarts over its state dir.
+
+(The basename is test_rounds_live.py: tests/unit/test_rounds.py exists, and basenames must be
+unique across tests/unit and tests/integration.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dynalign.dataset import SEED_FILE, read_rows
+from dynalign.rewards import WORD, brevity
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+# A tiny round: 2 steps of 1 prompt x 4 completions x 32 tokens (~10-20 s a step on an idle
+# machine, several times that on a busy one).
+TINY = {"max_steps": 2, "prompts": 2, "reward": "rule", "num_generations": 4,
+        "prompts_per_step": 1, "max_completion_tokens": 32}
+ROUND_TIMEOUT = 1800  # s: loading torch/TRL, the steps, merging the adapter; a busy 2-core box
+END = ("promoted", "rejected", "failed", "cancelled")
+STEP_KEYS = ("reward", "kl", "loss", "frac_reward_zero_std", "completion_length",
+             "seconds/generation", "seconds/scoring", "seconds/ref_logprobs", "seconds/update")
+
+
+# helpers
+def tag() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def start_round(server, overrides: dict) -> dict:
+    response = server.post("/admin/refresh", json=overrides)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def view(server, round_id: int) -> dict:
+    response = server.get(f"/admin/rounds/{round_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_end(server, round_id: int, timeout: float = ROUND_TIMEOUT) -> dict:
+    row = server.wait_for(lambda: (v := view(server, round_id))["status"] in END and v, timeout,
+                          f"round {round_id} to end", interval=1.0)
+    print(f"\nround {round_id}: {row['status']} after {row['summary'].get('seconds')} s of "
+          f"training; progress {row['progress']}; error {row['error']!r}")
+    return row
+
+
+def wait_running(server, round_id: int, timeout: float = ROUND_TIMEOUT) -> dict:
+    """Until the learner child runs and has written to the store (its prompts are selected)."""
+    def running():
+        v = view(server, round_id)
+        if v["status"] in END:
+            raise AssertionError(f"round {round_id} ended before it was seen running: {v}")
+        return v if v["status"] == "running" and v["pid"] and v["progress"].get("phase") else None
+    return server.wait_for(running, timeout, f"round {round_id} to run", interval=0.5)
+
+
+def round_count(server) -> int:
+    return server.query("select count(*) as n from rounds")[0]["n"]
+
+
+def adapters(server) -> dict:
+    response = server.get("/admin/adapters")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def active_version(server) -> int | None:
+    rows = [r["version"] for r in adapters(server)["data"] if r["status"] == "active"]
+    assert len(rows) <= 1, rows
+    return rows[0] if rows else None
+
+
+def folder(server, round_id: int) -> Path:
+    return server.home / "rounds" / f"{round_id:04d}"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def chat(server, text: str, headers: dict | None = None, max_tokens: int = 16, **kwargs):
+    return server.client().chat.completions.create(
+        model="dynalign", messages=[{"role": "user", "content": text}], max_tokens=max_tokens,
+        extra_headers={"X-Dynalign-User": tag(), **(headers or {})}, **kwargs)
+
+
+def gone(pid: int) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(server, *args: str, timeout: float = ROUND_TIMEOUT) -> subprocess.CompletedProcess:
+    """`dynalign --config <the server's config file> ...` as a user runs it."""
+    env = dict(os.environ)
+    for key in ("DYNALIGN_HOME", "DYNALIGN_API_KEY", "DYNALIGN_ADMIN_KEY"):
+        env.pop(key, None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    config = server.home.parent / "dynalign.toml"
+    return subprocess.run([sys.executable, "-m", "dynalign.cli", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=server.home.parent, stdin=subprocess.DEVNULL)
+
+
+# 1. a round from the admin API to a served version
+def test_refresh_round_trains_publishes_and_serves_the_new_version(merged, openai_error):
+    parent = active_version(merged)
+    versions_before = [r["version"] for r in adapters(merged)["data"]]
+
+    row = start_round(merged, TINY)
+    round_id = row["id"]
+    assert row["status"] in ("queued", "running") and row["trigger"] == "operator"
+
+    busy = merged.post("/admin/refresh", json=TINY)
+    assert busy.status_code == 409, busy.text
+    error = openai_error(busy)
+    assert error["code"] == "round_in_progress"
+    assert f"round {round_id}" in error["message"]
+
+    def progressed():
+        v = view(merged, round_id)
+        if v["status"] in END:
+            raise AssertionError(f"round ended before any progress was seen: {v}")
+        return v if (v["progress"].get("step") or 0) >= 1 else None
+    live = merged.wait_for(progressed, ROUND_TIMEOUT, "step 1 of the round", interval=0.5)
+    print(f"\nlive progress: {live['progress']}")
+    assert live["status"] == "running" and live["pid"]
+    progress = live["progress"]
+    assert progress["max_steps"] == 2 and 1 <= progress["step"] <= 2
+    assert progress["phase"] in ("training", "saved", "converged")
+    assert isinstance(progress["reward"], float) and 0.0 <= progress["reward"] <= 5.0
+    assert progress["seconds_per_step"] > 0
+    assert progress["eta_s"] is not None and progress["eta_s"] >= 0
+    if progress["step"] == 1:
+        assert progress["eta_s"] > 0  # one step left
+    assert live["steps"] and live["steps"][0]["step"] == 1
+    assert tomllib.loads(live["config"])["learn"]["max_steps"] == 2
+
+    done = wait_end(merged, round_id)
+    assert done["status"] == "promoted", done
+    version = done["adapter_version"]
+    assert version == max(versions_before, default=0) + 1
+    assert done["error"] is None and done["finished"]
+    assert done["summary"]["steps"] == 2 and done["summary"]["parent"] == parent
+    assert done["summary"]["gate"]["promote"] is True
+    assert len(done["steps"]) == 2
+
+    listing = adapters(merged)
+    assert listing["active"] == f"dynalign-v{version}"
+    [new] = [r for r in listing["data"] if r["version"] == version]
+    assert new["status"] == "active" and new["source"] == "round" and new["parent"] == parent
+    assert f"round {round_id}" in new["note"]
+    rounds = merged.get("/admin/rounds").json()
+    assert rounds["data"][0]["id"] == round_id and rounds["data"][0]["status"] == "promoted"
+    assert "schedule" in rounds
+
+    raw = merged.client().chat.completions.with_raw_response.create(
+        model="dynalign", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=12,
+        extra_headers={"X-Dynalign-User": tag()})
+    assert raw.headers.get("x-dynalign-version") == f"dynalign-v{version}"
+    completion = raw.parse()
+    assert completion.model == f"dynalign-v{version}"
+    assert completion.choices[0].message.content
+
+    out = folder(merged, round_id)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "learner.log").is_file()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    assert len(read_jsonl(out / "prompts.jsonl")) == 2
+    steps = read_jsonl(out / "metrics.jsonl")
+    assert [s["step"] for s in steps] == [1, 2]
+    for step in steps:
+        missing = [k for k in STEP_KEYS if k not in step]
+        assert not missing, f"step {step['step']} lacks {missing}: {step}"
+        assert all(step[k] >= 0 for k in STEP_KEYS if k.startswith("seconds/"))
+        assert 0 < step["completion_length"] <= 32
+        assert 0.0 <= step["reward"] <= 5.0
+    config = tomllib.loads((out / "config.toml").read_text())["learn"]
+    assert {k: config[k] for k in TINY} == TINY
+    assert json.loads((out / "overrides.json").read_text()) == TINY
+
+
+# 2. logged prompts are trained on, opted-out ones never, consumed ones only once
+def test_rounds_train_on_new_logged_prompts_but_never_opted_out_ones(merged):
+    normal = f"In one sentence, what is a lighthouse keeper {uuid.uuid4().hex[:8]} doing at dawn?"
+    private = f"In one sentence, what is a baker {uuid.uuid4().hex[:8]} doing at dawn?"
+    users = [tag(), tag()]
+    assert chat(merged, normal, {"X-Dynalign-User": users[0]}).choices[0].message.content
+    assert chat(merged, private, {"X-Dynalign-User": users[1], "X-Dynalign-Opt-Out": "1"})
+    [normal_row] = merged.wait_rows(users[0])
+    [private_row] = merged.wait_rows(users[1])
+    assert normal_row["opt_out"] == 0 and private_row["opt_out"] == 1  # both logged; one opted out
+
+    # logged_share 1: every logged prompt since the last round may be taken (up to `prompts`)
+    overrides = {**TINY, "max_steps": 1, "prompts": 6, "logged_share": 1.0}
+    first = wait_end(merged, start_round(merged, overrides)["id"])
+    assert first["status"] == "promoted", first
+    prompts = read_jsonl(folder(merged, first["id"]) / "prompts.jsonl")
+    texts = [p["prompt"] for p in prompts]
+    assert {"prompt": normal, "source": "logged", "id": f"exchange-{normal_row['id']}"} in prompts
+    assert private not in texts
+    assert first["exchanges_upto"] >= normal_row["id"]
+    assert first["summary"]["selection"]["logged"] >= 1
+
+    # the next round: the consumed prompt is not trained on again, a new one is
+    fresh = f"In one sentence, what is a ferry pilot {uuid.uuid4().hex[:8]} doing at dawn?"
+    user = tag()
+    assert chat(merged, fresh, {"X-Dynalign-User": user}).choices[0].message.content
+    [fresh_row] = merged.wait_rows(user)
+    second = wait_end(merged, start_round(merged, overrides)["id"])
+    assert second["status"] == "promoted", second
+    prompts = read_jsonl(folder(merged, second["id"]) / "prompts.jsonl")
+    texts = [p["prompt"] for p in prompts]
+    assert normal not in texts and private not in texts
+    assert {"prompt": fresh, "source": "logged", "id": f"exchange-{fresh_row['id']}"} in prompts
+    logged_ids = [int(p["id"].removeprefix("exchange-")) for p in prompts if p["source"] == "logged"]
+    assert logged_ids and min(logged_ids) > first["exchanges_upto"]
+    assert second["exchanges_upto"] >= fresh_row["id"] > first["exchanges_upto"]
+
+
+# 3. bad input
+@pytest.mark.parametrize("body, words", [
+    ({"max_stepz": 1}, "learn.max_stepz"),
+    ([1], "JSON object"),
+    ({"max_steps": "x"}, "learn.max_steps"),
+    ({"max_steps": 0}, "learn.max_steps"),
+    ({"reward": "nope"}, "learn.reward"),
+    ({"num_generations": 1}, "learn.num_generations"),
+    ({"judge": {"urll": "http://x"}}, "learn.judge.urll"),
+    ({"judge": 3}, "learn.judge"),
+], ids=["unknown-key", "not-an-object", "wrong-type", "zero-steps", "unknown-reward",
+        "one-generation", "unknown-nested-key", "nested-not-a-table"])
+def test_bad_refresh_requests_are_400_and_start_nothing(merged, openai_error, body, words):
+    before = round_count(merged)
+    response = merged.post("/admin/refresh", json=body)
+    assert response.status_code == 400, response.text
+    assert words in openai_error(response)["message"]
+    assert round_count(merged) == before
+    assert not merged.query("select id from rounds where status in "
+                            "('queued', 'running', 'evaluating')")
+
+
+def test_unknown_rounds_are_404_and_finished_ones_cannot_be_cancelled(merged, openai_error):
+    before = merged.query("select id, status, finished from rounds order by id")
+    assert before and before[-1]["status"] == "promoted"
+    for path in ("/admin/rounds/999", "/admin/rounds/0"):
+        response = merged.get(path)
+        assert response.status_code == 404, response.text
+        openai_error(response)
+    response = merged.post("/admin/rounds/999/cancel")
+    assert response.status_code == 404, response.text
+    response = merged.get("/admin/rounds/abc")
+    assert response.status_code == 400, response.text
+    finished = before[-1]["id"]
+    response = merged.post(f"/admin/rounds/{finished}/cancel")
+    assert response.status_code == 409, response.text
+    error = openai_error(response)
+    assert error["code"] == "round_state" and "promoted" in error["message"]
+    assert merged.query("select id, status, finished from rounds order by id") == before
+
+
+# 4. cancel
+def test_cancel_stops_the_learner_and_publishes_nothing(merged):
+    active, listing = merged.active(), adapters(merged)["data"]
+    round_id = start_round(merged, {**TINY, "max_steps": 50})["id"]
+    running = wait_running(merged, round_id)
+    pid = running["pid"]
+    assert not gone(pid), f"the learner (pid {pid}) is not running"
+
+    response = merged.post(f"/admin/rounds/{round_id}/cancel")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "cancelled", body
+    assert body["cancel_requested"] == 1 and body["adapter_version"] is None and body["finished"]
+    assert gone(pid), f"the learner (pid {pid}) survived the cancel"
+    assert view(merged, round_id)["status"] == "cancelled"
+
+    assert adapters(merged)["data"] == listing  # nothing registered, nothing re-activated
+    assert merged.active() == active
+    assert not (merged.home / "adapters" / f"{max(r['version'] for r in listing) + 1:04d}").exists()
+    assert chat(merged, "Name a fruit.").model == active
+    again = merged.post(f"/admin/rounds/{round_id}/cancel")
+    assert again.status_code == 409, again.text
+
+
+# 5. a round that fails
+def test_a_failing_round_publishes_nothing(merged):
+    active, listing = merged.active(), adapters(merged)["data"]
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    row = start_round(merged, {**TINY, "max_steps": 1, "reward": "judge",
+                               "judge": {"url": nowhere, "model": "judge"}})
+    done = wait_end(merged, row["id"])
+    assert done["status"] == "failed", done
+    assert done["adapter_version"] is None and done["finished"]
+    assert "judge" in done["error"] and nowhere in done["error"], done["error"]
+    assert adapters(merged)["data"] == listing
+    assert merged.active() == active
+    assert chat(merged, "Name a tree.").model == active
+
+
+# 6. the CLI
+def test_cli_refresh_waits_for_the_round_and_rounds_lists_and_shows_it(merged):
+    newest = max((r["version"] for r in adapters(merged)["data"]), default=0)
+    result = cli(merged, "refresh", "--max-steps", "1", "--prompts", "1", "--reward", "rule",
+                 "--set", "num_generations=4", "--set", "prompts_per_step=1",
+                 "--set", "max_completion_tokens=16", "--wait")
+    print(f"\n$ dynalign refresh ... --wait\n{result.stdout}{result.stderr[-2000:]}")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert "promoted" in last
+    round_id = int(last.split(":")[0].removeprefix("round "))
+    row = view(merged, round_id)
+    assert row["status"] == "promoted" and row["trigger"] == "operator"
+    assert row["adapter_version"] == newest + 1
+    assert f"version {row['adapter_version']}" in last
+    config = tomllib.loads((folder(merged, round_id) / "config.toml").read_text())["learn"]
+    assert (config["max_steps"], config["prompts"], config["num_generations"],
+            config["max_completion_tokens"]) == (1, 1, 4, 16)
+    assert merged.active() == f"dynalign-v{row['adapter_version']}"
+
+    listed = cli(merged, "rounds", "list", timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith(f"round {round_id}: promoted")
+    all_ids = [r["id"] for r in merged.query("select id from rounds order by id desc")]
+    assert [int(line.split(":")[0].removeprefix("round ")) for line in lines] == all_ids[:20]
+
+    shown = cli(merged, "rounds", "show", str(round_id), timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert body["id"] == round_id and body["status"] == "promoted"
+    assert len(body["steps"]) == 1 and "reward" in body["steps"][0]
+
+    refused = cli(merged, "rounds", "cancel", str(round_id), timeout=120)
+    assert refused.returncode == 1 and "promoted" in refused.stderr, refused
+    missing = cli(merged, "rounds", "show", "999", timeout=120)
+    assert missing.returncode == 1 and "unknown round" in missing.stderr, missing
+
+
+# 7. a round learns
+HELDOUT = [r for r in read_rows(SEED_FILE) if r["split"] == "heldout"][:6]
+LEARN = {"reward": "rule", "rule": "brevity", "rule_words": 12, "max_steps": 10, "prompts": 16,
+         "logged_share": 0.0, "num_generations": 8, "prompts_per_step": 1,
+         "max_completion_tokens": 48, "learning_rate": 3e-4}
+MARGIN = 1.0
+
+
+def heldout_brevity(server) -> tuple[float, set[str], list[int]]:
+    """Mean brevity reward (12 words) of the greedy answers to the held-out seed prompts, through
+    the gateway. Opted out, so these never become training prompts."""
+    texts, served = [], set()
+    for row in HELDOUT:
+        completion = chat(server, row["prompt"], {"X-Dynalign-Opt-Out": "1"}, max_tokens=48,
+                          temperature=0)
+        served.add(completion.model)
+        texts.append(completion.choices[0].message.content or "")
+    rewards = brevity(12)(None, texts)
+    return sum(rewards) / len(rewards), served, [len(WORD.findall(t)) for t in texts]
+
+
+def test_a_round_with_a_learnable_reward_improves_held_out_answers(merged):
+    """A brevity rule reward (5 for a non-empty answer of <= 12 words, else 5 * 12 / words) is a
+    signal a 135M model can learn; it says nothing about alignment, it shows that a round changes
+    the served model in the rewarded direction, on prompts it never trained on.
+
+    The learning rate is raised to 3e-4: the paper's 5e-6 does not move a 135M LoRA policy
+    measurably in a handful of steps (the earlier rounds of this module ran at 5e-6 and left the
+    greedy answers as they were).
+
+    Margin: greedy decoding is deterministic, so the only "noise" in the before/after numbers is
+    the training itself. The base model's greedy held-out answers all run into the 48-token
+    limit (~40-45 words, reward ~1.4, no answer under ~39 words); a rise of 1.0 needs the mean
+    answer to shrink to ~20 words, far beyond what a non-learning version (the 5e-6 rounds
+    before) changes.
+    """
+    assert len(HELDOUT) == 6
+    heldout_ids = {r["prompt"] for r in HELDOUT}
+    parent = active_version(merged)
+    before, served, words_before = heldout_brevity(merged)
+    assert served == {merged.active()}
+
+    round_id = start_round(merged, LEARN)["id"]
+    done = wait_end(merged, round_id, timeout=3600)
+    assert done["status"] == "promoted", done
+    version = done["adapter_version"]
+    assert merged.active() == f"dynalign-v{version}"
+    assert done["summary"]["parent"] == parent
+
+    prompts = read_jsonl(folder(merged, round_id) / "prompts.jsonl")
+    assert len(prompts) == 16 and not {p["prompt"] for p in prompts} & heldout_ids
+
+    after, served, words_after = heldout_brevity(merged)
+    assert served == {f"dynalign-v{version}"}
+    steps = [s["reward"] for s in read_jsonl(folder(merged, round_id) / "metrics.jsonl")]
+    lengths = [s["completion_length"] for s in read_jsonl(folder(merged, round_id) / "metrics.jsonl")]
+    k = 3
+    first, last = sum(steps[:k]) / k, sum(steps[-k:]) / k
+    print(f"\nheld-out brevity reward: before {before:.2f} (words {words_before}), after "
+          f"{after:.2f} (words {words_after}); round {round_id} step rewards "
+          f"{[round(r, 2) for r in steps]} (first {k} {first:.2f}, last {k} {last:.2f}); "
+          f"completion lengths {[round(x, 1) for x in lengths]}; "
+          f"{done['summary']['seconds']} s of training")
+    assert len(steps) == LEARN["max_steps"]
+    assert after >= before + MARGIN, f"held-out reward {before:.2f} -> {after:.2f}"
+    assert last >= first + 0.5, f"the round's reward did not rise: {steps}"
+
+
+# 8. a round left open by a gateway that died (stops the module's server: the last test)
+def test_a_round_left_open_by_a_killed_gateway_is_failed_at_the_next_start(merged, start_server):
+    """Ctrl-C the module's server; start a fresh one over its state dir, start a long round,
+    SIGKILL that gateway: its learner dies with it and the round stays open in the store.
+    The next server to start over the state dir marks it failed ("interrupted") and serves the
+    version that was active."""
+    result = merged.stop()
+    assert result.sigint_stopped and not result.survivors, (result, merged.output())
+    active = adapters_before = None
+
+    def versions(server) -> list[tuple]:
+        return [(r["version"], r["status"]) for r in adapters(server)["data"]]
+
+    server = start_server(merged.home.parent, merged.model_path, "merged")
+    learner_pid = None
+    try:
+        active = server.active()
+        adapters_before = versions(server)
+        round_id = start_round(server, {**TINY, "max_steps": 50})["id"]
+        learner_pid = wait_running(server, round_id)["pid"]
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the gateway's own group: only the gateway
+        server.proc.wait(60)
+        server.wait_for(lambda: gone(learner_pid), 60, f"the learner {learner_pid} to die with "
+                        "the gateway")
+        [row] = server.query("select status, error from rounds where id = ?", (round_id,))
+        assert row["status"] == "running", row  # left open: nobody recorded its end
+    finally:
+        stopped = server.stop()  # the engine and anything else of its tree, by pid
+        if learner_pid and not gone(learner_pid):
+            psutil.Process(learner_pid).kill()
+    assert not stopped.survivors, f"processes outlived the killed gateway: {stopped.survivors}"
+
+    again = start_server(merged.home.parent, merged.model_path, "merged")
+    try:
+        row = view(again, round_id)
+        assert row["status"] == "failed", row
+        assert "interrupted" in row["error"], row["error"]
+        assert row["adapter_version"] is None and row["finished"]
+        assert again.active() == active
+        assert versions(again) == adapters_before
+        assert chat(again, "Name a bird.").model == active
+        # and rounds can run again
+        busy = again.post("/admin/refresh", json={"max_stepz": 1})
+        assert busy.status_code == 400
+        assert not again.query("select id from rounds where status in "
+                               "('queued', 'running', 'evaluating')")
+    finally:
+        result = again.stop()
+    assert result.sigint_stopped and not result.survivors, (result, again.output())

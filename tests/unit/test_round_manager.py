@@ -1,0 +1,258 @@
+"""Refresh rounds in the store (one open at a time, end states, the schedule's row, the
+migrations that added them) and learner.manager's parts that need no learner: per-round config
+overrides, the learner command line, the default gate, and recovery of rounds left open by a
+manager that died (with real processes standing in for the dead manager and its learner)."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from dynalign import store as store_mod
+from dynalign.config import load_config
+from dynalign.errors import ConfigError, RoundBusyError, RoundError, UnknownRoundError
+from dynalign.store import Store
+from learner.manager import RoundManager, default_gate, learner_command, with_overrides
+
+WAIT_FOR_STDIN = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+
+
+@pytest.fixture
+def cfg():
+    return load_config()
+
+
+@pytest.fixture
+def store(cfg):
+    s = Store(cfg.db_path)
+    yield s
+    s.close()
+
+
+def _publish(candidate, parent, note, activate):
+    raise AssertionError("recovery publishes nothing")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: the pid now names no process
+    return proc.pid
+
+
+# the store's rounds
+
+def test_open_round_refuses_while_one_is_open_even_from_another_connection(cfg, store):
+    first = store.open_round("operator", "cfg", owner_pid=123)
+    with closing(Store(cfg.db_path)) as other:
+        with pytest.raises(RoundBusyError, match=f"round {first} is queued") as busy:
+            other.open_round("schedule", "cfg", owner_pid=456)
+        assert busy.value.round_id == first
+        assert isinstance(busy.value, RoundError)
+        for status in ("running", "evaluating"):
+            store.update_round(first, status=status)
+            with pytest.raises(RoundBusyError, match=status):
+                other.open_round("schedule", "cfg", owner_pid=456)
+        # the refused connection is still usable, and an ended round frees the slot
+        other.update_round(first, status="promoted")
+        second = other.open_round("schedule", "cfg2", owner_pid=456)
+    assert second == first + 1
+    row = store.round(second)
+    assert (row["status"], row["trigger"], row["config"], row["owner_pid"]) == \
+        ("queued", "schedule", "cfg2", 456)
+    assert json.loads(row["progress"]) == {} and json.loads(row["metrics"]) == {}
+    assert row["created"] and row["finished"] is None
+
+
+@pytest.mark.parametrize("end", ["promoted", "rejected", "failed", "cancelled"])
+def test_end_states_set_finished(store, end):
+    round_id = store.open_round("operator", "", 1)
+    store.update_round(round_id, status="running", started="t0", progress={"step": 1})
+    row = store.round(round_id)
+    assert row["finished"] is None and json.loads(row["progress"]) == {"step": 1}
+    store.update_round(round_id, status=end)
+    assert store.round(round_id)["finished"]
+    assert store.open_rounds() == []
+
+
+def test_an_explicit_finished_time_is_kept(store):
+    round_id = store.open_round("operator", "", 1)
+    store.update_round(round_id, status="failed", finished="2000-01-01T00:00:00")
+    assert store.round(round_id)["finished"] == "2000-01-01T00:00:00"
+
+
+def test_rounds_newest_first_and_open_rounds(store):
+    ids = []
+    for _ in range(3):
+        ids.append(store.open_round("operator", "", 1))
+        store.update_round(ids[-1], status="rejected")
+    last = store.open_round("operator", "", 1)
+    store.update_round(last, status="evaluating")
+    assert [r["id"] for r in store.rounds()] == [last, *reversed(ids)]
+    assert [r["id"] for r in store.rounds(limit=2)] == [last, ids[-1]]
+    assert [r["id"] for r in store.open_rounds()] == [last]
+
+
+def test_unknown_round(store):
+    with pytest.raises(UnknownRoundError, match="unknown round: 9"):
+        store.round(9)
+
+
+def test_schedule_state_upserts_only_the_given_fields(store):
+    assert store.schedule_state() is None
+    store.save_schedule_state(spec='{"cron": "0 3 * * *"}', anchor="a0", last_fire=None)
+    store.save_schedule_state(last_fire="f1", last_result="started round 1")
+    assert store.schedule_state() == {"name": "refresh", "spec": '{"cron": "0 3 * * *"}',
+                                      "anchor": "a0", "last_fire": "f1",
+                                      "last_result": "started round 1"}
+    assert store.schedule_state("other") is None
+
+
+def test_an_older_database_gains_the_round_owner_columns_and_schedule(tmp_path, monkeypatch):
+    path = tmp_path / "old.db"
+    names = [fn.__name__ for fn in store_mod.MIGRATIONS]
+    upto = names.index("m003_rounds") + 1
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:upto])
+    with closing(Store(path)) as old:
+        old.db["rounds"].insert({"id": 1, "status": "promoted", "trigger": "operator"})
+        assert "schedule" not in old.db.table_names()
+    monkeypatch.undo()
+    with closing(Store(path)) as new:
+        columns = set(new.db["rounds"].columns_dict)
+        assert {"owner_pid", "pid", "exchanges_upto", "candidate", "cancel_requested"} <= columns
+        assert new.round(1)["status"] == "promoted" and new.round(1)["owner_pid"] is None
+        assert new.consumed_upto() == 0
+        new.save_schedule_state(anchor="a")
+        assert new.schedule_state()["anchor"] == "a"
+    conn = sqlite3.connect(path)
+    try:
+        done = {r[0] for r in conn.execute("select name from _migrations")}
+    finally:
+        conn.close()
+    assert {"m004_round_owner", "m005_schedule"} <= done
+
+
+# per-round overrides, the learner's command line, the gate
+
+def test_with_overrides_applies_to_learn_only(cfg):
+    out = with_overrides(cfg, {"max_steps": 2, "prompts": 3, "temperature": 1, "reward": "rule"})
+    assert (out.learn.max_steps, out.learn.prompts, out.learn.reward) == (2, 3, "rule")
+    assert out.learn.temperature == 1.0 and isinstance(out.learn.temperature, float)
+    assert out.learn.num_generations == cfg.learn.num_generations
+    assert cfg.learn.max_steps == 200  # the server's own config is untouched
+    assert with_overrides(cfg, None).learn == cfg.learn
+
+
+def test_with_overrides_nested_schedule_table(cfg):
+    out = with_overrides(cfg, {"schedule": {"interval_hours": 2}})
+    assert out.learn.schedule.interval_hours == 2.0
+
+
+def test_with_overrides_dotted_keys_reach_nested_tables(cfg):
+    out = with_overrides(cfg, {"judge.model": "big-judge", "judge.url": "http://j/v1"})
+    assert (out.learn.judge.model, out.learn.judge.url) == ("big-judge", "http://j/v1")
+    assert out.learn.judge.temperature == 0.0  # the table's other defaults stay
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"bogus": 1}, "unknown config key: learn.bogus"),
+    ({"max_steps": "two"}, "learn.max_steps must be a int"),
+    ({"max_steps": True}, "learn.max_steps"),
+    ({"use_vllm": "yes"}, "learn.use_vllm must be a bool"),
+    ({"reward": "vibes"}, "learn.reward must be one of"),
+    ({"num_generations": 1}, "learn.num_generations must be at least 2"),
+])
+def test_with_overrides_rejects_bad_ones(cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        with_overrides(cfg, overrides)
+
+
+def test_with_overrides_pins_an_absolute_state_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("DYNALIGN_HOME")
+    cfg = load_config()
+    assert cfg.state_dir == "state"  # relative to the server's cwd
+    out = with_overrides(cfg, {})
+    assert Path(out.state_dir).is_absolute()
+    assert Path(out.state_dir) == tmp_path / "state" == cfg.home
+
+
+def test_learner_command(cfg):
+    assert learner_command(cfg, Path("/r/0003/config.toml"), 3) == [
+        sys.executable, "-m", "learner.round", "/r/0003/config.toml", "--round-id", "3"]
+    accel = load_config(None, {"learn.accelerate_config": "/etc/accel.yaml"})
+    assert learner_command(accel, Path("/r/0004/config.toml"), 4) == [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "/etc/accel.yaml",
+        "-m", "learner.round", "/r/0004/config.toml", "--round-id", "4"]
+
+
+def test_default_gate(cfg):
+    yes = default_gate(cfg, {"id": 1})
+    assert yes.promote is True and yes.reasons == ["no evaluation gate configured"]
+    no = default_gate(load_config(None, {"learn.promote": False}), {"id": 1})
+    assert no.promote is False and "learn.promote is off" in no.reasons[0]
+
+
+# recovery
+
+def test_recover_fails_a_round_whose_manager_died_and_stops_its_learner(cfg, store):
+    learner = subprocess.Popen(WAIT_FOR_STDIN, stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        owner = _dead_pid()
+        round_id = store.open_round("schedule", "", owner_pid=owner)
+        store.update_round(round_id, status="running", pid=learner.pid)
+        assert RoundManager(cfg, _publish).recover() == [round_id]
+        assert learner.wait(timeout=30) == -signal.SIGTERM  # its process group was stopped
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+            learner.wait()
+    row = store.round(round_id)
+    assert row["status"] == "failed" and row["finished"]
+    assert f"pid {owner}" in row["error"] and "interrupted" in row["error"]
+    assert store.open_rounds() == []
+    assert RoundManager(cfg, _publish).recover() == []  # already settled
+
+
+def test_recover_leaves_a_round_whose_manager_is_alive(cfg, store):
+    owner = subprocess.Popen(WAIT_FOR_STDIN, stdin=subprocess.PIPE)
+    try:
+        round_id = store.open_round("operator", "", owner_pid=owner.pid)
+        store.update_round(round_id, status="running")
+        assert RoundManager(cfg, _publish).recover() == []
+        assert store.round(round_id)["status"] == "running"
+        assert owner.poll() is None
+    finally:
+        owner.stdin.close()
+        owner.wait(timeout=30)
+
+
+def test_recover_leaves_this_process_own_round(cfg, store):
+    round_id = store.open_round("operator", "", owner_pid=os.getpid())
+    assert RoundManager(cfg, _publish).recover() == []
+    assert store.round(round_id)["status"] == "queued"
+
+
+def test_trigger_while_a_round_is_open_starts_nothing(cfg, store):
+    open_id = store.open_round("operator", "", owner_pid=os.getpid())
+    manager = RoundManager(cfg, _publish)
+    with pytest.raises(RoundBusyError) as busy:
+        manager.trigger("operator", {"max_steps": 1})
+    assert busy.value.round_id == open_id
+    assert not (cfg.home / "rounds").exists() and manager.threads == {}
+    with pytest.raises(ConfigError, match="learn.bogus"):
+        manager.trigger("operator", {"bogus": 1})  # checked before anything else
+    assert [r["id"] for r in store.rounds()] == [open_id]
+
+
+def test_cancel_refuses_an_ended_round(cfg, store):
+    round_id = store.open_round("operator", "", owner_pid=os.getpid())
+    store.update_round(round_id, status="rejected")
+    with pytest.raises(RoundError, match=f"round {round_id} is rejected"):
+        RoundManager(cfg, _publish).cancel(round_id)
+    with pytest.raises(UnknownRoundError):
+        RoundManager(cfg, _publish).cancel(round_id + 1)

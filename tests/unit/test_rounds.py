@@ -1,0 +1,195 @@
+"""dynalign.rounds: what a refresh round trains on (through a real Store's logged exchanges),
+the learn-config checks, live progress and the API's view of a round."""
+
+import json
+
+import pytest
+
+from dynalign.config import LearnConfig
+from dynalign.errors import ConfigError
+from dynalign.rounds import check_learn, last_user_turn, progress, round_view, select_prompts
+from dynalign.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "state" / "dynalign.db")
+    yield s
+    s.close()
+
+
+def _log(store, text, opt_out=0, status="ok", history=()):
+    messages = [*history, {"role": "user", "content": text}]
+    return store.log_exchange({"messages": messages, "response": "r", "opt_out": opt_out,
+                               "status": status})
+
+
+def _seeds(train=20, heldout=10):
+    rows = [{"id": f"tr-{i:02d}", "prompt": f"train prompt {i}", "split": "train"}
+            for i in range(train)]
+    return rows + [{"id": f"ho-{i:02d}", "prompt": f"heldout prompt {i}", "split": "heldout"}
+                   for i in range(heldout)]
+
+
+def _logged(sel):
+    return {p["prompt"] for p in sel.prompts if p["source"] == "logged"}
+
+
+def test_opted_out_and_failed_exchanges_are_never_selected(store):
+    keep = _log(store, "plan my allotment")
+    _log(store, "secret opted out", opt_out=1)
+    _log(store, "request that errored", status="error")
+    _log(store, "request the client dropped", status="cancelled")
+    last = _log(store, "budget for a wedding")
+    rows = store.training_exchanges(store.consumed_upto())
+    assert [r["id"] for r in rows] == [keep, last]  # oldest first
+    sel = select_prompts(rows, [], LearnConfig(prompts=10, logged_share=1.0))
+    assert _logged(sel) == {"plan my allotment", "budget for a wedding"}
+    assert sel.logged == 2 and sel.exchanges_upto == last
+    ids = {p["id"] for p in sel.prompts}
+    assert ids == {f"exchange-{keep}", f"exchange-{last}"}
+
+
+def test_only_exchanges_after_the_last_consumed_round_are_new(store):
+    first = _log(store, "old prompt")
+    round_id = store.open_round("operator", "", 1)
+    store.update_round(round_id, status="promoted", exchanges_upto=first)
+    second = _log(store, "new prompt")
+    assert store.consumed_upto() == first
+    assert [r["id"] for r in store.training_exchanges(store.consumed_upto())] == [second]
+    # a failed round consumed nothing: its exchanges stay available to the next one
+    round_id = store.open_round("operator", "", 1)
+    store.update_round(round_id, status="failed", exchanges_upto=second)
+    assert store.consumed_upto() == first
+
+
+def test_last_user_turn_of_each_conversation(store):
+    history = [{"role": "user", "content": "first question"},
+               {"role": "assistant", "content": "an answer"}]
+    _log(store, "  the follow-up  ", history=history)
+    sel = select_prompts(store.training_exchanges(0), [], LearnConfig(prompts=4, logged_share=1.0))
+    assert _logged(sel) == {"the follow-up"}
+
+
+def test_last_user_turn_shapes():
+    parts = [{"role": "user", "content": [{"type": "text", "text": "look"},
+                                          {"type": "image_url", "image_url": {"url": "x"}},
+                                          {"type": "text", "text": "here"}]}]
+    assert last_user_turn(parts) == "look here"
+    assert last_user_turn(json.dumps([{"role": "user", "content": "as json"}])) == "as json"
+    assert last_user_turn([{"role": "system", "content": "sys"}]) is None
+    assert last_user_turn([{"role": "user", "content": "   "}]) is None
+    assert last_user_turn([]) is None
+
+
+def test_duplicates_are_case_and_whitespace_insensitive(store):
+    older = _log(store, "Plan  a Trip to Lima")
+    newer = _log(store, "plan a trip\tto lima ")
+    _log(store, "something else")
+    sel = select_prompts(store.training_exchanges(0), [], LearnConfig(prompts=10, logged_share=1.0))
+    assert sel.duplicates == 1 and sel.logged == 2
+    ids = {p["id"] for p in sel.prompts}
+    assert f"exchange-{newer}" in ids and f"exchange-{older}" not in ids  # the newest kept
+
+
+def test_seed_prompts_equal_to_a_logged_one_are_not_replayed(store):
+    _log(store, "Train Prompt 3")
+    seeds = _seeds(train=5, heldout=0)
+    sel = select_prompts(store.training_exchanges(0), seeds, LearnConfig(prompts=10))
+    assert "tr-03" not in {p["id"] for p in sel.prompts}
+    assert sel.seed == 4
+
+
+def test_overlong_prompts_are_skipped_and_counted(store):
+    _log(store, "x" * 41)
+    _log(store, "y" * 40)
+    sel = select_prompts(store.training_exchanges(0), [],
+                         LearnConfig(prompts=10, logged_share=1.0, max_prompt_chars=40))
+    assert sel.skipped_long == 1
+    assert _logged(sel) == {"y" * 40}
+
+
+def test_newest_logged_prompts_win_when_capped_by_the_share(store):
+    for i in range(6):
+        _log(store, f"logged prompt {i}")
+    learn = LearnConfig(prompts=4, logged_share=0.5)
+    sel = select_prompts(store.training_exchanges(0), _seeds(), learn)
+    assert _logged(sel) == {"logged prompt 5", "logged prompt 4"}
+    assert (sel.logged, sel.seed, len(sel.prompts)) == (2, 2, 4)
+    assert sel.summary() == {"prompts": 4, "logged": 2, "seed": 2, "skipped_long": 0,
+                             "duplicates": 0, "exchanges_upto": 6}
+
+
+def test_seed_replay_fills_up_from_the_train_split_only():
+    sel = select_prompts([], _seeds(train=20, heldout=10), LearnConfig(prompts=100))
+    ids = {p["id"] for p in sel.prompts}
+    assert ids == {f"tr-{i:02d}" for i in range(20)}  # all of train, none of heldout
+    assert {p["source"] for p in sel.prompts} == {"seed"}
+    assert sel.seed == 20 and sel.logged == 0 and sel.exchanges_upto == 0
+
+
+def test_selection_is_deterministic_per_salt():
+    learn = LearnConfig(prompts=8)
+    seeds = _seeds(train=60)
+    a = select_prompts([], seeds, learn, salt=1)
+    b = select_prompts([], seeds, learn, salt=1)
+    c = select_prompts([], seeds, learn, salt=2)
+    assert a.prompts == b.prompts
+    assert [p["id"] for p in a.prompts] != [p["id"] for p in c.prompts]
+    other_seed = select_prompts([], seeds, LearnConfig(prompts=8, seed=7), salt=1)
+    assert [p["id"] for p in other_seed.prompts] != [p["id"] for p in a.prompts]
+
+
+def test_exchanges_upto_is_the_newest_id_seen_even_if_unusable(store):
+    _log(store, "usable")
+    last = store.log_exchange({"messages": [{"role": "system", "content": "no user turn"}],
+                               "opt_out": 0, "status": "ok"})
+    sel = select_prompts(store.training_exchanges(0), [], LearnConfig(prompts=4))
+    assert sel.exchanges_upto == last and sel.logged == 1
+
+
+def test_defaults_pass_check_learn():
+    check_learn(LearnConfig())
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"reward": "vibes"}, "learn.reward"),
+    ({"self_score": "median"}, "learn.self_score"),
+    ({"rule": "length"}, "learn.rule"),
+    ({"loss_type": "ppo"}, "learn.loss_type"),
+    ({"prompts": 0}, "learn.prompts"),
+    ({"max_steps": 0}, "learn.max_steps"),
+    ({"lora_rank": 0}, "learn.lora_rank"),
+    ({"num_generations": 1}, "learn.num_generations"),
+    ({"logged_share": 1.5}, "learn.logged_share"),
+    ({"logged_share": -0.1}, "learn.logged_share"),
+])
+def test_check_learn_names_the_bad_key(changes, key):
+    with pytest.raises(ConfigError, match=key):
+        check_learn(LearnConfig(**changes))
+
+
+def test_progress_eta_from_the_mean_step_time():
+    assert progress(2, 10, [1.0, 3.0], 2.5) == {"step": 2, "max_steps": 10, "reward": 2.5,
+                                               "seconds_per_step": 2.0, "eta_s": 16.0}
+    assert progress(0, 10, [], None) == {"step": 0, "max_steps": 10, "reward": None,
+                                         "seconds_per_step": None, "eta_s": None}
+
+
+def test_round_view_decodes_and_reads_steps_without_a_torn_last_line(store, tmp_path):
+    round_id = store.open_round("operator", "[learn]\nmax_steps = 2\n", 1)
+    store.update_round(round_id, progress={"step": 1, "max_steps": 2}, metrics={"reward": 3.0})
+    row = store.round(round_id)
+    view = round_view(row)
+    assert view["progress"] == {"step": 1, "max_steps": 2}
+    assert view["summary"] == {"reward": 3.0}
+    assert "config" not in view and "steps" not in view and "metrics" not in view
+    assert view["id"] == round_id and view["status"] == "queued"
+
+    folder = tmp_path / "round"
+    folder.mkdir()
+    assert round_view(row, folder)["steps"] == []  # no metrics file yet
+    (folder / "metrics.jsonl").write_text('{"step": 1, "reward": 2.0}\n{"step": 2, "rew')
+    full = round_view(row, folder)
+    assert full["steps"] == [{"step": 1, "reward": 2.0}]
+    assert full["config"] == "[learn]\nmax_steps = 2\n"
