@@ -1,4 +1,11 @@
-"""Every test runs in its own temp dir with its own state dir and no keys from the environment."""
+"""Every test runs in its own temp dir with its own state dir and no keys from the environment.
+
+`json_server` starts real local HTTP servers that stand in for an OpenAI-compatible provider or
+judge: each POST is answered by `respond(path, headers, body) -> (status, payload, headers)`."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -10,3 +17,35 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("DYNALIGN_ADMIN_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def json_server():
+    servers = []
+
+    def start(respond) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, payload, extra = respond(self.path, headers, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for key, value in {"Content-Type": "application/json",
+                                   "Content-Length": str(len(data)), **extra}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/v1"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

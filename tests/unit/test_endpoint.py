@@ -1,10 +1,6 @@
 """The openai client's retries as configured by Endpoint, against a real local HTTP server that
 answers with scripted statuses (standing in for a rate-limited or misconfigured provider)."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from dynalign.endpoint import Endpoint
@@ -16,32 +12,17 @@ COMPLETION = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m
 
 
 @pytest.fixture
-def provider():
+def provider(json_server):
     """A server answering each POST with the next (status, body) of `script`."""
     state = {"script": [], "requests": []}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state["requests"].append(({k.lower(): v for k, v in self.headers.items()}, body))
-            status, payload = state["script"].pop(0) if state["script"] else (200, COMPLETION)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if status == 429:
-                self.send_header("Retry-After", "0")
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(path, headers, body):
+        state["requests"].append((headers, body))
+        status, payload = state["script"].pop(0) if state["script"] else (200, COMPLETION)
+        return status, payload, {"Retry-After": "0"} if status == 429 else {}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    state["url"] = f"http://127.0.0.1:{server.server_port}/v1"
-    yield state
-    server.shutdown()
+    state["url"] = json_server(respond)
+    return state
 
 
 def _error(message):

@@ -1,9 +1,7 @@
 """dynalign.rewards: score parsing, the rule rewards, and the judge reward against a real local
 OpenAI-compatible HTTP server standing in for the judge model."""
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -66,39 +64,24 @@ def test_rule_reward_follows_the_config():
 
 
 @pytest.fixture
-def judge():
+def judge(json_server):
     """A judge answering by the response it is asked about (the reward calls run in parallel,
     so the answer cannot depend on arrival order)."""
     answers = {"answer alpha": "4", "answer beta": "Score: 2", "answer gamma": "no idea"}
     state = {"requests": []}
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                state["requests"].append((self.path, dict(self.headers), body))
-            asked = body["messages"][-1]["content"]
-            content = next((a for key, a in answers.items() if key in asked), "")
-            payload = {"id": "j", "object": "chat.completion", "created": 0, "model": body["model"],
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": content}}]}
-            data = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(path, headers, body):
+        with lock:
+            state["requests"].append((path, headers, body))
+        asked = body["messages"][-1]["content"]
+        content = next((a for key, a in answers.items() if key in asked), "")
+        return 200, {"id": "j", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": content}}]}, {}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    state["url"] = f"http://127.0.0.1:{server.server_port}/v1"
-    yield state
-    server.shutdown()
-    server.server_close()
+    state["url"] = json_server(respond)
+    return state
 
 
 def test_judge_reward_scores_with_the_papers_prompt(judge):
