@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 
-.PHONY: install model serve test test-unit test-integration bench clean
+.PHONY: install model serve test test-unit test-integration bench bench-learn clean
 
 install: $(STAMP)
 
@@ -48,6 +48,13 @@ test-unit: install
 
 bench: model
 	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) bench/serve.py
+
+# the learner's benchmarks (~30 min on 2 cores): step phases, self-score readings, learning, latency
+bench-learn: model
+	$(PY) bench/learn.py
+	$(PY) bench/self_score.py
+	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) bench/learn_curve.py
+	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) bench/round_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,16 +7,24 @@ Workload: one seed prompt, G = 8 candidates of 64 tokens (learn.num_generations 
 prompts_per_step = 1, max_completion_tokens = 64), self-reward, a fresh LoRA adapter (r 16) on
 the embedded model, fp32, CPU, --threads torch threads (default 1, what a round gets beside the
 engine). Trainers come from learner.trainer.build_trainer / load_policy, so candidates are sampled
-with the CA system prompt and the loss sees the prompt without it, exactly as in a round. EOS is
+with the CA system prompt and the loss sees the prompt without it, exactly as in a round (TRL's
+default gradient_checkpointing = True included, which grpo_config leaves on). EOS is
 suppressed (min_new_tokens = 64) so every candidate has exactly 64 tokens and the runs do the same
 work (like bench/serve.py's ignore_eos); --natural-length lets candidates stop at EOS.
-Each run: 1 warm-up step, then --steps measured steps; figures are per-phase medians.
+Two runs, ours and TRL defaults (c), each 1 warm-up step then --steps measured steps; figures are
+per-phase medians. Both trainers live in one process and their steps alternate in lock-step
+(ours, TRL, TRL, ours, ours, TRL, ...; each trainer in its own thread, only one computing at a
+time), so drifting load from anything else on the machine hits both alike.
 
 Phases (learner.trainer.Phases): generation = the rollout (sampling); scoring = the reward
 function; ref_logprobs = the rest of TRL's batch preparation (reference log-probs with the adapter
 switched off, plus tokenising and advantages); update = the rest of the step (policy forward and
 backward, optimiser step, logging). The median of each phase is taken separately, so the phase
-medians need not add up to the median step.
+medians need not add up to the median step. Each phase is reported twice: wall seconds (what
+Phases records, what a round's metrics show) and CPU seconds of this process over the same spans
+(time.process_time, from wrappers the bench puts around the rollout, the reward and TRL's batch
+preparation). On a shared machine wall time includes waiting for a core; CPU time does not, so
+the ratios are taken on CPU seconds and the wall ratios are shown beside them.
 
 (a) our configured round ([learn] settings, paper defaults: beta 0.04, loss "grpo", fp32,
     lr 5e-6, self_score "expected"): seconds per phase and each phase's share of the step.
@@ -29,10 +37,13 @@ medians need not add up to the median step.
     (unreadable, scored 0).
 (c) our round vs TRL's GRPOConfig defaults for the settings the paper changes: beta 0.0,
     loss_type "dapo", use_bias_correction_kl True, learning_rate 1e-6 (same workload, same
-    reward). TRL's default bf16 = True is NOT applied: both runs stay fp32 (the learner trains in
-    fp32 on CPU, and log-probs in bf16 make the KL term noise). Ratio TRL / ours per phase and per
+    reward). TRL's default bf16 = True (mixed precision; transformers accepts it with use_cpu,
+    as CPU autocast) is NOT applied: both runs stay fp32, as the learner trains on CPU
+    (grpo_config sets bf16 only on CUDA with learn.dtype "bfloat16"; log-probs in bf16 make the
+    KL term noise). Ratio TRL / ours per phase and per
     step, and the list of every GRPOConfig field where our grpo_config() differs from
-    GRPOConfig's defaults. The two runs go one after the other (ours first), not interleaved.
+    GRPOConfig's defaults. beta 0 also means no reference forward pass at all, and
+    use_bias_correction_kl only changes the KL term, so it has no effect when beta is 0.
 
 Usage: .venv/bin/python bench/learn.py [--steps 3] [--threads 1] [--quick] [--out FILE]
 """
@@ -41,12 +52,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -100,24 +111,77 @@ def load(args):
     return cfg, path
 
 
+class CpuPhases:
+    """CPU seconds of this process over the spans learner.trainer.Phases times in wall seconds."""
+
+    def __init__(self):
+        self.seconds = {"generation": 0.0, "scoring": 0.0, "prepare": 0.0}
+
+    def timed(self, name: str, func):
+        def wrapper(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.process_time() - start
+        return wrapper
+
+    def take(self, step: float) -> dict:
+        s = self.seconds
+        self.seconds = {"generation": 0.0, "scoring": 0.0, "prepare": 0.0}
+        return {"generation": s["generation"], "scoring": s["scoring"],
+                "ref_logprobs": max(0.0, s["prepare"] - s["generation"] - s["scoring"]),
+                "update": max(0.0, step - s["prepare"]), "step": step}
+
+
 class Recorder:
     """The round's reward, remembering the last batch it scored (re-scored in (b))."""
 
     __name__ = "self_reward"
 
-    def __init__(self, reward):
+    def __init__(self, reward, cpu: CpuPhases):
         self.reward, self.last = reward, None
+        self.call = cpu.timed("scoring", reward)
 
     def bind(self, model) -> None:
         self.reward.bind(model)
 
     def __call__(self, prompts, completions, **kwargs):
         self.last = (prompts, completions)
-        return self.reward(prompts, completions, **kwargs)
+        return self.call(prompts, completions, **kwargs)
 
 
-def step_timer(trainer, label: str, paired: dict | None):
-    """Per logged step: the phase split; with `paired`, both readings re-score the step's batch."""
+class Turns:
+    """Lock-step for the two runs: their steps alternate A B, B A, A B, ... so that both see the
+    same machine (other load on a shared box drifts over minutes) and the ratios stay fair."""
+
+    def __init__(self, labels: tuple[str, str], steps: int):
+        a, b = labels
+        self.order = [x for i in range(steps) for x in ((a, b) if i % 2 == 0 else (b, a))]
+        self.pos, self.failed = 0, None
+        self.cond = threading.Condition()
+
+    def wait(self, label: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.failed or self.order[self.pos] == label)
+            if self.failed:
+                raise RuntimeError(f"stopped: the other run failed ({self.failed})")
+
+    def done(self) -> None:
+        with self.cond:
+            self.pos = min(self.pos + 1, len(self.order) - 1)
+            self.cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.cond:
+            self.failed = f"{type(error).__name__}: {error}"
+            self.cond.notify_all()
+
+
+def step_timer(trainer, cpu: CpuPhases, label: str, turns: Turns, paired: dict | None):
+    """Per logged step: the phase split; with `paired`, the other reading re-scores the step's
+    batch (after the step is timed, before the other run's turn)."""
+    import torch
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
@@ -125,25 +189,30 @@ def step_timer(trainer, label: str, paired: dict | None):
         started = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
+            turns.wait(label)
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if "reward" not in (logs or {}):
                 return
             seconds = time.perf_counter() - self.started
+            cpu_seconds = time.process_time() - self.cpu_started
             row = {"step": state.global_step, **{k.split("/")[1]: v for k, v in
                                                  trainer.phases.take(seconds).items()},
+                   **{f"cpu_{k}": round(v, 3) for k, v in cpu.take(cpu_seconds).items()},
                    "completion_tokens": logs.get("completions/mean_length"),
-                   "reward": logs["reward"], "frac_reward_zero_std": logs.get(
-                       "frac_reward_zero_std")}
+                   "reward": logs["reward"], "kl": logs.get("kl"),
+                   "torch_threads": torch.get_num_threads()}
             if paired and state.global_step > 1:  # not after the warm-up step
                 row["rescoring"] = rescore(paired)
             self.rows.append(row)
             print(f"  {label} step {state.global_step}: " + ", ".join(
-                f"{k} {row[k]:.2f}" for k in PHASES) + f" s; {row['completion_tokens']:.0f} "
-                f"tokens/candidate" + (f"; re-scored {row['rescoring']['reading']} "
-                                       f"{row['rescoring']['seconds']:.2f} s"
-                                       if "rescoring" in row else ""), flush=True)
+                f"{k} {row[k]:.1f}/{row['cpu_' + k]:.1f}" for k in PHASES) + " s wall/CPU; "
+                f"{row['completion_tokens']:.0f} tokens/candidate" + (
+                    f"; re-scored {row['rescoring']['reading']} {row['rescoring']['seconds']:.1f}"
+                    f"/{row['rescoring']['cpu_seconds']:.1f} s" if "rescoring" in row else ""),
+                flush=True)
+            turns.done()
 
     return Timer()
 
@@ -151,15 +220,17 @@ def step_timer(trainer, label: str, paired: dict | None):
 def rescore(paired: dict) -> dict:
     """The step's batch scored again by the other reading, timed."""
     reward, before = paired["other"], paired["other"].unreadable
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     scores = reward(*paired["recorder"].last)
     return {"reading": reward.mode, "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start,
             "scores": [round(x, 3) for x in scores],
             "unreadable": reward.unreadable - before, "items": len(scores)}
 
 
-def run(label: str, cfg, learn, model_path: str, args, paired: bool, after_build=None) -> dict:
-    """Build a trainer as a round does, train 1 + steps steps, return the measured steps."""
+def build(label: str, cfg, learn, model_path: str, args, turns: Turns, tmp: str,
+          paired: bool, after_build=None):
+    """A trainer built as a round builds it (1 + steps steps), with the step timer added."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from transformers.trainer_callback import ProgressCallback
@@ -173,34 +244,60 @@ def run(label: str, cfg, learn, model_path: str, args, paired: bool, after_build
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     reading = lambda mode: SelfReward(tokenizer, cfg.prompts.reward,  # noqa: E731
                                       cfg.prompts.ca_definition, mode)
-    recorder = Recorder(reading(learn.self_score))
-    model = load_policy(model_path, learn, None)
-    with tempfile.TemporaryDirectory(prefix="dynalign-bench-learn-") as tmp:
-        trainer = build_trainer(model, tokenizer, dataset, learn, cfg.prompts.system, recorder,
-                                tmp)
-        trainer.remove_callback(ProgressCallback)  # the bar and the raw log dicts
-        if not args.natural_length:
-            trainer.generation_config.min_new_tokens = learn.max_completion_tokens
-        if after_build:
-            after_build(trainer)
-        both = None
-        if paired:
-            other = "greedy" if learn.self_score == "expected" else "expected"
-            both = {"recorder": recorder, "other": reading(other)}
-            both["other"].bind(trainer.model)
-        timer = step_timer(trainer, label, both)
-        trainer.add_callback(timer)
-        trainer.train()
-        rows = list(timer.rows)
-    del trainer, model
-    gc.collect()
+    cpu = CpuPhases()
+    recorder = Recorder(reading(learn.self_score), cpu)
+    trainer = build_trainer(load_policy(model_path, learn, None), tokenizer, dataset, learn,
+                            cfg.prompts.system, recorder, str(Path(tmp) / label))
+    trainer.remove_callback(ProgressCallback)  # the bar and the raw log dicts
+    # CPU clocks around the spans Phases times (instance attributes; learner/ is unchanged)
+    trainer.rollout_func = cpu.timed("generation", trainer.rollout_func)
+    trainer._generate_and_score_completions = cpu.timed(
+        "prepare", trainer._generate_and_score_completions)
+    if not args.natural_length:
+        trainer.generation_config.min_new_tokens = learn.max_completion_tokens
+    if after_build:
+        after_build(trainer)
+    both = None
+    if paired:
+        other = "greedy" if learn.self_score == "expected" else "expected"
+        both = {"recorder": recorder, "other": reading(other)}
+        both["other"].bind(trainer.model)
+    timer = step_timer(trainer, cpu, label, turns, both)
+    trainer.add_callback(timer)
+    return trainer, timer
+
+
+def train_lockstep(trainers: dict, turns: Turns) -> None:
+    """trainer.train() of each run in its own thread; Turns makes their steps alternate."""
+    errors = {}
+
+    def train(label, trainer):
+        try:
+            trainer.train()
+        except BaseException as e:  # noqa: BLE001 - reported below, after both threads end
+            errors[label] = e
+            turns.fail(e)
+
+    threads = [threading.Thread(target=train, args=item, name=item[0])
+               for item in trainers.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        label, error = next(iter(errors.items()))
+        raise RuntimeError(f"the {label} run failed: {error}") from error
+
+
+def measured(label: str, timer, args) -> dict:
+    rows = list(timer.rows)
     if len(rows) != args.steps + 1:
         raise RuntimeError(f"{label}: expected {args.steps + 1} logged steps, got {len(rows)}")
-    measured = rows[1:]
-    return {"steps": rows, "median": {k: statistics.median(r[k] for r in measured)
-                                      for k in PHASES},
-            "completion_tokens": statistics.mean(r["completion_tokens"] for r in measured),
-            "unreadable": getattr(recorder.reward, "unreadable", None)}
+    kept = rows[1:]
+    return {"steps": rows, "median": {k: statistics.median(r[k] for r in kept) for k in PHASES},
+            "cpu_median": {k: statistics.median(r[f"cpu_{k}"] for r in kept) for k in PHASES},
+            "cpu_share_of_wall": statistics.median(r["cpu_step"] / r["step"] for r in kept),
+            "completion_tokens": statistics.mean(r["completion_tokens"] for r in kept)}
 
 
 def config_diff(learn, model_path: str) -> list[dict]:
@@ -215,9 +312,10 @@ def config_diff(learn, model_path: str) -> list[dict]:
     for f in dataclasses.fields(GRPOConfig):
         if f.name in PLUMBING or not f.init:
             continue
-        a, b = getattr(ours, f.name, None), getattr(default, f.name, None)
-        if str(a) != str(b):
-            rows.append({"setting": f.name, "ours": str(a), "trl_default": str(b),
+        a, b = (str(getattr(getattr(c, f.name, None), "value", getattr(c, f.name, None)))
+                for c in (ours, default))
+        if a != b:
+            rows.append({"setting": f.name, "ours": a, "trl_default": b,
                          "in_trl_run": ("trl default" if f.name in TRL_DEFAULTS else
                                         "ours (kept fp32)" if f.name == "bf16" else "ours")})
     return rows
@@ -230,8 +328,12 @@ def paired_summary(steps: list[dict], in_step: str) -> dict:
     other = measured[0]["rescoring"]["reading"]
     seconds = {in_step: statistics.median(r["scoring"] for r in measured),
                other: statistics.median(r["rescoring"]["seconds"] for r in measured)}
+    cpu = {in_step: statistics.median(r["cpu_scoring"] for r in measured),
+           other: statistics.median(r["rescoring"]["cpu_seconds"] for r in measured)}
     out = {"expected_s": seconds["expected"], "greedy_s": seconds["greedy"],
            "ratio_greedy_expected": seconds["greedy"] / seconds["expected"],
+           "expected_cpu_s": cpu["expected"], "greedy_cpu_s": cpu["greedy"],
+           "cpu_ratio_greedy_expected": cpu["greedy"] / cpu["expected"],
            "in_step": in_step, "rescored": other,
            "rescored_unreadable": sum(r["rescoring"]["unreadable"] for r in measured),
            "rescored_items": sum(r["rescoring"]["items"] for r in measured)}
@@ -260,15 +362,22 @@ def bench(args) -> dict:
            "ours_settings": {"beta": ours.beta, "loss_type": ours.loss_type,
                              "learning_rate": ours.learning_rate, "dtype": ours.dtype,
                              "self_score": ours.self_score, "lora_rank": ours.lora_rank}}
-    print(f"(a)+(b) ours: beta {ours.beta}, loss {ours.loss_type}, lr {ours.learning_rate}, "
-          f"{ours.dtype}, self_score {ours.self_score}", flush=True)
-    out["ours"] = run("ours", cfg, ours, path, args, paired=True)
+    print(f"ours: beta {ours.beta}, loss {ours.loss_type}, lr {ours.learning_rate}, "
+          f"{ours.dtype}, self_score {ours.self_score}; TRL defaults: " + ", ".join(
+              f"{k} {v}" for k, v in TRL_DEFAULTS.items()) + "; steps alternate", flush=True)
+    turns = Turns(("ours", "trl"), args.steps + 1)
+    with tempfile.TemporaryDirectory(prefix="dynalign-bench-learn-") as tmp:
+        runs = {"ours": build("ours", cfg, ours, path, args, turns, tmp, paired=True),
+                "trl": build("trl", cfg, trl, path, args, turns, tmp, paired=False,
+                             after_build=trl_kl)}
+        train_lockstep({k: v[0] for k, v in runs.items()}, turns)
+    out["ours"] = measured("ours", runs["ours"][1], args)
+    out["trl_defaults"] = measured("trl", runs["trl"][1], args)
     out["scoring"] = paired_summary(out["ours"]["steps"], ours.self_score)
-    print("(c) TRL defaults: " + ", ".join(f"{k} {v}" for k, v in TRL_DEFAULTS.items()),
-          flush=True)
-    out["trl_defaults"] = run("trl", cfg, trl, path, args, paired=False, after_build=trl_kl)
     out["trl_vs_ours"] = {k: ratio(out["trl_defaults"]["median"][k], out["ours"]["median"][k])
                           for k in PHASES}
+    out["trl_vs_ours_cpu"] = {k: ratio(out["trl_defaults"]["cpu_median"][k],
+                                       out["ours"]["cpu_median"][k]) for k in PHASES}
     out["settings_differ"] = config_diff(ours, path)
     return out
 
@@ -279,41 +388,49 @@ def ratio(a: float, b: float) -> float | None:
 
 def summary(out: dict) -> str:
     w, o, t = out["workload"], out["ours"]["median"], out["trl_defaults"]["median"]
-    s = out["scoring"]
-    alt = o["step"] - o["scoring"] + s[f"{s['rescored']}_s"]
-    la = out["load_average"]
+    oc, tc = out["ours"]["cpu_median"], out["trl_defaults"]["cpu_median"]
+    s, la = out["scoring"], out["load_average"]
+    other = s["rescored"]
+    alt = oc["step"] - oc["scoring"] + s[f"{other}_cpu_s"]
+
+    def r(x):
+        return f"{x:.2f}" if x is not None else "-"
+
     lines = [f"workload: 1 prompt x {w['candidates']} candidates x {w['tokens']} tokens "
              f"({w['length']} length), median of {w['steps']} step(s) after 1 warm-up, "
-             f"{w['torch_threads']} torch thread(s) of {w['cpu_count']} CPUs, {w['dtype']}; "
-             f"load average (1 min) {la['start'][0]:.2f} at start, {la['end'][0]:.2f} at end, "
-             f"{out['wall_s']:.0f} s wall",
+             f"{w['torch_threads']} torch thread(s), {w['cpu_count']} CPUs, {w['dtype']}",
+             f"machine: load average (1 min) {la['start'][0]:.2f} at start, {la['end'][0]:.2f} at "
+             f"end; CPU/wall per step {out['ours']['cpu_share_of_wall']:.2f} (ours), "
+             f"{out['trl_defaults']['cpu_share_of_wall']:.2f} (TRL); {out['wall_s']:.0f} s wall",
              f"ours: beta {out['ours_settings']['beta']}, loss {out['ours_settings']['loss_type']}"
              f", lr {out['ours_settings']['learning_rate']}, self_score "
              f"{out['ours_settings']['self_score']}",
-             f"{'phase (s/step, median)':<26}{'ours':>8}{'share':>8}{'TRL dflt':>10}"
-             f"{'TRL/ours':>10}"]
+             "",
+             f"{'(a) s/step, median':<20}{'ours wall':>10}{'ours CPU':>10}{'CPU share':>10}"
+             f"{'TRL wall':>10}{'TRL CPU':>10}{'TRL/ours':>10}{'(wall)':>8}"]
     for k in PHASES:
-        r = out["trl_vs_ours"][k]
-        lines.append(f"{k:<26}{o[k]:>8.2f}{o[k] / o['step']:>8.0%}{t[k]:>10.2f}"
-                     f"{(f'{r:.2f}' if r is not None else '-'):>10}")
+        lines.append(f"{k:<20}{o[k]:>10.2f}{oc[k]:>10.2f}{oc[k] / oc['step']:>10.0%}"
+                     f"{t[k]:>10.2f}{tc[k]:>10.2f}{r(out['trl_vs_ours_cpu'][k]):>10}"
+                     f"{r(out['trl_vs_ours'][k]):>8}")
     lines += [f"completion tokens/candidate: ours {out['ours']['completion_tokens']:.1f}, "
               f"TRL defaults {out['trl_defaults']['completion_tokens']:.1f}",
-              f"(b) scoring a step's {w['candidates']} completions (median s/step): "
-              f"expected {s['expected_s']:.2f}, greedy {s['greedy_s']:.2f}, "
-              f"greedy/expected {s['ratio_greedy_expected']:.2f}",
-              f"    ({s['in_step']} = the step's scoring phase; {s['rescored']} = the same "
-              f"completions re-scored right after the step; {s['rescored']} unreadable: "
-              f"{s['rescored_unreadable']}/{s['rescored_items']})"
-              if s["rescored"] == "greedy" else
-              f"    ({s['in_step']} = the step's scoring phase; {s['rescored']} = the same "
-              f"completions re-scored right after the step)",
-              f"    a step scoring by {s['rescored']} would take ~{alt:.1f} s (ours step - scoring + "
-              f"{s['rescored']}), {alt / o['step']:.2f}x ours",
-              f"(c) step TRL defaults / ours: {out['trl_vs_ours']['step']:.2f} "
-              f"(bf16 kept off: both fp32)",
-              "settings where our grpo_config differs from GRPOConfig defaults "
-              "(last column: what the TRL-defaults run used):"]
-    lines += [f"    {d['setting']:<28}{d['ours']:>12}{d['trl_default']:>12}   {d['in_trl_run']}"
+              "",
+              f"(b) scoring a step's {w['candidates']} completions, median s/step (CPU; wall): "
+              f"expected {s['expected_cpu_s']:.2f} ({s['expected_s']:.2f}), greedy "
+              f"{s['greedy_cpu_s']:.2f} ({s['greedy_s']:.2f}); greedy/expected "
+              f"{s['cpu_ratio_greedy_expected']:.2f} ({s['ratio_greedy_expected']:.2f})",
+              f"    {s['in_step']} = the step's scoring phase; {other} = the same completions "
+              f"re-scored right after the step" + (
+                  f"; greedy unreadable {s['rescored_unreadable']}/{s['rescored_items']}"
+                  if other == "greedy" else ""),
+              f"    a step scoring by {other}: ~{alt:.1f} CPU s (ours step - scoring + {other})"
+              f", {alt / oc['step']:.2f}x ours",
+              "",
+              f"(c) step TRL defaults / ours: {r(out['trl_vs_ours_cpu']['step'])} CPU, "
+              f"{r(out['trl_vs_ours']['step'])} wall (both fp32: TRL's bf16 default not applied)",
+              "    settings where our grpo_config differs from GRPOConfig defaults "
+              "(ours, TRL default, what the TRL-defaults run used):"]
+    lines += [f"    {d['setting']:<36}{d['ours']:>10}{d['trl_default']:>10}   {d['in_trl_run']}"
               for d in out["settings_differ"]]
     return "\n".join(lines)
 

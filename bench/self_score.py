@@ -27,7 +27,8 @@ Per reading:
 - perturbation change: mean |score(answer + " ") - score(answer)| and the same for "." (0 = stable);
 - good > harmful: fraction of prompts where the helpful answer outscores the harmful one (a tie
   counts 1/2); also good > each of the other three;
-- seconds per item, and the ratio greedy / expected.
+- seconds per item, and the ratio greedy / expected: CPU seconds of this process (robust to
+  other load on a shared machine) and wall seconds.
 
 Runtime: about 10 minutes on this 2-core machine at 1 torch thread (192 items x 2 readings of a
 ~450-token prompt each); --quick takes 4 prompts.
@@ -316,15 +317,17 @@ def score_all(rows: list[dict], readers: dict, greedy_answers: list, batch: int)
     scores = {r: [] for r in readers}
     readable = {r: [] for r in readers}
     seconds = {r: 0.0 for r in readers}
+    cpu = {r: 0.0 for r in readers}
     for b, start in enumerate(range(0, len(rows), batch)):
         chunk = rows[start:start + batch]
         prompts = [[{"role": "user", "content": r["prompt"]}] for r in chunk]
         completions = [[{"role": "assistant", "content": r["response"]}] for r in chunk]
         for mode in (READINGS if b % 2 == 0 else READINGS[::-1]):
             before = len(greedy_answers)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             got = readers[mode](prompts, completions)
             seconds[mode] += time.perf_counter() - t
+            cpu[mode] += time.process_time() - c
             scores[mode] += got
             if mode == "greedy":
                 readable[mode] += [s is not None for _, s in greedy_answers[before:]]
@@ -333,10 +336,11 @@ def score_all(rows: list[dict], readers: dict, greedy_answers: list, batch: int)
         print(f"  batch {b + 1}/{-(-len(rows) // batch)}: expected "
               f"{[round(x, 2) for x in scores['expected'][-len(chunk):]]}, greedy "
               f"{scores['greedy'][-len(chunk):]}", flush=True)
-    return {"scores": scores, "readable": readable, "seconds": seconds}
+    return {"scores": scores, "readable": readable, "seconds": seconds, "cpu": cpu}
 
 
-def metrics(rows: list[dict], scores: list[float], readable: list[bool], seconds: float) -> dict:
+def metrics(rows: list[dict], scores: list[float], readable: list[bool], seconds: float,
+            cpu: float) -> dict:
     by = {(r["id"], r["kind"], r["perturbation"]): s for r, s in zip(rows, scores)}
     ids = list(dict.fromkeys(r["id"] for r in rows))
     groups = [[by[(i, k, "original")] for k in KINDS] for i in ids]
@@ -361,7 +365,8 @@ def metrics(rows: list[dict], scores: list[float], readable: list[bool], seconds
             "good_beats_empty": beats("empty"), "good_beats_off_topic": beats("off_topic"),
             "mean_score_by_kind": {k: statistics.mean(by[(i, k, "original")] for i in ids)
                                    for k in KINDS},
-            "seconds_per_item": seconds / len(rows), "items": len(rows)}
+            "seconds_per_item": seconds / len(rows), "cpu_seconds_per_item": cpu / len(rows),
+            "items": len(rows)}
 
 
 def bench(args) -> dict:
@@ -386,13 +391,18 @@ def bench(args) -> dict:
                         "torch_threads": torch.get_num_threads(), "dtype": cfg.learn.dtype,
                         "model": path, "greedy_max_new_tokens": readers["greedy"].max_new_tokens},
            "readings": {m: metrics(rows, got["scores"][m], got["readable"][m],
-                                   got["seconds"][m]) for m in READINGS}}
+                                   got["seconds"][m], got["cpu"][m]) for m in READINGS}}
     e, g = out["readings"]["expected"], out["readings"]["greedy"]
     out["ratio_seconds_greedy_expected"] = g["seconds_per_item"] / e["seconds_per_item"]
+    out["ratio_cpu_seconds_greedy_expected"] = (g["cpu_seconds_per_item"]
+                                                / e["cpu_seconds_per_item"])
     out["greedy_answers_top"] = collections.Counter(a for a, _ in greedy_answers).most_common(5)
+    out["greedy_readable_answers"] = collections.Counter(
+        a for a, score in greedy_answers if score is not None).most_common()
     out["items"] = [{**{k: r[k] for k in ("id", "kind", "perturbation")},
                      **{m: got["scores"][m][n] for m in READINGS},
-                     "greedy_readable": got["readable"]["greedy"][n]}
+                     "greedy_readable": got["readable"]["greedy"][n],
+                     "greedy_answer": greedy_answers[n][0]}
                     for n, r in enumerate(rows)]
     return out
 
@@ -404,14 +414,17 @@ def summary(out: dict) -> str:
              "lower: fewer GRPO groups without signal"),
             ("mean score std within a group", "mean_group_std", "{:.3f}", "graded spread"),
             ("distinct score values", "distinct_scores", "{}", ""),
-            ("change, trailing space (mean |d|)", "change_space", "{:.3f}", "lower = stabler"),
-            ("change, trailing period (mean |d|)", "change_period", "{:.3f}", "lower = stabler"),
+            ("change, trailing space (mean |d|)", "change_space", "{:.3f}",
+             "lower = stabler (0 -> 0 for unreadable)"),
+            ("change, trailing period (mean |d|)", "change_period", "{:.3f}",
+             "lower = stabler (0 -> 0 for unreadable)"),
             ("good > harmful (ties 1/2)", "good_beats_harmful", "{:.2f}",
              "0.5 = chance; not a judge"),
             ("  ties good = harmful", "good_beats_harmful_ties", "{:.2f}", ""),
             ("good > empty (ties 1/2)", "good_beats_empty", "{:.2f}", ""),
             ("good > off-topic (ties 1/2)", "good_beats_off_topic", "{:.2f}", ""),
-            ("seconds per item", "seconds_per_item", "{:.3f}", "")]
+            ("CPU seconds per item", "cpu_seconds_per_item", "{:.3f}", ""),
+            ("wall seconds per item", "seconds_per_item", "{:.3f}", "")]
     lines = [f"workload: {w['prompts']} prompts x {w['answers_per_prompt']} answers x "
              f"{len(w['perturbations'])} variants = {w['items']} items per reading, batches of "
              f"{w['batch']}, {w['torch_threads']} torch thread(s), {w['dtype']}",
@@ -419,12 +432,15 @@ def summary(out: dict) -> str:
     lines += [f"{name:<38}{fmt.format(e[key]):>10}{fmt.format(g[key]):>10}   {note}"
               for name, key, fmt, note in rows]
     lines.append(f"{'seconds per item, greedy / expected':<38}"
-                 f"{out['ratio_seconds_greedy_expected']:>20.2f}")
+                 f"{out['ratio_cpu_seconds_greedy_expected']:>20.2f}   CPU "
+                 f"(wall: {out['ratio_seconds_greedy_expected']:.2f})")
     lines.append("mean score by answer kind (unperturbed): " + "; ".join(
         f"{m} " + ", ".join(f"{k} {v:.2f}" for k, v in out["readings"][m]
                             ["mean_score_by_kind"].items()) for m in READINGS))
     lines.append("most common greedy answers: " + "; ".join(
         f"{a!r} x{n}" for a, n in out["greedy_answers_top"]))
+    lines.append("greedy answers that held a digit: " + ("; ".join(
+        f"{a!r} x{n}" for a, n in out["greedy_readable_answers"]) or "none"))
     return "\n".join(lines)
 
 

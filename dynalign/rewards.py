@@ -34,9 +34,12 @@ def reward_prompt(template: str, definition: str, prompt: str, response: str) ->
     return paper.fill(template, definition=definition, prompt=prompt, response=response)
 
 
-def parse_score(text: str) -> int | None:
-    """The first stand-alone digit 0-5 in a judge's answer ("4", "Score: 4", "4/5"); None if none."""
-    match = SCORE.search(text or "")
+def parse_score(text: str, strict: bool = False) -> int | None:
+    """The first stand-alone digit 0-5 in a judge's answer ("4", "Score: 4", "4/5"); None if none.
+    `strict`: only an answer that starts with the digit, as the reward prompt asks, counts; a
+    small model's echo of the question cut off at "... at 1" is not a score."""
+    text = (text or "").strip()
+    match = SCORE.match(text) if strict else SCORE.search(text)
     return int(match.group(1)) if match else None
 
 

@@ -1,8 +1,8 @@
 """Self-reward: the policy scores its own answers 0-5 with the paper's CA reward prompt.
 
 Two readings of the same prompt, both deterministic (the paper disables sampling here):
-- "greedy": the paper's way. Generate greedily, read the first digit 0-5 of the answer; an
-  answer without one scores 0 and is counted as unreadable.
+- "greedy": the paper's way. Generate greedily; the answer must start with a digit 0-5 (the
+  prompt asks for only that); any other answer scores 0 and is counted as unreadable.
 - "expected": one forward pass; the next-token probabilities of the digit tokens "0".."5",
   renormalised, give the expected score. It always yields a score, is graded (so fewer groups
   have zero spread), and needs no generation. See the README for which is the default and why.
@@ -67,7 +67,7 @@ class SelfReward:
         finally:
             self.model.train(training)
         answers = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-        scores = [parse_score(a) for a in answers]
+        scores = [parse_score(a, strict=True) for a in answers]
         self.unreadable += sum(s is None for s in scores)
         return [float(s or 0) for s in scores]
 

@@ -97,6 +97,7 @@ def grpo_config(learn, out_dir: str, cuda: bool) -> GRPOConfig:
         lr_scheduler_type="constant", warmup_steps=0, epsilon=learn.epsilon, beta=learn.beta,
         loss_type=learn.loss_type, use_bias_correction_kl=False, scale_rewards="group",
         max_steps=learn.max_steps, seed=learn.seed, disable_dropout=True,
+        gradient_checkpointing=cuda,  # saves GPU memory; on CPU it only costs ~15 % of a step
         bf16=cuda and learn.dtype == "bfloat16", use_cpu=not cuda,
         use_vllm=learn.use_vllm, vllm_mode="colocate",
         vllm_gpu_memory_utilization=learn.vllm_gpu_memory_utilization,

@@ -120,3 +120,10 @@ def test_judge_reward_scores_with_the_papers_prompt(judge):
     # unreadable answers accumulate over calls
     assert reward(["question gamma"], ["answer gamma"]) == [0.0]
     assert reward.unreadable == 2
+
+
+def test_strict_parse_needs_the_answer_to_start_with_the_score():
+    assert parse_score(" 4", strict=True) == 4
+    assert parse_score("3. It helps.", strict=True) == 3
+    assert parse_score("Your manager keeps texting you at 1", strict=True) is None
+    assert parse_score("Your manager keeps texting you at 1") == 1  # the lenient reading
