@@ -236,6 +236,7 @@ def build(label: str, cfg, learn, model_path: str, args, turns: Turns, tmp: str,
     from transformers.trainer_callback import ProgressCallback
 
     from dynalign.dataset import SEED_FILE, read_rows
+    from dynalign.rounds import system_prompt
     from learner.self_reward import SelfReward
     from learner.trainer import build_trainer, load_policy
 
@@ -247,7 +248,7 @@ def build(label: str, cfg, learn, model_path: str, args, turns: Turns, tmp: str,
     cpu = CpuPhases()
     recorder = Recorder(reading(learn.self_score), cpu)
     trainer = build_trainer(load_policy(model_path, learn, None), tokenizer, dataset, learn,
-                            cfg.prompts.system, recorder, str(Path(tmp) / label))
+                            system_prompt(cfg.prompts), recorder, str(Path(tmp) / label))
     trainer.remove_callback(ProgressCallback)  # the bar and the raw log dicts
     # CPU clocks around the spans Phases times (instance attributes; learner/ is unchanged)
     trainer.rollout_func = cpu.timed("generation", trainer.rollout_func)

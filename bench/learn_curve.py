@@ -1,14 +1,14 @@
 """Does a refresh round learn? A learnable signal through the whole pipeline, read off the server.
 
 One `dynalign serve --no-ui` (merged mode) in a temp state dir. The signal is the rule reward
-`brevity` (5 for a non-empty answer of <= 12 words, 5 x 12 / words above), which the embedded
-model can learn; self-reward with it is noise, so this measures the loop, not alignment. The
+`brevity` (5 for a non-empty answer of <= 12 words, 5 x 12 / words above, scaled by 12 / 48
+for a candidate that ran into the 48-token limit), which the embedded model can learn; self-reward with it is noise, so this measures the loop, not alignment. The
 learning rate is raised from the paper's 5e-6 (which does not move a 135M model in a few steps)
 to --lr. Held-out seed prompts (never trained on) are answered greedily (temperature 0, 48 tokens)
 by the active version before the round and by the version the round promoted; the ratio
 after / before of their mean brevity reward is the result, with the round's per-step reward.
 
-Usage: .venv/bin/python bench/learn_curve.py [--steps 8] [--lr 2e-3] [--heldout 12] [--quick]
+Usage: .venv/bin/python bench/learn_curve.py [--steps 8] [--lr 1.5e-3] [--heldout 12] [--quick]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from serve import Server, model_path  # noqa: E402  (bench/serve.py: the same se
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--heldout", type=int, default=12, help="held-out prompts answered")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model-path")
@@ -44,19 +44,20 @@ def heldout_prompts(n: int) -> list[str]:
     return [r["prompt"] for r in read_rows(SEED_FILE) if r["split"] == "heldout"][:n]
 
 
-def served_reward(server: Server, prompts: list[str]) -> tuple[float, str]:
+def served_reward(server: Server, prompts: list[str]) -> tuple[float, str, int]:
     import httpx
 
     from dynalign.rewards import brevity
-    answers, model = [], ""
+    answers, model, stopped = [], "", 0
     for prompt in prompts:
         body = {"model": "dynalign", "max_tokens": 48, "temperature": 0,
                 "messages": [{"role": "user", "content": prompt}]}
         r = httpx.post(f"{server.gateway}/v1/chat/completions", json=body, timeout=300)
         r.raise_for_status()
         answers.append(r.json()["choices"][0]["message"]["content"])
+        stopped += r.json()["choices"][0]["finish_reason"] == "stop"
         model = r.json()["model"]
-    return statistics.fmean(brevity(12)(prompts, answers)), model
+    return statistics.fmean(brevity(12)(prompts, answers)), model, stopped
 
 
 def run_round(server: Server, args) -> dict:
@@ -81,9 +82,9 @@ def main() -> int:
         server = Server(Path(tmp) / "s", model_path(args), "merged")
         try:
             server.wait_ready()
-            before, model_before = served_reward(server, prompts)
+            before, model_before, stopped_before = served_reward(server, prompts)
             row = run_round(server, args)
-            after, model_after = served_reward(server, prompts)
+            after, model_after, stopped_after = served_reward(server, prompts)
         finally:
             server.stop()
     curve = [round(s["reward"], 2) for s in row["steps"]]
@@ -92,8 +93,10 @@ def main() -> int:
           f"tokens, {args.threads} thread(s), median {seconds:.1f} s/step")
     print(f"round reward per step: {curve}")
     print(f"held-out ({len(prompts)} prompts, greedy, served): {model_before} {before:.2f} -> "
-          f"{model_after} {after:.2f}; after / before = {after / before:.2f}")
+          f"{model_after} {after:.2f}; after / before = {after / before:.2f}; answers that "
+          f"stopped on their own: {stopped_before} -> {stopped_after} of {len(prompts)}")
     print(json.dumps({"before": before, "after": after, "ratio": after / before, "curve": curve,
+                      "stopped": [stopped_before, stopped_after],
                       "seconds_per_step": seconds, "round": row["id"]}))
     return 0
 

@@ -43,13 +43,20 @@ def parse_score(text: str, strict: bool = False) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def brevity(target_words: int):
-    """5 for a non-empty answer of at most `target_words` words, falling as target / words above."""
-    def brevity_reward(prompts, completions, **kwargs) -> list[float]:
+def brevity(target_words: int, max_tokens: int | None = None):
+    """5 for a non-empty answer of at most `target_words` words, falling as target / words above.
+    A completion cut off at `max_tokens` (TRL passes `completion_ids`) did not stop: its score is
+    scaled by target / max_tokens, so it stays graded (a group of cut-off answers still carries
+    a signal) but below any answer that stops within the budget, and filling the budget with few
+    words (emoji, repeated short phrases) cannot pass for brevity."""
+    def brevity_reward(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
         scores = []
-        for completion in completions:
+        for i, completion in enumerate(completions):
             words = len(WORD.findall(text_of(completion)))
-            scores.append(0.0 if words == 0 else 5.0 * min(1.0, target_words / words))
+            score = 0.0 if words == 0 else 5.0 * min(1.0, target_words / words)
+            if max_tokens and completion_ids is not None and len(completion_ids[i]) >= max_tokens:
+                score *= target_words / max_tokens
+            scores.append(score)
         return scores
     return brevity_reward
 
@@ -62,7 +69,9 @@ def keyword(word: str):
 
 
 def rule_reward(learn):
-    return brevity(learn.rule_words) if learn.rule == "brevity" else keyword(learn.rule_keyword)
+    if learn.rule == "brevity":
+        return brevity(learn.rule_words, learn.max_completion_tokens)
+    return keyword(learn.rule_keyword)
 
 
 class JudgeReward:

@@ -13,7 +13,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynalign.config import LearnConfig
+from dynalign import prompts as paper
+from dynalign.config import LearnConfig, PromptsConfig
 from dynalign.errors import ConfigError
 
 REWARDS = ("self", "rule", "judge")
@@ -35,6 +36,11 @@ class Selection:
         return {"prompts": len(self.prompts), "logged": self.logged, "seed": self.seed,
                 "skipped_long": self.skipped_long, "duplicates": self.duplicates,
                 "exchanges_upto": self.exchanges_upto}
+
+
+def system_prompt(prompts: PromptsConfig) -> str:
+    """The CA system prompt candidates are sampled with, its [Definition of CA] filled in."""
+    return paper.fill(prompts.system, definition=prompts.ca_definition)
 
 
 def check_learn(learn: LearnConfig) -> None:

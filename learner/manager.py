@@ -161,8 +161,9 @@ class RoundManager:
                 row = store.round(round_id)
                 if row["cancel_requested"]:
                     store.update_round(round_id, status="cancelled")
-                elif rc != 0:
-                    store.update_round(round_id, status="failed", error=_tail(folder / "learner.log"))
+                elif rc != 0:  # the learner's own message when it left one, else its log's end
+                    store.update_round(round_id, status="failed",
+                                       error=row["error"] or _tail(folder / "learner.log"))
                 else:
                     self._publish(store, cfg, row)
             except Exception as e:  # noqa: BLE001 (recorded on the round, see docstring)
@@ -219,9 +220,10 @@ def _kill_group(pid: int | None) -> None:
 
 
 def _tail(path: Path, lines: int = 15) -> str:
+    """The end of the learner's log without progress-bar redraws (they hide the message)."""
     try:
-        text = path.read_text(errors="replace").splitlines()
+        text = path.read_text(errors="replace").replace("\r", "\n").splitlines()
     except FileNotFoundError:
         return "the learner exited before writing a log"
-    return "\n".join(text[-lines:])
+    return "\n".join([line for line in text if line.strip() and "it/s]" not in line][-lines:])
 

@@ -18,13 +18,14 @@ import json
 import os
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 from dynalign.config import Config, load_config
 from dynalign.dataset import read_rows, seed_path
 from dynalign.errors import DynalignError, RoundError
 from dynalign.grpo import converged
-from dynalign.rounds import check_learn, progress, select_prompts
+from dynalign.rounds import check_learn, progress, select_prompts, system_prompt
 from dynalign.store import Store
 
 STEP_KEYS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "loss": "loss",
@@ -113,7 +114,7 @@ def run_round(cfg: Config, round_id: int) -> dict:
                                  for p in selection.prompts])
     metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
-    trainer = build_trainer(policy, tokenizer, dataset, learn, cfg.prompts.system, reward,
+    trainer = build_trainer(policy, tokenizer, dataset, learn, system_prompt(cfg.prompts), reward,
                             str(out / "trainer"))
     trainer.add_callback(step_callback(cfg, store, round_id, trainer.phases, metrics_path))
     started = time.perf_counter()
@@ -154,10 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-id", type=int, required=True)
     args = parser.parse_args(argv)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    cfg = load_config(args.config)
     try:
-        run_round(load_config(args.config), args.round_id)
-    except DynalignError as e:
+        run_round(cfg, args.round_id)
+    except DynalignError as e:  # a clear message for the round's error field, not a log tail
         print(f"error: {e}", file=sys.stderr)
+        with closing(Store(cfg.db_path)) as store:
+            store.update_round(args.round_id, error=str(e))
         return 1
     return 0
 

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from dynalign.config import load_config  # noqa: E402
 from dynalign.rewards import brevity  # noqa: E402
+from dynalign.rounds import system_prompt  # noqa: E402
 from learner.trainer import build_trainer, load_policy, system_rollout, Phases  # noqa: E402
 
 PROMPT = "My neighbour's garden is overgrown and she is unwell. What should I do this weekend?"
@@ -33,7 +34,7 @@ def setup(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     policy = load_policy(model_path, cfg.learn, None)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": PROMPT}]}])
-    trainer = build_trainer(policy, tokenizer, dataset, cfg.learn, cfg.prompts.system,
+    trainer = build_trainer(policy, tokenizer, dataset, cfg.learn, system_prompt(cfg.prompts),
                             brevity(12), str(tmp_path_factory.mktemp("trainer")))
     return cfg, tokenizer, trainer
 
@@ -49,17 +50,18 @@ def greedy(trainer, tokenizer, messages, n_tokens):
 def test_rollout_samples_with_the_system_prompt_and_trains_without_it(setup):
     cfg, tokenizer, trainer = setup
     user = [{"role": "user", "content": PROMPT}]
-    out = system_rollout(cfg.prompts.system, Phases())([user, user], trainer)
+    out = system_rollout(system_prompt(cfg.prompts), Phases())([user, user], trainer)
 
     loss_prompt = tokenizer.decode(out["prompt_ids"][0])
     assert PROMPT in loss_prompt
     assert "Collective Agency" not in loss_prompt  # the CA system prompt is not in the loss
+    assert "Knowledge: the expansion" in system_prompt(cfg.prompts)  # its definition is filled in
     assert out["prompt_ids"][0] == tokenizer.apply_chat_template(
         user, add_generation_prompt=True, return_dict=True)["input_ids"]
     assert out["logprobs"] is None  # sampling log-probs under the system prompt are not reused
 
     completion = out["completion_ids"][0][:8]
-    with_system = greedy(trainer, tokenizer, [{"role": "system", "content": cfg.prompts.system}]
+    with_system = greedy(trainer, tokenizer, [{"role": "system", "content": system_prompt(cfg.prompts)}]
                          + user, 8)
     without = greedy(trainer, tokenizer, user, 8)
     assert with_system != without  # the test can tell the two apart

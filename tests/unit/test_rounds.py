@@ -193,3 +193,12 @@ def test_round_view_decodes_and_reads_steps_without_a_torn_last_line(store, tmp_
     full = round_view(row, folder)
     assert full["steps"] == [{"step": 1, "reward": 2.0}]
     assert full["config"] == "[learn]\nmax_steps = 2\n"
+
+
+def test_system_prompt_has_the_ca_definition_filled_in():
+    from dynalign.config import PromptsConfig
+    from dynalign.rounds import system_prompt
+
+    text = system_prompt(PromptsConfig())
+    assert "[Definition of CA]" not in text
+    assert "Benevolence: the decision to uplift" in text and text.startswith("You are an assistant")
