@@ -48,16 +48,19 @@ def served_reward(server: Server, prompts: list[str]) -> tuple[float, str, int]:
     import httpx
 
     from dynalign.rewards import brevity
-    answers, model, stopped = [], "", 0
+    answers, cut, model, stopped = [], [], "", 0
     for prompt in prompts:
         body = {"model": "dynalign", "max_tokens": 48, "temperature": 0,
                 "messages": [{"role": "user", "content": prompt}]}
         r = httpx.post(f"{server.gateway}/v1/chat/completions", json=body, timeout=300)
         r.raise_for_status()
         answers.append(r.json()["choices"][0]["message"]["content"])
-        stopped += r.json()["choices"][0]["finish_reason"] == "stop"
+        finish = r.json()["choices"][0]["finish_reason"]
+        stopped += finish == "stop"
+        cut.append([0] * 48 if finish == "length" else [])  # stands for the completion ids
         model = r.json()["model"]
-    return statistics.fmean(brevity(12)(prompts, answers)), model, stopped
+    rewards = brevity(12, 48)(prompts, answers, completion_ids=cut)  # the round's own reward
+    return statistics.fmean(rewards), model, stopped
 
 
 def run_round(server: Server, args) -> dict:
