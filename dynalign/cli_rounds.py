@@ -91,11 +91,17 @@ def http_publisher(cfg):
     return publish
 
 
+def http_activator(cfg):
+    def activate(version) -> None:
+        admin_request(cfg, "POST", f"/adapters/{'base' if version is None else version}/activate")
+    return activate
+
+
 def learn_command(cfg, args) -> int:
     from learner.manager import RoundManager
     from learner.schedule import Schedule
 
-    manager = RoundManager(cfg, publish=http_publisher(cfg))
+    manager = RoundManager(cfg, publish=http_publisher(cfg), activate=http_activator(cfg))
     manager.recover()
     if args.schedule:
         schedule = Schedule(cfg, lambda trigger: manager.trigger(trigger, round_overrides(args)))

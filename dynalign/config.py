@@ -75,6 +75,7 @@ class PromptsConfig:
     refinement: str = prompts.REFINEMENT
     system: str = prompts.SYSTEM
     reward: str = prompts.REWARD
+    pairwise: str = prompts.PAIRWISE  # not from the paper (it does not print its judge prompt)
 
 
 @dataclass
@@ -125,6 +126,29 @@ class ScheduleConfig:
 
 
 @dataclass
+class GateConfig:
+    """Before a round's candidate goes live: a quick evaluation in the round's own process, on
+    the weights it trained, against the active version (dynalign/gate.py decides)."""
+
+    enabled: bool = True
+    prompts: int = 8  # held-out prompts judged pairwise vs the active version (the first N: fixed)
+    min_win_rate: float = 0.5  # wins / consistent judgments (inconsistent pairs excluded)
+    min_judged: int = 4  # fewer consistent judgments than this: the judge cannot tell; reject
+    ifeval: str = ""  # IFEval input_data.jsonl; "" = data/eval/ifeval_sample.jsonl (our own 14)
+    math: str = ""  # AIME/GSM8K-style JSONL; "" = not checked
+    mc: str = ""  # GPQA-style CSV; "" = not checked
+    limit: int = 12  # items per capability check; 0 = skip the capability checks
+    max_drop: float = 0.1  # a capability score may fall by at most this (absolute accuracy)
+    max_tokens: int = 256  # answer length in the gate's generations
+    # drift monitors, measured on the same held-out prompts (the probe set)
+    max_top_share: float = 0.5  # share of candidate answers self-scoring >= 4.5 (saturation)
+    max_kl: float = 1.0  # mean KL to the base model over the round's last steps
+    max_length_ratio: float = 2.0  # candidate/base answer length beyond x or 1/x is drift
+    on_drift: str = "reject"  # "flag" (record only) | "reject" | "rollback" (reject, and walk
+    #                           back from the active version to the first unflagged ancestor)
+
+
+@dataclass
 class LearnConfig:
     """A refresh round: the paper's self-improving phase (Algorithm 1) with TRL's GRPOTrainer."""
 
@@ -164,8 +188,22 @@ class LearnConfig:
     use_vllm: bool = False  # GPU: rollouts on TRL's colocated vLLM instead of transformers
     vllm_gpu_memory_utilization: float = 0.25
     accelerate_config: str = ""  # run the round under `accelerate launch --config_file` this
-    promote: bool = True  # promote a finished round's adapter (the evaluation gate goes here)
+    promote: bool = True  # False: register every candidate without activating it
+    gate: GateConfig = field(default_factory=GateConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class EvalConfig:
+    """`dynalign eval` (and the gate's judge)."""
+
+    judge: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0,
+                                                                        max_tokens=8))
+    max_tokens: int = 512  # answers of the evaluated versions (greedy)
+    concurrency: int = 8  # requests in flight to the server
+    bootstrap: int = 2000  # resamples for the win rate's confidence interval
+    level: float = 0.95
+    seed: int = 0  # bootstrap and multiple-choice shuffling
 
 
 @dataclass
@@ -179,6 +217,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     learn: LearnConfig = field(default_factory=LearnConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def home(self) -> Path:

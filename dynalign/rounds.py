@@ -16,6 +16,7 @@ from pathlib import Path
 from dynalign import prompts as paper
 from dynalign.config import LearnConfig, PromptsConfig
 from dynalign.errors import ConfigError
+from dynalign.gate import DRIFT_ACTIONS
 
 REWARDS = ("self", "rule", "judge")
 SELF_SCORES = ("expected", "greedy")
@@ -61,6 +62,21 @@ def check_learn(learn: LearnConfig) -> None:
                           "set learn.dtype = \"bfloat16\"")
     if not 0.0 <= learn.logged_share <= 1.0:
         raise ConfigError("learn.logged_share must be between 0 and 1")
+    check_gate(learn.gate)
+
+
+def check_gate(gate) -> None:
+    if gate.on_drift not in DRIFT_ACTIONS:
+        raise ConfigError(f"learn.gate.on_drift must be one of {', '.join(DRIFT_ACTIONS)}; "
+                          f"got {gate.on_drift!r}")
+    for key in ("min_win_rate", "max_top_share"):
+        if not 0.0 <= getattr(gate, key) <= 1.0:
+            raise ConfigError(f"learn.gate.{key} must be between 0 and 1")
+    if gate.max_length_ratio < 1.0:
+        raise ConfigError("learn.gate.max_length_ratio must be at least 1 (it bounds both ways)")
+    for key in ("prompts", "min_judged", "max_tokens"):
+        if getattr(gate, key) < 1:
+            raise ConfigError(f"learn.gate.{key} must be at least 1")
 
 
 def last_user_turn(messages) -> str | None:

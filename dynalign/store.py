@@ -193,6 +193,10 @@ class Store:
         with self.db.conn:
             self.db["rounds"].update(round_id, fields)
 
+    def round_of_version(self, version: int) -> dict | None:
+        rows = list(self.db["rounds"].rows_where("adapter_version = ?", [version], limit=1))
+        return rows[0] if rows else None
+
     def open_rounds(self) -> list[dict]:
         return list(self.db["rounds"].rows_where("status in (?, ?, ?)", OPEN_ROUND))
 

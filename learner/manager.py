@@ -4,8 +4,10 @@ Used by the gateway (`dynalign serve`: admin API and schedule) and by `dynalign 
 store is the single source of truth: `open_round` refuses a round while another is open, in one
 write transaction, so two managers (a gateway and a standalone learner) never overlap either.
 
-A round: queued -> running (the child `learner.round` trains) -> evaluating (the gate; the
-evaluation suite plugs in at `gate`) -> promoted | rejected, or failed / cancelled. The child
+A round: queued -> running (the child `learner.round` trains, then measures the candidate for
+the gate) -> evaluating (the gate decides, dynalign/gate.py) -> promoted | rejected, or failed /
+cancelled. A rejected candidate is registered with status "rejected" and its reasons; with
+`on_drift = "rollback"` a drift flag also puts the last unflagged version back into service. The child
 runs niced, in its own process group; a crash or out-of-memory kill of it fails the round and
 publishes nothing. The manager's own death leaves its round open; the next manager to start
 marks it failed (`recover`).
@@ -22,35 +24,34 @@ import subprocess
 import sys
 import threading
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from dynalign.config import Config, _build, _set_dotted, resolved_toml
 from dynalign.errors import RoundError
+from dynalign.gate import Decision, decide, last_good
 from dynalign.rounds import check_learn
 from dynalign.store import Store, now
 
 log = logging.getLogger("dynalign.rounds")
 
 
-@dataclass
-class Decision:
-    promote: bool
-    reasons: list[str] = field(default_factory=list)
-    report: dict = field(default_factory=dict)
-
-
-def default_gate(cfg: Config, round_row: dict) -> Decision:
-    """The seam for the evaluation gate: without one, a finished round is promoted unless
-    learn.promote is off."""
+def evaluation_gate(cfg: Config, round_row: dict) -> Decision:
+    """Promote or not, from the measurements the round wrote (gate.json) and [learn.gate]."""
     if not cfg.learn.promote:
         return Decision(False, ["learn.promote is off: registered, not activated"])
-    return Decision(True, ["no evaluation gate configured"])
+    if not cfg.learn.gate.enabled:
+        return Decision(True, ["the evaluation gate is off (learn.gate.enabled = false)"])
+    path = Path(round_row["candidate"]).parent / "gate.json"
+    if not path.exists():
+        return Decision(False, ["the round wrote no gate measurements (gate.json)"])
+    return decide(cfg.learn.gate, json.loads(path.read_text()))
 
 
 # publish(candidate_dir, parent, note, activate) -> the new version number
 Publisher = Callable[[str, "int | None", str, bool], int]
+# activate(version or None for the base model): the operator's hot-swap, for drift rollbacks
+Activator = Callable[["int | None"], None]
 
 
 def with_overrides(cfg: Config, overrides: dict | None) -> Config:
@@ -84,8 +85,9 @@ def alive(pid: int | None) -> bool:
 
 
 class RoundManager:
-    def __init__(self, cfg: Config, publish: Publisher, gate=default_gate):
-        self.cfg, self.publish, self.gate = cfg, publish, gate
+    def __init__(self, cfg: Config, publish: Publisher, activate: Activator | None = None,
+                 gate=evaluation_gate):
+        self.cfg, self.publish, self.activate, self.gate = cfg, publish, activate, gate
         self.procs: dict[int, subprocess.Popen] = {}
         self.threads: dict[int, threading.Thread] = {}
 
@@ -195,11 +197,31 @@ class RoundManager:
         decision = self.gate(cfg, store.round(row["id"]))
         note = f"round {row['id']}: " + "; ".join(decision.reasons)
         version = self.publish(row["candidate"], summary.get("parent"), note, decision.promote)
-        metrics = {**summary, "gate": {"promote": decision.promote, "reasons": decision.reasons,
-                                       **decision.report}}
+        verdict = {"promote": decision.promote, "reasons": decision.reasons, **decision.report}
         store.update_round(row["id"], status="promoted" if decision.promote else "rejected",
-                           adapter_version=version, metrics=metrics,
+                           adapter_version=version, metrics={**summary, "gate": verdict},
                            error=None if decision.promote else "; ".join(decision.reasons))
+        if decision.rollback:
+            verdict["rolled_back_to"] = self._rollback(store)
+            store.update_round(row["id"], metrics={**summary, "gate": verdict})
+
+    def _rollback(self, store: Store) -> int | None:
+        """Serve the newest version whose round was not flagged for drift (None: the base)."""
+        target = last_good(store.adapters(), flagged_versions(store))
+        if target != store.active_version() and self.activate is not None:
+            log.warning("drift: rolling back to %s", target or "the base model")
+            self.activate(target)
+        return target
+
+
+def flagged_versions(store: Store) -> set[int]:
+    """Versions whose round's gate recorded drift flags."""
+    flagged = set()
+    for row in store.rounds(limit=10_000):
+        gate = json.loads(row["metrics"] or "{}").get("gate") or {}
+        if row["adapter_version"] and gate.get("drift_flags"):
+            flagged.add(row["adapter_version"])
+    return flagged
 
 
 def _child_setup(nice: int):

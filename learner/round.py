@@ -2,12 +2,14 @@
 
 The process that triggered the round (the gateway, or `dynalign learn`) wrote CONFIG (the
 resolved config with the round's overrides) into the round's folder and watches this process:
-it decides failed / cancelled from the exit, and promotes the candidate. This process only
-trains: select prompts, run GRPO, save the adapter, the per-step metrics and a summary. It can be
-killed at any moment; a round that did not finish publishes nothing.
+it decides failed / cancelled from the exit, and promotes the candidate or not (dynalign/gate.py).
+This process trains and measures: select prompts, answer the gate's prompts with the active
+weights, run GRPO, save the adapter, answer them again with the candidate (learner/gate_eval.py),
+and write the per-step metrics and a summary. It can be killed at any moment; a round that did
+not finish publishes nothing.
 
 <state>/rounds/NNNN/: config.toml, prompts.jsonl, metrics.jsonl (one line per step),
-summary.json, learner.log, adapter/ (the candidate).
+summary.json, gate.json (the gate's measurements), learner.log, adapter/ (the candidate).
 """
 
 from __future__ import annotations
@@ -87,10 +89,6 @@ def step_callback(cfg: Config, store: Store, round_id: int, phases, metrics_path
 
 def run_round(cfg: Config, round_id: int) -> dict:
     import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    from learner.trainer import build_trainer, load_policy
 
     learn = cfg.learn
     check_learn(learn)
@@ -105,30 +103,77 @@ def run_round(cfg: Config, round_id: int) -> dict:
     parent = store.active_version() if learn.from_active else None
     store.update_round(round_id, exchanges_upto=selection.exchanges_upto,
                        progress={"phase": "loading", "step": 0, "max_steps": learn.max_steps})
-    per_step = min(learn.prompts_per_step, len(selection.prompts))
-    learn = dataclasses.replace(learn, prompts_per_step=per_step)
+    trainer, tokenizer, reward = _trainer(cfg, store, round_id, selection.prompts, parent, out)
+    gate = _gate_before(cfg, store, round_id, trainer.model, tokenizer, parent is not None)
+    started = time.perf_counter()
+    _set_phase(store, round_id, "training")
+    trainer.train()
+    trainer.save_model(str(out / "adapter"))
+    _set_phase(store, round_id, "saved")
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = summarize(steps, selection.summary(), parent, time.perf_counter() - started,
+                        getattr(reward, "unreadable", None), learn)
+    if gate is not None:
+        summary["gate_eval"] = _gate_after(cfg, store, round_id, trainer.model, tokenizer, gate,
+                                           steps, out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    store.update_round(round_id, metrics=summary, candidate=str(out / "adapter"))
+    store.close()
+    return summary
+
+
+def _trainer(cfg: Config, store: Store, round_id: int, prompts: list[dict], parent, out: Path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from learner.trainer import build_trainer, load_policy
+
+    learn = dataclasses.replace(cfg.learn, prompts_per_step=min(cfg.learn.prompts_per_step,
+                                                                len(prompts)))
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
     policy = load_policy(cfg.model_path, learn, store.adapter(parent)["path"] if parent else None)
     reward = make_reward(cfg, tokenizer)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}]}
-                                 for p in selection.prompts])
+                                 for p in prompts])
     metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     trainer = build_trainer(policy, tokenizer, dataset, learn, system_prompt(cfg.prompts), reward,
                             str(out / "trainer"))
     trainer.add_callback(step_callback(cfg, store, round_id, trainer.phases, metrics_path))
-    started = time.perf_counter()
-    trainer.train()
-    trainer.save_model(str(out / "adapter"))
-    store.update_round(round_id, progress={**json.loads(store.round(round_id)["progress"]),
-                                           "phase": "saved"})
-    steps = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    summary = summarize(steps, selection.summary(), parent, time.perf_counter() - started,
-                        getattr(reward, "unreadable", None), learn)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    store.update_round(round_id, metrics=summary, candidate=str(out / "adapter"))
-    store.close()
-    return summary
+    return trainer, tokenizer, reward
+
+
+def _gate_before(cfg: Config, store: Store, round_id: int, model, tokenizer, has_parent: bool):
+    """The active version's answers, taken before training changes the weights (None: no gate)."""
+    if not (cfg.learn.gate.enabled and cfg.learn.promote):
+        return None
+    from learner.gate_eval import before_training, gate_items
+
+    _set_phase(store, round_id, "evaluating the active version")
+    items = gate_items(cfg)
+    return items, before_training(model, tokenizer, items, cfg, has_parent)
+
+
+def _gate_after(cfg: Config, store: Store, round_id: int, model, tokenizer, gate, steps,
+                out: Path) -> dict:
+    """The candidate's side, the judge, the drift monitors: gate.json, and its headline."""
+    from dynalign.evaluate import headline
+    from learner.gate_eval import after_training
+
+    _set_phase(store, round_id, "evaluating the candidate")
+    items, before = gate
+    report = after_training(model, tokenizer, items, cfg, before, steps)
+    (out / "gate.json").write_text(json.dumps(report, indent=2))
+    return {"pairwise": headline(report["pairwise"]),
+            "capabilities": {name: {side: headline(r) for side, r in sides.items()}
+                             for name, sides in report["capabilities"].items()},
+            "drift": {k: v for k, v in report["drift"].items() if k != "self_scores"},
+            "judge": report["judge"], "seconds": report["seconds"]}
+
+
+def _set_phase(store: Store, round_id: int, phase: str) -> None:
+    store.update_round(round_id, progress={**json.loads(store.round(round_id)["progress"] or "{}"),
+                                           "phase": phase})
 
 
 def summarize(steps: list[dict], selection: dict, parent, seconds: float, unreadable, learn) -> dict:

@@ -7,6 +7,7 @@ import time
 
 from fastapi import APIRouter, Request
 
+from dynalign.rounds import round_view
 from server.validate import RequestError
 from server.versions import Versions, parse_version, public_name
 
@@ -49,17 +50,75 @@ async def register_adapter(request: Request):
     return adapter_view(versions, row)
 
 
-@router.post("/adapters/{version}/activate")
-async def activate_adapter(version: str, request: Request):
+@router.get("/adapters/{version}")
+async def get_adapter(version: str, request: Request):
+    """One version, with the round that made it: the gate's verdict and reasons."""
     versions = _versions(request)
     number = parse_version(version)
-    if number is not None and versions.store.adapter(number)["status"] == "rejected":
-        raise RequestError(f"version {number} was rejected; it cannot be activated", status=409,
+    if number is None:
+        raise RequestError("'base' is the base model, not an adapter version", status=404,
+                           code="version_not_found")
+    row = adapter_view(versions, versions.store.adapter(number))
+    made_by = versions.store.round_of_version(number)
+    row["round"] = round_view(made_by) if made_by else None
+    return row
+
+
+@router.post("/adapters/{version}/activate")
+async def activate_adapter(version: str, request: Request):
+    """Promote or roll back to VERSION (or 'base'). A version the gate rejected needs
+    {"force": true}: the operator overrides the gate, and the note says so."""
+    versions = _versions(request)
+    number = parse_version(version)
+    force = (await _options(request)).get("force") is True
+    rejected = number is not None and versions.store.adapter(number)["status"] == "rejected"
+    if rejected and not force:
+        raise RequestError(f"version {number} was rejected by the gate; send "
+                           '{"force": true} to activate it anyway', status=409,
                            code="adapter_rejected")
+    result = await _activate(versions, number)
+    if rejected:
+        note = versions.store.adapter(number)["note"] or ""
+        versions.store.set_adapter_status(number, "active", note=f"{note} [force-promoted]")
+    return result
+
+
+@router.post("/rollback")
+async def rollback(request: Request):
+    """Serve the version the active one was trained from (its parent; none: the base model), or
+    {"to": VERSION | "base"}."""
+    versions = _versions(request)
+    to = (await _options(request)).get("to")
+    if to is not None:
+        number = parse_version(str(to))
+        if number is not None and versions.store.adapter(number)["status"] == "rejected":
+            raise RequestError(f"version {number} was rejected by the gate: activate it with "
+                               '{"force": true} instead', status=409, code="adapter_rejected")
+    elif versions.active is None:
+        raise RequestError("the base model is serving: there is nothing to roll back",
+                           status=409, code="nothing_to_roll_back")
+    else:
+        number = versions.store.adapter(versions.active)["parent"]
+    return await _activate(versions, number)
+
+
+async def _activate(versions: Versions, number: int | None) -> dict:
     start = time.perf_counter()
     await versions.activate(number)
     return {"active": public_name(versions.cfg, versions.active),
             "seconds": round(time.perf_counter() - start, 3)}
+
+
+async def _options(request: Request) -> dict:
+    """An optional JSON object body."""
+    from server.gateway import read_json
+
+    if not (await request.body()).strip():
+        return {}
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise RequestError("body must be a JSON object")
+    return body
 
 
 @router.get("/exchanges")

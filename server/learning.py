@@ -30,7 +30,9 @@ def start(cfg: Config, versions: Versions):
     from learner.manager import RoundManager
     from learner.schedule import Schedule
 
-    rounds = RoundManager(cfg, publish=versions_publisher(versions, asyncio.get_running_loop()))
+    loop = asyncio.get_running_loop()
+    rounds = RoundManager(cfg, publish=versions_publisher(versions, loop),
+                          activate=versions_activator(versions, loop))
     rounds.recover()
     schedule = Schedule(cfg, rounds.trigger)
     schedule.start()
@@ -55,6 +57,13 @@ def versions_publisher(versions: Versions, loop: asyncio.AbstractEventLoop):
     def run(candidate, parent, note, activate) -> int:
         return asyncio.run_coroutine_threadsafe(publish(candidate, parent, note, activate),
                                                 loop).result()
+    return run
+
+
+def versions_activator(versions: Versions, loop: asyncio.AbstractEventLoop):
+    """Activate a version (None: the base model) on the app's loop: drift rollbacks."""
+    def run(version) -> None:
+        asyncio.run_coroutine_threadsafe(versions.activate(version), loop).result()
     return run
 
 

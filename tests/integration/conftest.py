@@ -90,6 +90,13 @@ class Server:
     def client(self, timeout: float = 300) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=timeout)
 
+    def cli(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+        """`dynalign --config <this server's config file> ...` as a user runs it."""
+        return subprocess.run([sys.executable, "-m", "dynalign.cli", "--config",
+                               str(self.home.parent / "dynalign.toml"), *args],
+                              capture_output=True, text=True, timeout=timeout, env=server_env(),
+                              cwd=self.home.parent, stdin=subprocess.DEVNULL)
+
     def get(self, path: str, **kwargs) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=300, **kwargs)
 
@@ -207,7 +214,10 @@ def start_server(root: Path, model_path: str, mode: str) -> Server:
         f'[model]\npath = "{model_path}"\n\n'
         f'[engine]\nport = {engine_port}\nswap = "{mode}"\nkv_cache_gib = 1\n\n'
         f'[server]\nport = {port}\n\n'
-        f'[ui]\nenabled = false\n')
+        f'[ui]\nenabled = false\n\n'
+        # Rounds on these servers test training and publishing; the gate (which would reject
+        # nearly everything a 135M judge sees) is switched on by the tests that test it.
+        f'[learn.gate]\nenabled = false\n')
     output_path = root / "serve.out"
     with open(output_path, "ab") as out:
         proc = subprocess.Popen(

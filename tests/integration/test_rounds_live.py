@@ -18,8 +18,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tomllib
 import uuid
 from pathlib import Path
@@ -120,18 +118,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cli(server, *args: str, timeout: float = ROUND_TIMEOUT) -> subprocess.CompletedProcess:
-    """`dynalign --config <the server's config file> ...` as a user runs it."""
-    env = dict(os.environ)
-    for key in ("DYNALIGN_HOME", "DYNALIGN_API_KEY", "DYNALIGN_ADMIN_KEY"):
-        env.pop(key, None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    config = server.home.parent / "dynalign.toml"
-    return subprocess.run([sys.executable, "-m", "dynalign.cli", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=server.home.parent, stdin=subprocess.DEVNULL)
 
 
 # 1. a round from the admin API to a served version
@@ -334,7 +320,7 @@ def test_a_failing_round_publishes_nothing(merged):
 # 6. the CLI
 def test_cli_refresh_waits_for_the_round_and_rounds_lists_and_shows_it(merged):
     newest = max((r["version"] for r in adapters(merged)["data"]), default=0)
-    result = cli(merged, "refresh", "--max-steps", "1", "--prompts", "1", "--reward", "rule",
+    result = merged.cli("refresh", "--max-steps", "1", "--prompts", "1", "--reward", "rule",
                  "--set", "num_generations=4", "--set", "prompts_per_step=1",
                  "--set", "max_completion_tokens=16", "--wait")
     print(f"\n$ dynalign refresh ... --wait\n{result.stdout}{result.stderr[-2000:]}")
@@ -351,22 +337,22 @@ def test_cli_refresh_waits_for_the_round_and_rounds_lists_and_shows_it(merged):
             config["max_completion_tokens"]) == (1, 1, 4, 16)
     assert merged.active() == f"dynalign-v{row['adapter_version']}"
 
-    listed = cli(merged, "rounds", "list", timeout=120)
+    listed = merged.cli("rounds", "list", timeout=120)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].startswith(f"round {round_id}: promoted")
     all_ids = [r["id"] for r in merged.query("select id from rounds order by id desc")]
     assert [int(line.split(":")[0].removeprefix("round ")) for line in lines] == all_ids[:20]
 
-    shown = cli(merged, "rounds", "show", str(round_id), timeout=120)
+    shown = merged.cli("rounds", "show", str(round_id), timeout=120)
     assert shown.returncode == 0, shown.stderr
     body = json.loads(shown.stdout)
     assert body["id"] == round_id and body["status"] == "promoted"
     assert len(body["steps"]) == 1 and "reward" in body["steps"][0]
 
-    refused = cli(merged, "rounds", "cancel", str(round_id), timeout=120)
+    refused = merged.cli("rounds", "cancel", str(round_id), timeout=120)
     assert refused.returncode == 1 and "promoted" in refused.stderr, refused
-    missing = cli(merged, "rounds", "show", "999", timeout=120)
+    missing = merged.cli("rounds", "show", "999", timeout=120)
     assert missing.returncode == 1 and "unknown round" in missing.stderr, missing
 
 

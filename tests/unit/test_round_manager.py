@@ -18,7 +18,8 @@ from dynalign import store as store_mod
 from dynalign.config import load_config
 from dynalign.errors import ConfigError, RoundBusyError, RoundError, UnknownRoundError
 from dynalign.store import Store
-from learner.manager import RoundManager, default_gate, learner_command, with_overrides
+from learner.manager import (RoundManager, evaluation_gate, flagged_versions, learner_command,
+                             with_overrides)
 
 WAIT_FOR_STDIN = [sys.executable, "-c", "import sys; sys.stdin.read()"]
 
@@ -190,11 +191,25 @@ def test_learner_command(cfg):
         "-m", "learner.round", "/r/0004/config.toml", "--round-id", "4"]
 
 
-def test_default_gate(cfg):
-    yes = default_gate(cfg, {"id": 1})
-    assert yes.promote is True and yes.reasons == ["no evaluation gate configured"]
-    no = default_gate(load_config(None, {"learn.promote": False}), {"id": 1})
+def test_evaluation_gate_reads_the_rounds_measurements(cfg, tmp_path):
+    row = {"id": 1, "candidate": str(tmp_path / "adapter")}
+    missing = evaluation_gate(cfg, row)
+    assert missing.promote is False and "gate.json" in missing.reasons[0]
+    (tmp_path / "gate.json").write_text(json.dumps({
+        "pairwise": {"n": 8, "judged": 6, "win": 5, "loss": 1, "win_rate": 5 / 6}}))
+    assert evaluation_gate(cfg, row).promote is True
+    off = evaluation_gate(load_config(None, {"learn.gate.enabled": False}), {"id": 1})
+    assert off.promote is True and "gate is off" in off.reasons[0]
+    no = evaluation_gate(load_config(None, {"learn.promote": False}), row)
     assert no.promote is False and "learn.promote is off" in no.reasons[0]
+
+
+def test_flagged_versions_come_from_the_rounds_gate_verdicts(cfg, store):
+    for version, flags in ((1, []), (2, ["KL to the base model 2.000 > 1.0"]), (None, ["x"])):
+        round_id = store.open_round("test", "", os.getpid())
+        store.update_round(round_id, status="rejected", adapter_version=version,
+                           metrics={"gate": {"drift_flags": flags}})
+    assert flagged_versions(store) == {2}
 
 
 # recovery

@@ -1,0 +1,120 @@
+"""`dynalign eval pairwise | ifeval | math | mc`: evaluate served versions through the server.
+
+Answers come from the running server's OpenAI API (greedy, `eval.max_tokens`), by version name:
+3, v3 or dynalign-v3, `active`, or `base`; any other name is sent as is (with --url, any
+OpenAI-compatible server). Requests carry the opt-out header, so they are never trained on.
+With engine.swap = "merged" only the active version is served: compare other versions in "lora"
+mode (the gate compares a round's candidate inside the round, in either mode).
+Each run writes report.json and summary.md under <state>/reports/eval/ and prints the summary.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dynalign.errors import DataError
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "eval"
+
+
+def add_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="pairwise CA win rate, IFEval, math, multiple choice "
+                        "against served versions").add_subparsers(dest="kind", required=True)
+    pair = ev.add_parser("pairwise", help="A vs B on held-out prompts, judged in both orders")
+    pair.add_argument("--a", required=True, help="version (3, v3, dynalign-v3, active, base)")
+    pair.add_argument("--b", default="base", help="version to compare with (default: base)")
+    pair.add_argument("--data", help="JSONL with 'prompt' (default: the seed set's held-out split)")
+    pair.add_argument("--judge-url", help="judge endpoint (eval.judge.url; default this server)")
+    pair.add_argument("--judge-model", help="judge model (eval.judge.model)")
+    for kind, what in (("ifeval", "IFEval input_data.jsonl (default: our 14-prompt sample)"),
+                       ("math", "JSONL with problem, answer"),
+                       ("mc", "GPQA-style CSV (Question, Correct Answer, Incorrect Answer 1-3)")):
+        bench = ev.add_parser(kind, help=what.split(" (")[0])
+        bench.add_argument("--data", required=kind != "ifeval", help=what)
+        bench.add_argument("--model", default="active", help="version or model name")
+    for parser in ev.choices.values():
+        parser.add_argument("--limit", type=int, help="first N items only")
+        parser.add_argument("--max-tokens", type=int, help="answer length (eval.max_tokens)")
+        parser.add_argument("--url", help="server answering (default: this dynalign server)")
+        parser.add_argument("--no-progress", action="store_true")
+
+
+def served_name(cfg, spec: str) -> str:
+    if spec == "base":
+        return cfg.model_name
+    if spec == "active":
+        return "dynalign"
+    m = re.fullmatch(r"(?:dynalign-)?v?(\d+)", spec)
+    return f"dynalign-v{m.group(1)}" if m else spec
+
+
+def eval_command(cfg, args) -> int:
+    from dynalign.evaluate import markdown, write_report
+
+    report = pairwise_command(cfg, args) if args.kind == "pairwise" else benchmark(cfg, args)
+    folder = write_report(cfg.home, args.kind, report)
+    print(markdown(args.kind, report), end="")
+    print(f"report: {folder}/report.json", file=sys.stderr)
+    return 0
+
+
+def answers(cfg, args, model: str, conversations: list[list[dict]], label: str) -> list[str]:
+    from tqdm import tqdm
+
+    from dynalign.endpoint import Endpoint
+
+    endpoint = Endpoint("answers", args.url or cfg.gateway_url, model, cfg.eval.judge.api_key_env,
+                        temperature=0.0, max_tokens=args.max_tokens or cfg.eval.max_tokens,
+                        max_retries=cfg.generate.max_retries, timeout_s=cfg.generate.timeout_s)
+    with tqdm(total=len(conversations), desc=label, file=sys.stderr,
+              disable=args.no_progress) as bar, ThreadPoolExecutor(cfg.eval.concurrency) as pool:
+        def one(messages):
+            text = endpoint.chat(messages)
+            bar.update()
+            return text
+        return list(pool.map(one, conversations))
+
+
+def pairwise_command(cfg, args) -> dict:
+    from tqdm import tqdm
+
+    from dynalign.dataset import read_rows, seed_path
+    from dynalign.endpoint import Endpoint
+    from dynalign.evaluate import pairwise
+
+    rows = read_rows(args.data or seed_path(cfg), strict=False)
+    prompts = [r["prompt"] for r in rows if args.data or r.get("split") == "heldout"][:args.limit]
+    if not prompts:
+        raise DataError(f"no prompts in {args.data or seed_path(cfg)}")
+    a, b = served_name(cfg, args.a), served_name(cfg, args.b)
+    convs = [[{"role": "user", "content": p}] for p in prompts]
+    answers_a, answers_b = answers(cfg, args, a, convs, a), answers(cfg, args, b, convs, b)
+    judge_cfg = cfg.eval.judge
+    judge = Endpoint("judge", args.judge_url or judge_cfg.url or cfg.gateway_url,
+                     args.judge_model or judge_cfg.model, judge_cfg.api_key_env,
+                     judge_cfg.temperature, judge_cfg.max_tokens, cfg.generate.max_retries,
+                     cfg.generate.timeout_s)
+    with tqdm(total=len(prompts), desc="judge", file=sys.stderr, disable=args.no_progress) as bar:
+        report = pairwise(prompts, answers_a, answers_b, judge.chat, cfg.prompts.pairwise,
+                          cfg.prompts.ca_definition, workers=cfg.eval.concurrency,
+                          resamples=cfg.eval.bootstrap, level=cfg.eval.level, seed=cfg.eval.seed,
+                          progress=bar.update)
+    return {"a": a, "b": b, "judge": f"{judge.model} at {judge.url}", **report}
+
+
+def benchmark(cfg, args) -> dict:
+    from dynalign import exact, ifeval
+
+    data = args.data or str(SAMPLES / "ifeval_sample.jsonl")
+    if args.kind == "ifeval":
+        rows, score = ifeval.load_ifeval(data, args.limit), ifeval.score_ifeval
+    elif args.kind == "math":
+        rows, score = exact.load_math(data, args.limit), exact.score_math
+    else:
+        rows, score = exact.load_mc(data, args.limit, cfg.eval.seed), exact.score_mc
+    model = served_name(cfg, args.model)
+    responses = answers(cfg, args, model, [r["messages"] for r in rows], model)
+    return {"model": model, "data": data, **score(rows, responses)}

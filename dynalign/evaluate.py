@@ -1,0 +1,138 @@
+"""Pairwise Collective-Agency win rate, the paper's protocol, and evaluation reports.
+
+Each prompt's pair of answers is judged twice, once with A's answer shown first and once with
+it shown second. A win counts only if A is preferred in both orders, a loss only if B is; a tie
+only if both judgments say tie. Anything else is inconsistent and excluded from the win rate
+(the paper's rule), and an answer the judge gave that names neither is unreadable, also excluded.
+Two identical answers are a tie without asking the judge. Win rate = wins / consistent
+judgments (wins + losses + ties), with a percentile bootstrap confidence interval.
+
+The judge is any `chat(messages) -> str` (dynalign.endpoint.Endpoint.chat); answers come from
+whoever calls this: the server (`dynalign eval`) or the round's own process (the gate).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from dynalign import prompts as paper
+
+VERDICT = re.compile(r"^\W*(?:(?:response|assistant|answer)\s*)?(a|b|tie)\b", re.IGNORECASE)
+OUTCOMES = ("win", "loss", "tie", "inconsistent", "unreadable")
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'tie' at the start of the judge's answer ('Response B.', '**A**'); else None."""
+    match = VERDICT.match(text or "")
+    if not match:
+        return None
+    word = match.group(1).lower()
+    return "tie" if word == "tie" else word.upper()
+
+
+def outcome(a_first: str | None, a_second: str | None) -> str:
+    """One pair's result for A, from the verdict with A shown first and with A shown second
+    (in the second judgment A's answer is 'Response B')."""
+    if a_first is None or a_second is None:
+        return "unreadable"
+    second = {"A": "B", "B": "A", "tie": "tie"}[a_second]  # back to A's point of view
+    if a_first != second:
+        return "inconsistent"
+    return {"A": "win", "B": "loss", "tie": "tie"}[a_first]
+
+
+def judge_prompt(template: str, definition: str, prompt: str, first: str, second: str) -> str:
+    return paper.fill(template, definition=definition, prompt=prompt, response_a=first,
+                      response_b=second)
+
+
+def judge_pair(chat: Callable[[list[dict]], str], template: str, definition: str, prompt: str,
+               answer_a: str, answer_b: str) -> dict:
+    if answer_a.strip() == answer_b.strip():
+        return {"outcome": "tie", "identical": True, "verdicts": [None, None]}
+    raw = [chat([{"role": "user", "content": judge_prompt(template, definition, prompt, x, y)}])
+           for x, y in ((answer_a, answer_b), (answer_b, answer_a))]
+    verdicts = [parse_verdict(r) for r in raw]
+    return {"outcome": outcome(*verdicts), "identical": False, "verdicts": verdicts, "raw": raw}
+
+
+def tally(outcomes: list[str]) -> dict:
+    counts = {name: outcomes.count(name) for name in OUTCOMES}
+    judged = counts["win"] + counts["loss"] + counts["tie"]
+    return {**counts, "n": len(outcomes), "judged": judged,
+            "win_rate": counts["win"] / judged if judged else None}
+
+
+def bootstrap_ci(outcomes: list[str], resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap of the win rate over the consistent judgments; None if there are none."""
+    wins = [1 if o == "win" else 0 for o in outcomes if o in ("win", "loss", "tie")]
+    if not wins:
+        return None
+    rng = random.Random(seed)
+    rates = sorted(sum(rng.choices(wins, k=len(wins))) / len(wins) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return rates[int(tail * (resamples - 1))], rates[int((1 - tail) * (resamples - 1))]
+
+
+def pairwise(prompts: list[str], answers_a: list[str], answers_b: list[str], chat, template: str,
+             definition: str, *, workers: int = 8, resamples: int = 2000, level: float = 0.95,
+             seed: int = 0, progress=None) -> dict:
+    """Judge every pair in both orders; the report has the tally, the interval and every item."""
+    def one(i: int) -> dict:
+        item = judge_pair(chat, template, definition, prompts[i], answers_a[i], answers_b[i])
+        if progress:
+            progress()
+        return {"prompt": prompts[i], "a": answers_a[i], "b": answers_b[i], **item}
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        items = list(pool.map(one, range(len(prompts))))
+    outcomes = [item["outcome"] for item in items]
+    ci = bootstrap_ci(outcomes, resamples, level, seed)
+    return {**tally(outcomes), "ci": list(ci) if ci else None, "level": level, "items": items}
+
+
+def report_dir(home: Path, kind: str) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    folder = home / "reports" / "eval" / f"{stamp}-{kind}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_report(home: Path, kind: str, report: dict) -> Path:
+    """report.json (everything) and summary.md (the headline numbers) in a new folder."""
+    folder = report_dir(home, kind)
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    (folder / "summary.md").write_text(markdown(kind, report))
+    return folder
+
+
+def markdown(kind: str, report: dict) -> str:
+    lines = [f"# dynalign eval {kind}", ""]
+    for key in ("a", "b", "model", "data", "judge"):
+        if report.get(key):
+            lines.append(f"- {key}: `{report[key]}`")
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {_fmt(value)} |" for name, value in headline(report).items()]
+    return "\n".join(lines) + "\n"
+
+
+def headline(report: dict) -> dict:
+    """The scalar results of any report kind (its per-item lists left out)."""
+    skip = {"items", "a", "b", "model", "data", "judge", "level"}
+    return {k: v for k, v in report.items() if k not in skip and not isinstance(v, (dict, list))
+            or k == "ci"}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], float):
+        return "[" + ", ".join(f"{v:.3f}" for v in value) + "]"
+    return "n/a" if value is None else str(value)

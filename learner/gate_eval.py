@@ -1,0 +1,145 @@
+"""The gate's measurements, taken inside the round's own process on the weights it trains.
+
+Why here and not through the server: a candidate must not reach the serving engine before it
+passes (and with engine.swap = "merged" the engine serves one version only). Before training,
+the policy holds the active version's weights (or a fresh, zero-effect adapter = the base), so
+the active side is answered then; the candidate side after training. Both sides are greedy
+`generate` by the same code, so the comparison is like for like. The judge is the configured
+endpoint (default: this server). Writes `gate.json`; dynalign/gate.py decides from it.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dynalign.dataset import read_rows, seed_path
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "eval"
+
+
+@dataclass
+class GateItems:
+    prompts: list[str]  # held-out prompts: the pairwise set and the drift probe
+    checks: dict[str, list[dict]] = field(default_factory=dict)  # capability rows with "messages"
+
+
+def gate_items(cfg) -> GateItems:
+    from dynalign import exact, ifeval
+
+    gate = cfg.learn.gate
+    heldout = [r["prompt"] for r in read_rows(seed_path(cfg)) if r.get("split") == "heldout"]
+    checks = {}
+    if gate.limit > 0:
+        checks["ifeval"] = ifeval.load_ifeval(gate.ifeval or SAMPLES / "ifeval_sample.jsonl",
+                                              gate.limit)
+        if gate.math:
+            checks["math"] = exact.load_math(gate.math, gate.limit)
+        if gate.mc:
+            checks["mc"] = exact.load_mc(gate.mc, gate.limit, cfg.eval.seed)
+    return GateItems(heldout[:gate.prompts], checks)
+
+
+@torch.no_grad()
+def answer(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+           batch_size: int = 8) -> list[str]:
+    """Greedy answers, batched, left-padded, in eval mode (see learner/self_reward.py's greedy)."""
+    training = model.training
+    model.eval()
+    tokenizer.padding_side = "left"
+    out = []
+    try:
+        for i in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+                     for c in conversations[i:i + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(next(model.parameters()).device)
+            ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+            out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:],
+                                          skip_special_tokens=True)
+    finally:
+        model.train(training)
+    return out
+
+
+def answer_side(model, tokenizer, items: GateItems, max_tokens: int, adapter: bool = True) -> dict:
+    """One version's answers to the held-out prompts and to every capability check."""
+    off = model.disable_adapter() if not adapter else nullcontext()
+    with off:
+        side = {"answers": answer(model, tokenizer, [_user(p) for p in items.prompts], max_tokens)}
+        if adapter:
+            side["checks"] = {name: answer(model, tokenizer, [r["messages"] for r in rows],
+                                           max_tokens) for name, rows in items.checks.items()}
+    return side
+
+
+def before_training(model, tokenizer, items: GateItems, cfg, has_parent: bool) -> dict:
+    """The active version's side, and the base model's answers (for the length drift)."""
+    start = time.perf_counter()
+    max_tokens = cfg.learn.gate.max_tokens
+    active = answer_side(model, tokenizer, items, max_tokens)
+    base = (answer_side(model, tokenizer, items, max_tokens, adapter=False)["answers"]
+            if has_parent else active["answers"])
+    return {"active": active, "base_answers": base, "seconds": time.perf_counter() - start}
+
+
+def after_training(model, tokenizer, items: GateItems, cfg, before: dict, steps: list[dict]) -> dict:
+    from dynalign.endpoint import Endpoint
+    from dynalign.evaluate import pairwise
+
+    start = time.perf_counter()
+    candidate = answer_side(model, tokenizer, items, cfg.learn.gate.max_tokens)
+    judge = Endpoint.from_config("judge", cfg.eval.judge, cfg.generate, cfg.gateway_url)
+    pair = pairwise(items.prompts, candidate["answers"], before["active"]["answers"], judge.chat,
+                    cfg.prompts.pairwise, cfg.prompts.ca_definition, workers=cfg.eval.concurrency,
+                    resamples=cfg.eval.bootstrap, level=cfg.eval.level, seed=cfg.eval.seed)
+    return {"pairwise": pair, "capabilities": capabilities(items, before["active"], candidate),
+            "drift": drift(model, tokenizer, items, cfg, candidate, before, steps),
+            "judge": f"{judge.model} at {judge.url}",
+            "seconds": {"before_training": round(before["seconds"], 1),
+                        "after_training": round(time.perf_counter() - start, 1)}}
+
+
+def capabilities(items: GateItems, active: dict, candidate: dict) -> dict:
+    from dynalign import exact, ifeval
+
+    scorers = {"ifeval": ifeval.score_ifeval, "math": exact.score_math, "mc": exact.score_mc}
+    return {name: {side: scorers[name](rows, answers["checks"][name])
+                   for side, answers in (("active", active), ("candidate", candidate))}
+            for name, rows in items.checks.items()}
+
+
+def drift(model, tokenizer, items: GateItems, cfg, candidate: dict, before: dict,
+          steps: list[dict]) -> dict:
+    """Self-scores of the candidate's own answers (saturation), KL to the base, length vs base."""
+    from learner.self_reward import SelfReward
+
+    scorer = SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition, "expected")
+    scorer.bind(model)
+    scores = scorer(items.prompts, candidate["answers"]) if items.prompts else []
+    window = steps[-max(1, cfg.learn.converge_window):]
+    kls = [s["kl"] for s in window if s.get("kl") is not None]
+    lengths = {"candidate": _mean_tokens(tokenizer, candidate["answers"]),
+               "active": _mean_tokens(tokenizer, before["active"]["answers"]),
+               "base": _mean_tokens(tokenizer, before["base_answers"])}
+    return {"self_scores": scores, "top_share": _share(scores, 4.5),
+            "mean_self_score": sum(scores) / len(scores) if scores else None,
+            "kl": sum(kls) / len(kls) if kls else None, "lengths": lengths,
+            "length_ratio": lengths["candidate"] / lengths["base"] if lengths["base"] else None}
+
+
+def _user(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def _mean_tokens(tokenizer, texts: list[str]) -> float:
+    return sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts) / max(1, len(texts))
+
+
+def _share(scores: list[float], at_least: float) -> float | None:
+    return sum(s >= at_least for s in scores) / len(scores) if scores else None
