@@ -35,6 +35,8 @@ def round_overrides(args) -> dict:
 def progress_line(row: dict) -> str:
     p = row.get("progress") or {}
     parts = [f"round {row['id']}: {row['status']}"]
+    if row["status"] == "running" and p.get("phase"):
+        parts.append(p["phase"])
     if p.get("step") is not None and p.get("max_steps"):
         parts.append(f"step {p['step']}/{p['max_steps']}")
     if p.get("reward") is not None:

@@ -194,6 +194,9 @@ def test_progress_line():
     running = {"id": 3, "status": "running", "adapter_version": None, "error": None,
                "progress": {"step": 4, "max_steps": 10, "reward": 2.34567, "eta_s": 61.6}}
     assert progress_line(running) == "round 3: running, step 4/10, reward 2.346, ETA 62 s"
+    running["progress"]["phase"] = "evaluating the candidate"
+    assert progress_line(running) == ("round 3: running, evaluating the candidate, step 4/10, "
+                                      "reward 2.346, ETA 62 s")
     done = {"id": 3, "status": "promoted", "adapter_version": 5, "progress": {"step": 10,
             "max_steps": 10}}
     assert progress_line(done) == "round 3: promoted, step 10/10, version 5"

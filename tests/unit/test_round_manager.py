@@ -18,6 +18,7 @@ from dynalign import store as store_mod
 from dynalign.config import load_config
 from dynalign.errors import ConfigError, RoundBusyError, RoundError, UnknownRoundError
 from dynalign.store import Store
+from dynalign.gate import Decision
 from learner.manager import (RoundManager, evaluation_gate, flagged_versions, learner_command,
                              with_overrides)
 
@@ -271,3 +272,40 @@ def test_cancel_refuses_an_ended_round(cfg, store):
         RoundManager(cfg, _publish).cancel(round_id)
     with pytest.raises(UnknownRoundError):
         RoundManager(cfg, _publish).cancel(round_id + 1)
+
+
+def test_a_drift_rollback_rejects_the_candidate_and_serves_the_first_unflagged_ancestor(cfg, store):
+    """v1 <- v2 (active, promoted while on_drift was "flag", so its round is flagged) <- candidate
+    flagged again with on_drift = "rollback": the candidate is rejected and v1 serves."""
+    store.add_adapter("/a/1", base_model="m", rank=8)
+    store.add_adapter("/a/2", base_model="m", rank=8, parent=1)
+    store.set_active(2)
+    flagged = store.open_round("schedule", "", os.getpid())
+    store.update_round(flagged, status="promoted", adapter_version=2,
+                       metrics={"gate": {"drift_flags": ["KL to the base model 1.5 > 1.0"]}})
+    round_id = store.open_round("schedule", "", os.getpid())
+    store.update_round(round_id, status="evaluating", candidate="/r/adapter",
+                       metrics={"parent": 2})
+    published, activated = [], []
+
+    def publish(candidate, parent, note, activate):
+        version = store.add_adapter(candidate, base_model="m", rank=8, parent=parent, note=note)
+        published.append((version, activate))
+        if not activate:
+            store.set_adapter_status(version, "rejected", note=note)
+        return version
+
+    def drifting(cfg, row):
+        return Decision(False, ["drift: x"], {"drift_flags": ["x"]}, rollback=True)
+
+    def activate(version):
+        activated.append(version)
+        store.set_active(version)
+
+    manager = RoundManager(cfg, publish, activate=activate, gate=drifting)
+    manager._publish(store, cfg, store.round(round_id))
+    row = store.round(round_id)
+    assert published == [(3, False)] and activated == [1] and store.active_version() == 1
+    assert row["status"] == "rejected" and row["adapter_version"] == 3
+    assert json.loads(row["metrics"])["gate"]["rolled_back_to"] == 1
+    assert store.adapter(3)["status"] == "rejected"
