@@ -86,6 +86,13 @@ def m005_schedule(db):
                            "last_result": str}, pk="name")
 
 
+@migration
+def m006_schedule_source(db):
+    """Who set the schedule: "config" (the file) or "operator" (the console / admin API; kept
+    across restarts until reset to the config's)."""
+    db["schedule"].add_column("source", str)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -121,8 +128,29 @@ class Store:
         row = {k: _jsonable(v) for k, v in row.items()}
         return self.db["exchanges"].insert({"created": now(), **row}).last_pk
 
-    def exchanges(self, limit: int = 100) -> list[dict]:
-        return list(self.db["exchanges"].rows_where(order_by="id desc", limit=limit))
+    def exchanges(self, limit: int = 100, search: str = "", user: str = "",
+                  opt_out: bool | None = None, before: int | None = None) -> list[dict]:
+        """Newest first; `search` matches the messages or the response (case-insensitive)."""
+        where, params = [], []
+        if search:
+            where.append("(messages like ? or response like ?)")
+            params += [f"%{search}%"] * 2
+        if user:
+            where.append("user = ?")
+            params.append(user)
+        if opt_out is not None:
+            where.append("opt_out = ?")
+            params.append(int(opt_out))
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        return list(self.db["exchanges"].rows_where(" and ".join(where) or None, params,
+                                                    order_by="id desc", limit=limit))
+
+    def delete_exchange(self, exchange_id: int) -> bool:
+        with self.db.conn:
+            return self.db.execute("delete from exchanges where id = ?",
+                                   [exchange_id]).rowcount == 1
 
     # adapters
     def add_adapter(self, path: str, *, base_model: str, rank: int, version: int | None = None,

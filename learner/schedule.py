@@ -55,22 +55,48 @@ def first_run(trigger, since: dt.datetime, at: dt.datetime) -> dt.datetime:
     return at if due is not None and due <= at else next_after(trigger, at)
 
 
+def spec_from(body: dict) -> dict | None:
+    """An operator's schedule: {"interval_hours": 6} or {"cron": "0 3 * * *"} (either with
+    "timezone"), or {"off": true}. Checked like the config's."""
+    timezone = body.get("timezone", "UTC")
+    if body.get("off") is True and len(body) == 1:
+        return None
+    if set(body) - {"interval_hours", "cron", "timezone"} or len(set(body) - {"timezone"}) != 1:
+        raise ConfigError('a schedule is {"interval_hours": H} or {"cron": "m h dom mon dow"}, '
+                          'with an optional "timezone", or {"off": true}')
+    if "cron" in body:
+        spec = {"cron": body["cron"], "timezone": timezone}
+    else:
+        hours = body["interval_hours"]
+        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
+            raise ConfigError("interval_hours must be a number above 0")
+        spec = {"interval_hours": hours, "timezone": timezone}
+    make_trigger(spec, dt.datetime.now(dt.timezone.utc))
+    return spec
+
+
 class Schedule:
     def __init__(self, cfg: Config, fire: Callable[[str], dict]):
         self.cfg, self.fire = cfg, fire
         self.spec = spec_of(cfg.learn.schedule)
+        self.source = "config"
         self.scheduler: BackgroundScheduler | None = None
 
     def start(self, at: dt.datetime | None = None) -> dt.datetime | None:
-        """Start the scheduler thread; returns the first run time (None: no schedule)."""
+        """Start the scheduler thread; returns the first run time (None: no schedule). A
+        schedule an operator set wins over the config file's until it is reset."""
+        with closing(Store(self.cfg.db_path)) as store:
+            state = store.schedule_state()
+        if state and state.get("source") == "operator":
+            self.spec, self.source = json.loads(state["spec"]), "operator"
         if self.spec is None:
             return None
         at = at or dt.datetime.now(dt.timezone.utc)
         make_trigger(self.spec, at)  # a bad spec fails here, before anything is saved
         with closing(Store(self.cfg.db_path)) as store:
-            state = store.schedule_state()
             if state is None or json.loads(state["spec"]) != self.spec:
-                state = {"spec": json.dumps(self.spec), "anchor": at.isoformat(), "last_fire": None}
+                state = {"spec": json.dumps(self.spec), "anchor": at.isoformat(),
+                         "last_fire": None, "source": self.source}
                 store.save_schedule_state(**state)
         anchor = dt.datetime.fromisoformat(state["anchor"])
         trigger = make_trigger(self.spec, anchor)
@@ -89,12 +115,31 @@ class Schedule:
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+
+    def set(self, spec: dict | None, source: str = "operator") -> dict:
+        """Replace the running schedule (None: off); "operator" keeps it across restarts,
+        "config" goes back to the config file's. A new spec starts a new phase from now."""
+        self.stop()
+        at = dt.datetime.now(dt.timezone.utc)
+        with closing(Store(self.cfg.db_path)) as store:
+            store.save_schedule_state(spec=json.dumps(spec), anchor=at.isoformat(),
+                                      last_fire=None, source=source)
+        self.spec, self.source = spec, source
+        if spec is not None:
+            self.start(at)
+        return self.info()
+
+    def reset(self) -> dict:
+        return self.set(spec_of(self.cfg.learn.schedule), source="config")
 
     def info(self) -> dict:
         job = self.scheduler.get_job(JOB) if self.scheduler else None
         with closing(Store(self.cfg.db_path)) as store:
             state = store.schedule_state() or {}
-        return {"spec": self.spec, "next_run": job.next_run_time.isoformat() if job else None,
+        return {"spec": self.spec, "source": self.source,
+                "config": spec_of(self.cfg.learn.schedule),
+                "next_run": job.next_run_time.isoformat() if job else None,
                 "last_fire": state.get("last_fire"), "last_result": state.get("last_result")}
 
     def _fire(self) -> None:

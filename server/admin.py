@@ -122,5 +122,18 @@ async def _options(request: Request) -> dict:
 
 
 @router.get("/exchanges")
-async def recent_exchanges(request: Request, limit: int = 20):
-    return {"data": _versions(request).store.exchanges(limit=min(max(limit, 1), 500))}
+async def recent_exchanges(request: Request, limit: int = 20, q: str = "", user: str = "",
+                           opt_out: bool | None = None, before: int | None = None):
+    """Logged exchanges, newest first: `q` searches the text, `user`, `opt_out`, and `before`
+    (an id) pages back."""
+    rows = _versions(request).store.exchanges(limit=min(max(limit, 1), 500), search=q,
+                                              user=user, opt_out=opt_out, before=before)
+    return {"data": rows}
+
+
+@router.delete("/exchanges/{exchange_id}")
+async def delete_exchange(exchange_id: int, request: Request):
+    if not _versions(request).store.delete_exchange(exchange_id):
+        raise RequestError(f"no exchange with id {exchange_id}", status=404,
+                           code="exchange_not_found")
+    return {"deleted": exchange_id}

@@ -8,6 +8,7 @@ GET  /admin/rounds/{id}        one round: progress (step i of N, ETA, reward), s
                                metrics, the config it ran with
 POST /admin/rounds/{id}/cancel stop a queued or running round
 GET  /admin/schedule           the schedule: spec, next run, last firing and what it did
+PUT  /admin/schedule           an operator's schedule (kept across restarts); DELETE: the config's
 """
 
 from __future__ import annotations
@@ -102,3 +103,22 @@ async def cancel_round(round_id: int, request: Request):
 @router.get("/schedule")
 async def schedule(request: Request):
     return request.app.state.schedule.info()
+
+
+@router.put("/schedule")
+async def set_schedule(request: Request):
+    """{"interval_hours": H} | {"cron": "m h dom mon dow"} (+ "timezone") | {"off": true}: kept
+    across restarts until DELETE /admin/schedule goes back to the config file's."""
+    from learner.schedule import spec_from
+    from server.gateway import read_json
+
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise RequestError('body must be a JSON object, e.g. {"interval_hours": 6}')
+    spec = spec_from(body)
+    return await asyncio.to_thread(request.app.state.schedule.set, spec)
+
+
+@router.delete("/schedule")
+async def reset_schedule(request: Request):
+    return await asyncio.to_thread(request.app.state.schedule.reset)

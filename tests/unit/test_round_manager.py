@@ -111,7 +111,7 @@ def test_schedule_state_upserts_only_the_given_fields(store):
     store.save_schedule_state(last_fire="f1", last_result="started round 1")
     assert store.schedule_state() == {"name": "refresh", "spec": '{"cron": "0 3 * * *"}',
                                       "anchor": "a0", "last_fire": "f1",
-                                      "last_result": "started round 1"}
+                                      "last_result": "started round 1", "source": None}
     assert store.schedule_state("other") is None
 
 

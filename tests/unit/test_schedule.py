@@ -14,7 +14,7 @@ import pytest
 from dynalign.config import ScheduleConfig, load_config
 from dynalign.errors import ConfigError, RoundBusyError
 from dynalign.store import Store
-from learner.schedule import Schedule, first_run, make_trigger, spec_of
+from learner.schedule import Schedule, first_run, make_trigger, spec_from, spec_of
 
 T0 = dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -173,3 +173,59 @@ def test_a_bad_cron_saves_nothing():
     with pytest.raises(ConfigError):
         Schedule(cfg, lambda trigger: {"id": 0}).start(at=T0)
     assert _state(cfg) is None
+
+
+# an operator's schedule (the console, PUT /admin/schedule)
+
+@pytest.mark.parametrize("body, spec", [
+    ({"interval_hours": 6}, {"interval_hours": 6, "timezone": "UTC"}),
+    ({"cron": "0 3 * * *", "timezone": "Europe/Paris"}, {"cron": "0 3 * * *",
+                                                         "timezone": "Europe/Paris"}),
+    ({"off": True}, None),
+])
+def test_spec_from_an_operator(body, spec):
+    assert spec_from(body) == spec
+
+
+@pytest.mark.parametrize("body, words", [
+    ({}, "a schedule is"), ({"interval_hours": 6, "cron": "0 3 * * *"}, "a schedule is"),
+    ({"every": 6}, "a schedule is"), ({"interval_hours": -1}, "above 0"),
+    ({"interval_hours": "6"}, "above 0"), ({"cron": "61 * * * *"}, "invalid learn.schedule"),
+    ({"off": True, "cron": "0 3 * * *"}, "a schedule is"),
+])
+def test_spec_from_refuses_bad_bodies(body, words):
+    with pytest.raises(ConfigError, match=words):
+        spec_from(body)
+
+
+def test_an_operators_schedule_survives_a_restart_until_reset():
+    cfg = _cfg(interval_hours=24)
+    schedule = Schedule(cfg, lambda trigger: {"id": 0})
+    try:
+        info = schedule.set({"interval_hours": 2, "timezone": "UTC"})
+        assert info["source"] == "operator" and info["spec"]["interval_hours"] == 2
+        assert info["config"] == {"interval_hours": 24, "timezone": "UTC"} and info["next_run"]
+    finally:
+        schedule.stop()
+    first, info = _started(cfg, dt.datetime.now(dt.timezone.utc))  # a restart
+    assert info["spec"] == {"interval_hours": 2, "timezone": "UTC"} and info["source"] == "operator"
+    restarted = Schedule(cfg, lambda trigger: {"id": 0})
+    try:
+        restarted.start()
+        off = restarted.set(None)
+        assert off["spec"] is None and off["next_run"] is None
+        back = restarted.reset()
+        assert back["source"] == "config" and back["spec"]["interval_hours"] == 24
+        assert back["next_run"] is not None
+    finally:
+        restarted.stop()
+    assert _started(cfg, dt.datetime.now(dt.timezone.utc))[1]["source"] == "config"
+
+
+def test_an_operator_can_switch_a_config_schedule_off_across_restarts():
+    cfg = _cfg(interval_hours=24)
+    schedule = Schedule(cfg, lambda trigger: {"id": 0})
+    schedule.set(None)
+    schedule.stop()
+    first, info = _started(cfg, dt.datetime.now(dt.timezone.utc))
+    assert first is None and info["spec"] is None and info["next_run"] is None

@@ -174,3 +174,20 @@ def test_state_survives_reopen(db_path):
         assert s.active_version() == 1
     finally:
         s.close()
+
+
+def test_exchanges_filter_and_delete(tmp_path):
+    from dynalign.store import Store
+
+    store = Store(tmp_path / "x.db")
+    rows = [("alice", 0, "plan my week", "ok"), ("bob", 1, "secret plans", "sure"),
+            ("alice", 0, "hello", "Plan B")]
+    ids = [store.log_exchange({"user": u, "opt_out": o, "messages": [{"role": "user",
+           "content": m}], "response": r, "status": "ok"}) for u, o, m, r in rows]
+    assert [r["id"] for r in store.exchanges(search="PLAN")] == ids[::-1]  # text or response
+    assert [r["id"] for r in store.exchanges(user="alice")] == [ids[2], ids[0]]
+    assert [r["id"] for r in store.exchanges(opt_out=True)] == [ids[1]]
+    assert [r["id"] for r in store.exchanges(before=ids[2], limit=1)] == [ids[1]]
+    assert store.delete_exchange(ids[1]) is True and store.delete_exchange(ids[1]) is False
+    assert [r["id"] for r in store.exchanges()] == [ids[2], ids[0]]
+    store.close()
