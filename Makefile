@@ -12,6 +12,9 @@ GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 # NLTK's English sentence data for the IFEval checkers, where NLTK looks by default: lm-eval would
 # otherwise download it on import, and nothing is downloaded at run time.
 PUNKT := $(VENV)/nltk_data/tokenizers/punkt_tab/README
+# Debian's chromium and its chromedriver (same version: the package pins it) for tests/browser;
+# selenium is given both paths, so nothing is downloaded at test time.
+BROWSER := /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: install eval-data model serve test test-unit test-integration bench bench-learn clean
 
@@ -45,13 +48,22 @@ $(PUNKT): | $(STAMP)
 	$(PY) -m dynalign.ifeval install-punkt --dest $(VENV)/nltk_data \
 		--wheel "$$(ls build/wheels/llama_index_core-*.whl | sort -V | tail -n 1)"
 
+# Installed for the machine (as root, with apt-get) when either file is missing.
+$(BROWSER) &:
+	@command -v apt-get >/dev/null || { echo "error: the browser tests need Debian's chromium and" \
+		"chromium-driver ($(BROWSER)); there is no apt-get here: install them yourself" >&2; exit 1; }
+	@test "$$(id -u)" = 0 || { echo "error: the browser tests need chromium and chromium-driver:" \
+		"run 'apt-get install chromium chromium-driver' as root, or make test as root" >&2; exit 1; }
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+
 model: install
 	$(VENV)/bin/dynalign model prepare
 
 serve: model
 	$(VENV)/bin/dynalign serve
 
-test: model
+test: model $(BROWSER)
 	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) -m pytest tests -q
 
 test-unit: install

@@ -224,6 +224,10 @@ async def _stream(state, url, payload, record, rename, wants_usage):
                 *complete, buffer = buffer.split(b"\n\n")
                 for event in complete:
                     events.append(event)
+                    if event.strip() == b"data: [DONE]":
+                        # everything is delivered: the openai client hangs up on reading [DONE],
+                        # possibly before the engine's stream ends, and that is not an abort
+                        status = "ok"
                     if wants_usage or b'"choices":[]' not in event:
                         yield event.replace(*rename) + b"\n\n"
             status = "ok"

@@ -1,5 +1,6 @@
 """Fixtures that run the real system: `dynalign serve --no-ui` (gateway + vLLM CPU engine) as a
-subprocess, each server with its own state dir, ports and SQLite file.
+subprocess, each server with its own state dir, ports and SQLite file (tests/helpers/live_server.py,
+shared with tests/browser).
 
 The servers are module-scoped (one engine start per module, ~1 min on CPU) and independent of the
 per-test autouse fixture in tests/conftest.py: they never read DYNALIGN_HOME or the test's cwd.
@@ -12,12 +13,6 @@ The base model is $DYNALIGN_TEST_MODEL when set, else the embedded model prepare
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,261 +20,15 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import pytest
 
-from dynalign.config import Config, ModelConfig
-
-REPO = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT_S = 900  # the engine takes ~30-80 s idle; far more on a busy 2-core machine
-STOP_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-@dataclass
-class StopResult:
-    sigint_stopped: bool  # the gateway process exited on SIGINT alone, before the deadline
-    returncode: int | None
-    seconds: float
-    survivors: list[str] = field(default_factory=list)  # processes of its tree still alive after
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    mode: str
-    port: int
-    engine_port: int
-    home: Path
-    model_path: str
-    output_path: Path
-    tree: list[psutil.Process] = field(default_factory=list)
-    stopped: StopResult | None = None
-
-    # addresses and clients
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_name(self) -> str:
-        """What the base model is served as (config model.name is unset)."""
-        return Config(model=ModelConfig(path=self.model_path)).model_name
-
-    @property
-    def db_path(self) -> Path:
-        return self.home / "dynalign.db"
-
-    def client(self, timeout: float = 300) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=timeout)
-
-    def cli(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-        """`dynalign --config <this server's config file> ...` as a user runs it."""
-        return subprocess.run([sys.executable, "-m", "dynalign.cli", "--config",
-                               str(self.home.parent / "dynalign.toml"), *args],
-                              capture_output=True, text=True, timeout=timeout, env=server_env(),
-                              cwd=self.home.parent, stdin=subprocess.DEVNULL)
-
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=300, **kwargs)
-
-    def post(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", timeout=600, **kwargs)
-
-    def activate(self, version: str) -> httpx.Response:
-        return self.post(f"/admin/adapters/{version}/activate")
-
-    def active(self) -> str:
-        response = self.get("/admin/adapters")
-        assert response.status_code == 200, response.text
-        return response.json()["active"]
-
-    def engine_running_requests(self) -> float | None:
-        """vLLM's gauge of requests running in the engine (None if it cannot be read)."""
-        try:
-            text = httpx.get(f"http://127.0.0.1:{self.engine_port}/metrics", timeout=10).text
-        except httpx.HTTPError:
-            return None
-        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                  if line.startswith("vllm:num_requests_running")]
-        return sum(values) if values else None
-
-    wait_for = staticmethod(wait_for)
-
-    # the SQLite log
-    def query(self, sql: str, params=()) -> list[dict]:
-        conn = sqlite3.connect(str(self.db_path), timeout=10)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(row) for row in conn.execute(sql, params)]
-        finally:
-            conn.close()
-
-    def exchange_count(self) -> int:
-        return self.query("select count(*) as n from exchanges")[0]["n"]
-
-    def rows_for(self, user: str) -> list[dict]:
-        return self.query("select * from exchanges where user = ? order by id", (user,))
-
-    def wait_rows(self, user: str, n: int = 1, timeout: float = 60) -> list[dict]:
-        """The log is written off the response path: wait for the rows tagged with `user`."""
-        return wait_for(lambda: (rows := self.rows_for(user)) and len(rows) >= n and rows,
-                        timeout, f"{n} exchange row(s) for user {user!r}")
-
-    # life cycle
-    def output(self, lines: int = 40) -> str:
-        text = self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
-        engine_log = self.home / "logs" / "engine.log"
-        engine = engine_log.read_text(errors="replace") if engine_log.exists() else ""
-        tail = lambda t: "\n".join(t.splitlines()[-lines:])  # noqa: E731
-        return f"--- dynalign serve output ---\n{tail(text)}\n--- engine.log ---\n{tail(engine)}"
-
-    def stop(self) -> StopResult:
-        """Ctrl-C: SIGINT to the gateway's process group, wait, then kill what of ours is left."""
-        if self.stopped is not None:
-            return self.stopped
-        start = time.monotonic()
-        sigint_stopped = False
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-                sigint_stopped = True
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        seconds = time.monotonic() - start
-        # The engine runs in a process group of its own: give its processes a moment to exit
-        # after the gateway is gone, then kill (by pid, all of them ours) what is still alive.
-        _, alive = psutil.wait_procs(self.tree, timeout=15)
-        alive = [p for p in alive if _really_alive(p)]
-        survivors = [_describe(p) for p in alive]
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=10)
-        self.stopped = StopResult(sigint_stopped, self.proc.returncode, seconds, survivors)
-        print(f"\n[{self.mode} server] stopped: {self.stopped}")
-        return self.stopped
-
-
-def _really_alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _describe(p: psutil.Process) -> str:
-    try:
-        return f"{p.pid} {' '.join(p.cmdline())[:120]}"
-    except psutil.Error:
-        return str(p.pid)
-
-
-def server_env() -> dict:
-    env = dict(os.environ)
-    for key in ("DYNALIGN_HOME", "DYNALIGN_API_KEY", "DYNALIGN_ADMIN_KEY"):
-        env.pop(key, None)  # the config file's state_dir must win; no auth on these servers
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def start_server(root: Path, model_path: str, mode: str) -> Server:
-    home = root / "state"
-    port, engine_port = free_port(), free_port()
-    config = root / "dynalign.toml"
-    config.write_text(
-        f'state_dir = "{home}"\n\n'
-        f'[model]\npath = "{model_path}"\n\n'
-        f'[engine]\nport = {engine_port}\nswap = "{mode}"\nkv_cache_gib = 1\n\n'
-        f'[server]\nport = {port}\n\n'
-        f'[ui]\nenabled = false\n\n'
-        # Rounds on these servers test training and publishing; the gate (which would reject
-        # nearly everything a 135M judge sees) is switched on by the tests that test it.
-        f'[learn.gate]\nenabled = false\n')
-    output_path = root / "serve.out"
-    with open(output_path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dynalign.cli", "--config", str(config), "serve", "--no-ui"],
-            cwd=root, env=server_env(), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Server(proc, mode, port, engine_port, home, model_path, output_path)
-    started = time.monotonic()
-    try:
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"dynalign serve exited with {proc.returncode}\n{server.output()}")
-            try:
-                return httpx.get(f"{server.url}/health", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_for(ready, STARTUP_TIMEOUT_S, f"{mode} server /health", interval=0.5)
-    except BaseException:
-        server.tree = _tree(proc)
-        server.stop()
-        raise
-    server.tree = _tree(proc)
-    print(f"\n[{mode} server] up in {time.monotonic() - started:.1f} s on port {port} "
-          f"({len(server.tree) - 1} child processes)")
-    return server
-
-
-def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(proc.pid)
-        return [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _serve(tmp_path_factory, model_path: str, mode: str):
-    server = start_server(tmp_path_factory.mktemp(f"{mode}-server"), model_path, mode)
-    try:
-        yield server
-    finally:
-        result = server.stop()
-    assert result.sigint_stopped, f"SIGINT did not stop the server\n{server.output()}"
-    assert not result.survivors, f"processes of the server survived SIGINT: {result.survivors}"
+from helpers.live_server import Server, resolve_base_model, run_server, start_server, wait_for
 
 
 # base model and adapters
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory) -> str:
-    path = os.environ.get("DYNALIGN_TEST_MODEL")
-    if path:
-        assert (Path(path) / "config.json").exists(), f"DYNALIGN_TEST_MODEL={path}: no model there"
-        return str(Path(path).resolve())
-    from dynalign.config import load_config
-    from dynalign.model import prepare
-
-    empty = tmp_path_factory.mktemp("prepare") / "empty.toml"
-    empty.write_text("")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("DYNALIGN_HOME", raising=False)  # it would override state_dir
-        cfg = load_config(empty, overrides={"state_dir": str(REPO / "state")})
-        return str(prepare(cfg).resolve())
+    return resolve_base_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -313,12 +62,12 @@ def tiny_adapter(tmp_path_factory) -> Path:
 # servers
 @pytest.fixture(scope="module")
 def merged(base_model, tmp_path_factory):
-    yield from _serve(tmp_path_factory, base_model, "merged")
+    yield from run_server(tmp_path_factory, base_model, "merged")
 
 
 @pytest.fixture(scope="module")
 def lora(base_model, tmp_path_factory):
-    yield from _serve(tmp_path_factory, base_model, "lora")
+    yield from run_server(tmp_path_factory, base_model, "lora")
 
 
 # load while swapping
