@@ -118,22 +118,32 @@ def _wire(gr, handler, box, send, chatbot, opt_out, new) -> None:
 
 
 def build_app(api_url: str, model: str, api_key: str, max_tokens: int = MAX_TOKENS):
-    """The chat page as a gr.Blocks, not launched."""
+    """The page as a gr.Blocks, not launched: the chat tab and the operator console's tab."""
     import gradio as gr
     import openai
 
+    from ui.console import build_console
+
     client = openai.OpenAI(base_url=api_url, api_key=api_key)
-    with gr.Blocks(title="dynalign chat") as app:
-        gr.Markdown(INTRO)
-        chatbot = gr.Chatbot(label="Chat", height=520, buttons=["copy", "copy_all"], placeholder="Say hello.")
-        with gr.Row(equal_height=True):
-            box = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", scale=8, autofocus=True)
-            send = gr.Button("Send", variant="primary", scale=1)
-        with gr.Row(equal_height=True):
-            opt_out = gr.Checkbox(label=OPT_OUT_LABEL, value=False)
-            new = gr.Button("New conversation", variant="secondary")
-        _wire(gr, _chat_handler(client, model, max_tokens), box, send, chatbot, opt_out, new)
+    with gr.Blocks(title="dynalign chat") as app, gr.Tabs(elem_id="tabs"):
+        with gr.Tab("Chat", elem_id="chat-tab"):
+            _chat_tab(gr, client, model, max_tokens)
+        with gr.Tab("Operator", elem_id="operator-tab"):
+            build_console(gr, api_url)
     return app
+
+
+def _chat_tab(gr, client, model: str, max_tokens: int) -> None:
+    """The chat: the conversation, the message box, opt-out and "New conversation"."""
+    gr.Markdown(INTRO)
+    chatbot = gr.Chatbot(label="Chat", height=520, buttons=["copy", "copy_all"], placeholder="Say hello.")
+    with gr.Row(equal_height=True):
+        box = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", scale=8, autofocus=True)
+        send = gr.Button("Send", variant="primary", scale=1)
+    with gr.Row(equal_height=True):
+        opt_out = gr.Checkbox(label=OPT_OUT_LABEL, value=False)
+        new = gr.Button("New conversation", variant="secondary")
+    _wire(gr, _chat_handler(client, model, max_tokens), box, send, chatbot, opt_out, new)
 
 
 def main(argv: list[str] | None = None) -> None:

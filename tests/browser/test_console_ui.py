@@ -1,0 +1,196 @@
+"""The operator console (the UI's "Operator" tab) as an operator uses it, in a headless Chromium
+against the real server started with an admin key: log in (a wrong key is refused), see the
+adapters, run a refresh round and watch it, roll back, find and delete a logged prompt. What the
+page shows is checked against the admin API and the SQLite log. Screenshots of each screen go to
+tests/browser/artifacts/console_*.png."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+
+from helpers.browser import ChatPage
+from helpers.live_server import run_server
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ADMIN_KEY = "console-test-key"
+ROUND_TIMEOUT_S = 900  # a one-step round on a busy CPU
+OVERRIDES = {"max_steps": 1, "prompts": 1, "reward": "rule", "num_generations": 4,
+             "prompts_per_step": 1, "max_completion_tokens": 16, "gate.enabled": False}
+OPERATOR_TAB = (By.XPATH, '//button[@role="tab" and normalize-space()="Operator"]')
+CHAT_TAB = (By.XPATH, '//button[@role="tab" and normalize-space()="Chat"]')
+
+
+def css(elem_id: str) -> tuple[str, str]:
+    return By.CSS_SELECTOR, f"#{elem_id}"
+
+
+@pytest.fixture(scope="module")
+def ui_server(browser_binaries, base_model, tmp_path_factory):
+    """The conftest's server, with an admin key."""
+    yield from run_server(tmp_path_factory, base_model, "merged", ui=True, admin_key=ADMIN_KEY)
+
+
+class Console(ChatPage):
+    """The Operator tab of the page."""
+
+    def open_console(self) -> Console:
+        self.open()
+        self.click(OPERATOR_TAB)
+        self.wait().until(EC.element_to_be_clickable(css("login")))
+        return self
+
+    def text(self, elem_id: str) -> str:
+        return self.driver.find_element(*css(elem_id)).text
+
+    def fill(self, elem_id: str, text: str) -> None:
+        field = self.wait().until(EC.element_to_be_clickable(
+            (By.CSS_SELECTOR, f"#{elem_id} input, #{elem_id} textarea")))
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.DELETE)
+        field.send_keys(text)
+
+    def log_in(self, key: str) -> None:
+        self.fill("admin-key", key)
+        self.click(css("login"))
+
+    def shows(self, elem_id: str, text: str, timeout: float = 120) -> str:
+        return self.wait(timeout).until(lambda _: text in self.text(elem_id) and self.text(elem_id),
+                                        f"{text!r} in #{elem_id}")
+
+    def console_shown(self) -> bool:
+        found = self.driver.find_elements(*css("console"))
+        return bool(found) and found[0].is_displayed()
+
+    def shot(self, elem_id: str, name: str) -> None:
+        element = self.driver.find_element(*css(elem_id))
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", element)
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.driver.save_screenshot(str(ARTIFACTS / f"console_{name}.png"))
+
+
+@pytest.fixture
+def console(browser, ui_server) -> Console:
+    return Console(browser, ui_server.ui_url).open_console()
+
+
+def logged_in(console: Console) -> Console:
+    console.log_in(ADMIN_KEY)
+    console.shows("login-message", "logged in")
+    console.wait().until(lambda _: console.console_shown(), "the console to be shown")
+    return console
+
+
+def test_a_wrong_key_is_refused(console):
+    console.log_in("not-the-key")
+    console.shows("login-message", "wrong admin key")
+    assert not console.console_shown()
+    assert "Traceback" not in console.driver.page_source
+    console.shot("admin-key", "login")
+
+
+def test_b_right_key_shows_the_adapters_and_the_active_version(console, ui_server):
+    logged_in(console)
+    console.shows("active-version", ui_server.base_name)
+    table = console.driver.find_element(*css("adapters-table"))
+    assert table.is_displayed() and "version" in table.text and "status" in table.text
+    assert ui_server.active() == ui_server.base_name
+    console.shows("schedule-info", "spec")
+    console.shot("active-version", "adapters")
+
+
+def test_c_refresh_now_shows_progress_and_publishes_a_version(console, ui_server):
+    logged_in(console)
+    console.fill("refresh-overrides", json.dumps(OVERRIDES))
+    console.click(css("refresh-now"))
+    console.shows("refresh-message", "round 1")
+    console.shows("round-progress", "round 1: status")
+    console.shot("refresh-now", "refresh_progress")
+    # the timer polls: the round ends and the new version shows up active in the table
+    console.wait(ROUND_TIMEOUT_S).until(
+        lambda _: "active" in console.text("adapters-table") and "round 1: status promoted"
+        in console.text("round-progress"), "round 1 to be promoted and shown in the table")
+    served = ui_server.active()
+    assert served != ui_server.base_name
+    console.shows("active-version", served)
+    console.shot("active-version", "adapters_after_round")
+    console.click(css("reload-plots"))
+    console.wait_idle(120)
+    console.shot("reward-plot", "plots")
+
+
+def test_d_roll_back_serves_the_base_model_again(console, ui_server):
+    logged_in(console)
+    assert ui_server.active() != ui_server.base_name, "test_c published no version"
+    console.click(css("rollback"))
+    console.shows("adapters-message", "rolled back")
+    console.shows("active-version", ui_server.base_name)
+    assert ui_server.active() == ui_server.base_name
+    assert ui_server.get("/admin/adapters", headers={}).status_code == 401  # the key is needed
+    # and "Activate" serves the version again; a second roll back leaves the base model again
+    console.fill("activate-version", "1")
+    console.click(css("activate"))
+    console.shows("adapters-message", "active: ")
+    served = console.wait().until(lambda _: ui_server.active() != ui_server.base_name and
+                                  ui_server.active(), "version 1 to be served")
+    console.shows("active-version", served)
+    console.click(css("rollback"))
+    console.shows("active-version", ui_server.base_name)
+    assert ui_server.active() == ui_server.base_name
+
+
+def test_e_a_chat_exchange_is_listed_and_deleted(console, ui_server):
+    token = uuid.uuid4().hex[:12]
+    console.click(CHAT_TAB)
+    console.type(f"Say hi. (ref {token})")
+    console.press_enter()
+    rows = ui_server.wait_for(
+        lambda: ui_server.query("select id from exchanges where messages like ?", (f"%{token}%",)),
+        600, f"the exchange naming {token}", interval=0.5)
+    exchange_id = rows[0]["id"]
+    console.click(OPERATOR_TAB)
+    logged_in(console)
+    console.fill("exchanges-filter", token)
+    console.click(css("exchanges-search"))
+    console.shows("exchanges-table", token)
+    console.shows("exchanges-message", "1 exchange(s)")
+    console.shot("exchanges-filter", "logged_prompts")
+    console.fill("exchange-id", str(exchange_id))
+    console.click(css("delete-exchange"))
+    console.shows("exchanges-message", f"deleted exchange {exchange_id}")
+    console.wait().until(lambda _: token not in console.text("exchanges-table"), "the row to go")
+    assert not ui_server.query("select id from exchanges where id = ?", (exchange_id,))
+
+
+def test_f_the_schedule_is_set_switched_off_and_reset(console, ui_server):
+    logged_in(console)
+    console.shows("schedule-info", "source: config")
+    console.fill("schedule-interval", "6")
+    console.click(css("save-schedule"))
+    console.shows("schedule-info", "source: operator")
+    assert ui_server.get("/admin/schedule").json()["source"] == "operator"
+    console.click(css("schedule-off"))
+    console.wait().until(lambda _: ui_server.get("/admin/schedule").json()["next_run"] is None,
+                         "the schedule to be off")
+    console.click(css("schedule-reset"))
+    console.shows("schedule-info", "source: config")
+    assert ui_server.get("/admin/schedule").json()["source"] == "config"
+
+
+def test_g_a_running_round_is_cancelled(console, ui_server):
+    logged_in(console)
+    console.fill("refresh-overrides", json.dumps({**OVERRIDES, "max_steps": 200}))
+    console.click(css("refresh-now"))
+    console.shows("refresh-message", "round 2")
+    console.click(css("cancel-round"))
+    console.shows("refresh-message", "round 2: ")
+    console.shows("round-progress", "round 2: status cancelled", timeout=ROUND_TIMEOUT_S)
+    assert ui_server.get("/admin/rounds/2").json()["status"] == "cancelled"

@@ -1,0 +1,118 @@
+"""The operator console's pure parts without a server: table rows, texts and plot frames from the
+admin API's JSON, and the admin client against a mock transport."""
+
+import json
+
+import httpx
+import pytest
+
+from ui import console_actions as act
+from ui import console_views as views
+from ui.console_api import WRONG_KEY, Admin, AdminError, admin_url
+
+ROUNDS = [
+    {"id": 1, "status": "promoted", "adapter_version": 1, "progress": {},
+     "summary": {"gate_eval": {"pairwise": {"win_rate": 0.6},
+                               "capabilities": {"ifeval": {"candidate": {"prompt_strict": 0.25},
+                                                           "active": {"prompt_strict": 0.3}}}}}},
+    {"id": 2, "status": "running", "adapter_version": None,
+     "progress": {"phase": "training", "step": 2, "max_steps": 5, "reward": 0.5, "eta_s": 75},
+     "summary": {}},
+]
+ADAPTERS = [
+    {"version": 1, "name": "dynalign-v1", "status": "active", "created": "t1", "parent": None,
+     "source": "round", "note": "gate off"},
+    {"version": 2, "name": "dynalign-v2", "status": "rejected", "created": "t2", "parent": 1,
+     "source": "round", "note": "win rate 0.20 < 0.5"},
+]
+
+
+def test_admin_url_is_the_gateway_host_under_admin():
+    assert admin_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/admin"
+
+
+def test_adapter_rows_newest_first_with_round_metrics():
+    rows = views.adapter_rows(ADAPTERS, ROUNDS)
+    assert rows[0] == [2, "dynalign-v2", "rejected", "t2", 1, "round", "win rate 0.20 < 0.5", "", ""]
+    assert rows[1] == [1, "dynalign-v1", "active", "t1", "", "round", "gate off", "0.60", "0.25"]
+    assert len(views.ADAPTER_COLUMNS) == len(rows[0])
+
+
+def test_progress_text_of_running_and_finished_rounds():
+    assert views.progress_text(ROUNDS) == (
+        "round 2: status running; phase training; step 2 of 5; reward 0.500; ETA 1 min 15 s")
+    assert views.progress_text(ROUNDS[:1]) == "round 1: status promoted; adapter version 1"
+    assert views.progress_text([]) == "no rounds yet"
+    assert views.progress_text([{"id": 3, "status": "queued"}]) == "round 3: status queued; starting"
+    assert views.open_round_id(ROUNDS) == 2 and views.open_round_id(ROUNDS[:1]) is None
+
+
+def test_exchange_rows():
+    row = {"id": 7, "created": "t", "user": "u", "opt_out": 1, "version": None,
+           "messages": json.dumps([{"role": "user", "content": "a"},
+                                   {"role": "assistant", "content": "b"},
+                                   {"role": "user", "content": [{"type": "text", "text": "last"}]}]),
+           "response": json.dumps([{"content": "x" * 200, "finish_reason": "length"}])}
+    assert views.exchange_rows([row]) == [[7, "t", "u", "yes", "", "last", "x" * views.ANSWER_START]]
+
+
+def test_plot_frames():
+    rounds = [{**ROUNDS[0], "steps": [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.3}]}]
+    reward = views.reward_frame(rounds)
+    assert reward.to_dict("records") == [{"round": "1", "step": 1, "reward": 0.1},
+                                         {"round": "1", "step": 2, "reward": 0.3}]
+    assert views.eval_frame(ROUNDS).to_dict("records") == [
+        {"version": "v1", "metric": "win_rate", "value": 0.6},
+        {"version": "v1", "metric": "ifeval", "value": 0.25}]
+    assert list(views.reward_frame([]).columns) == ["round", "step", "reward"]
+
+
+def test_schedule_body_and_overrides():
+    assert views.schedule_body("interval", 6, "", "") == {"interval_hours": 6.0}
+    assert views.schedule_body("cron", None, " 0 3 * * * ", "UTC") == {"cron": "0 3 * * *",
+                                                                       "timezone": "UTC"}
+    assert views.parse_overrides("") == {} and views.parse_overrides('{"a": 1}') == {"a": 1}
+    with pytest.raises(ValueError):
+        views.parse_overrides("[1]")
+
+
+def test_figures_are_found_next_to_the_package():
+    assert {p.name for p in views.figures()} >= {"lengths.png", "rouge_l.png"}
+
+
+def _admin(status: int, body: dict, seen: list) -> Admin:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, json=body)
+    return Admin("http://gw.test/v1", "k3y", transport=httpx.MockTransport(handler))
+
+
+def test_the_key_is_a_bearer_token_and_401_reads_as_a_wrong_key():
+    seen: list = []
+    with pytest.raises(AdminError) as info:
+        _admin(401, {"error": {"message": "invalid or missing API key"}}, seen).adapters()
+    assert info.value.message == WRONG_KEY
+    assert seen[0].headers["authorization"] == "Bearer k3y"
+    assert str(seen[0].url) == "http://gw.test/admin/adapters"
+    assert act.login(_admin(403, {}, seen)) == (False, "⚠️ wrong admin key")
+
+
+def test_api_errors_become_messages():
+    seen: list = []
+    body = {"error": {"message": "version 2 was rejected", "code": "adapter_rejected"}}
+    message = act.activate(_admin(409, body, seen), "2", False)
+    assert message.startswith("⚠️ version 2 was rejected") and "Force" in message
+    assert seen[0].content == b""
+    act.activate(_admin(200, {"active": "v2", "seconds": 1}, seen), "2", True)
+    assert json.loads(seen[1].content) == {"force": True}
+    busy = {"error": {"message": "a round is in progress", "code": "round_in_progress"}}
+    assert act.refresh(_admin(409, busy, seen), "{}") == "⚠️ a round is in progress"
+    assert act.refresh(_admin(202, {}, seen), "nope").startswith("⚠️ overrides")
+
+
+def test_exchanges_filters():
+    seen: list = []
+    act.exchanges(_admin(200, {"data": []}, seen), "hi", "", "true")
+    assert dict(seen[0].url.params) == {"limit": "50", "q": "hi", "user": "", "opt_out": "true"}
+    act.exchanges(_admin(200, {"data": []}, seen), "", "", "any")
+    assert "opt_out" not in seen[1].url.params

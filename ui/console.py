@@ -1,0 +1,109 @@
+"""The operator console (the "Operator" tab of ui/app.py): log in with the admin key, see and
+switch adapter versions, start and watch refresh rounds, edit the schedule, plot rounds and
+versions, search and delete logged prompts. It talks only HTTP to the gateway's admin API.
+
+The key lives in a per-session gr.State; it is never logged nor shown. Layout here, the
+work in ui/console_actions.py.
+"""
+
+from __future__ import annotations
+
+from ui import console_views as views
+from ui.console_api import Admin
+
+DEFAULT_OVERRIDES = "{}"
+POLL_S = 2.0
+
+
+def _login_section(gr):
+    with gr.Row(equal_height=True):
+        key = gr.Textbox(label="Admin key", type="password", elem_id="admin-key", scale=4)
+        login = gr.Button("Log in", variant="primary", elem_id="login", scale=1)
+    message = gr.Markdown(elem_id="login-message")
+    return key, login, message
+
+
+def _adapters_section(gr, c: dict) -> None:
+    gr.Markdown("### Adapters")
+    c["active"] = gr.Markdown(elem_id="active-version")
+    c["adapters"] = gr.Dataframe(headers=views.ADAPTER_COLUMNS, interactive=False,
+                                 elem_id="adapters-table", wrap=True)
+    with gr.Row(equal_height=True):
+        c["version"] = gr.Textbox(label="Version (number or base)", elem_id="activate-version")
+        c["force"] = gr.Checkbox(label="Force (override the gate)", elem_id="activate-force")
+        c["activate"] = gr.Button("Activate", elem_id="activate")
+        c["rollback"] = gr.Button("Roll back", elem_id="rollback")
+        c["reload"] = gr.Button("Reload", elem_id="reload-adapters")
+    c["adapters_msg"] = gr.Markdown(elem_id="adapters-message")
+
+
+def _refresh_section(gr, c: dict) -> None:
+    gr.Markdown("### Refresh rounds")
+    with gr.Row(equal_height=True):
+        c["overrides"] = gr.Textbox(label="Overrides (JSON, this round only)", value=DEFAULT_OVERRIDES,
+                                    elem_id="refresh-overrides", scale=4)
+        c["refresh"] = gr.Button("Refresh now", variant="primary", elem_id="refresh-now", scale=1)
+        c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="cancel-round", scale=1)
+    c["refresh_msg"] = gr.Markdown(elem_id="refresh-message")
+    c["progress"] = gr.Markdown("no rounds yet", elem_id="round-progress")
+
+
+def _schedule_section(gr, c: dict) -> None:
+    gr.Markdown("### Schedule")
+    c["schedule"] = gr.Markdown(elem_id="schedule-info")
+    with gr.Row(equal_height=True):
+        c["mode"] = gr.Radio(["interval", "cron"], value="interval", label="Kind", elem_id="schedule-kind")
+        c["hours"] = gr.Number(label="Interval (hours)", value=24, elem_id="schedule-interval")
+        c["cron"] = gr.Textbox(label="Cron (m h dom mon dow)", elem_id="schedule-cron")
+        c["tz"] = gr.Textbox(label="Timezone", placeholder="UTC", elem_id="schedule-timezone")
+    with gr.Row():
+        c["save_schedule"] = gr.Button("Save schedule", elem_id="save-schedule")
+        c["schedule_off"] = gr.Button("Schedule off", elem_id="schedule-off")
+        c["schedule_reset"] = gr.Button("Back to config", elem_id="schedule-reset")
+
+
+def _plots_section(gr, c: dict) -> None:
+    gr.Markdown("### Plots")
+    c["reload_plots"] = gr.Button("Reload plots", elem_id="reload-plots")
+    with gr.Row():
+        c["reward_plot"] = gr.LinePlot(x="step", y="reward", color="round", title="Reward per step",
+                                       elem_id="reward-plot")
+        c["eval_plot"] = gr.BarPlot(x="version", y="value", color="metric",
+                                    title="Win rate and IFEval prompt_strict", elem_id="eval-plot")
+    with gr.Row():
+        for path in views.figures():
+            gr.Image(str(path), label=f"seed set: {path.stem}", elem_id=f"figure-{path.stem}",
+                     interactive=False)
+
+
+def _exchanges_section(gr, c: dict) -> None:
+    gr.Markdown("### Recent logged prompts")
+    with gr.Row(equal_height=True):
+        c["q"] = gr.Textbox(label="Text contains", elem_id="exchanges-filter")
+        c["user"] = gr.Textbox(label="User", elem_id="exchanges-user")
+        c["opt_out"] = gr.Dropdown([("any", "any"), ("opted out", "true"), ("kept", "false")],
+                                   value="any", label="Opt-out", elem_id="exchanges-opt-out")
+        c["search"] = gr.Button("Search", elem_id="exchanges-search")
+    c["exchanges"] = gr.Dataframe(headers=views.EXCHANGE_COLUMNS, interactive=False,
+                                  elem_id="exchanges-table", wrap=True)
+    with gr.Row(equal_height=True):
+        c["exchange_id"] = gr.Number(label="Exchange id", precision=0, elem_id="exchange-id")
+        c["delete"] = gr.Button("Delete", variant="stop", elem_id="delete-exchange")
+    c["exchanges_msg"] = gr.Markdown(elem_id="exchanges-message")
+
+
+def build_console(gr, api_url: str) -> None:
+    """The console's components and events, inside the caller's Blocks (and tab)."""
+    from ui.console_wire import wire
+
+    key_state = gr.State("")
+    seen = gr.State("")  # the adapters table last drawn (the timer redraws only on change)
+    key, login, login_msg = _login_section(gr)
+    c: dict = {"key_state": key_state, "seen": seen, "key": key, "login": login,
+               "login_msg": login_msg, "timer": gr.Timer(POLL_S, active=False)}
+    with gr.Column(visible=False, elem_id="console") as console:
+        for section in (_adapters_section, _refresh_section, _schedule_section, _plots_section,
+                        _exchanges_section):
+            section(gr, c)
+    c["console"] = console
+    wire(gr, lambda k: Admin(api_url, k), c)

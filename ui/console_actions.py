@@ -1,0 +1,135 @@
+"""What the operator console's buttons do: admin API calls (ui/console_api.py) turned into the
+values its components show (ui/console_views.py). No gradio here: each action returns plain
+values, messages included; an API error becomes a message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ui import console_views as views
+from ui.console_api import Admin, AdminError
+
+REJECTED_HINT = " Tick \"Force\" to activate it anyway."
+PLOT_ROUNDS = 10
+
+
+def attempt(call, *args):
+    """(result, "") or (None, the error as a message)."""
+    try:
+        return call(*args), ""
+    except AdminError as exc:
+        return None, f"⚠️ {exc.message}"
+
+
+def adapters_frame(rows: list[list]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=views.ADAPTER_COLUMNS)
+
+
+def exchanges_frame(rows: list[list]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=views.EXCHANGE_COLUMNS)
+
+
+def adapters_view(admin: Admin) -> tuple[str, list[list]]:
+    """(the active-version text, the adapters table's rows)."""
+    listing, error = attempt(admin.adapters)
+    if error:
+        return error, []
+    rounds, _ = attempt(admin.rounds, 100)
+    return views.active_text(listing), views.adapter_rows(listing["data"], (rounds or {}).get("data", []))
+
+
+def login(admin: Admin) -> tuple[bool, str]:
+    """(whether the key opens the admin API, the message to show)."""
+    _, error = attempt(admin.adapters)
+    return (False, error) if error else (True, "logged in")
+
+
+def activate(admin: Admin, version: str, force: bool) -> str:
+    version = str(version or "").strip().lower()
+    if not version:
+        return "⚠️ give a version number (or base)"
+    try:
+        result = admin.activate(version, force)
+    except AdminError as exc:
+        hint = REJECTED_HINT if exc.code == "adapter_rejected" else ""
+        return f"⚠️ {exc.message}{hint}"
+    return f"active: {result['active']} (swapped in {result['seconds']} s)"
+
+
+def rollback(admin: Admin) -> str:
+    result, error = attempt(admin.rollback)
+    return error or f"rolled back: {result['active']} is active ({result['seconds']} s)"
+
+
+def refresh(admin: Admin, overrides_text: str) -> str:
+    try:
+        overrides = views.parse_overrides(overrides_text)
+    except ValueError as exc:
+        return f"⚠️ overrides: {exc}"
+    result, error = attempt(admin.refresh, overrides)
+    return error or f"round {result['id']} started ({result['status']})"
+
+
+def progress(admin: Admin) -> str:
+    listing, error = attempt(admin.rounds, 20)
+    return error or views.progress_text(listing["data"])
+
+
+def cancel(admin: Admin) -> str:
+    listing, error = attempt(admin.rounds, 20)
+    round_id = None if error else views.open_round_id(listing["data"])
+    if error or round_id is None:
+        return error or "no round is running"
+    result, error = attempt(admin.cancel, round_id)
+    return error or f"round {round_id}: {result['status']}"
+
+
+def schedule(admin: Admin) -> str:
+    info, error = attempt(admin.schedule)
+    return error or views.schedule_text(info)
+
+
+def set_schedule(admin: Admin, mode: str, hours, cron: str, timezone: str) -> str:
+    try:
+        body = views.schedule_body(mode, hours, cron or "", timezone or "")
+    except (TypeError, ValueError) as exc:
+        return f"⚠️ schedule: {exc}"
+    info, error = attempt(admin.set_schedule, body)
+    return error or views.schedule_text(info)
+
+
+def schedule_call(admin: Admin, call) -> str:
+    info, error = attempt(call)
+    return error or views.schedule_text(info)
+
+
+def plots(admin: Admin):
+    """(reward per step DataFrame, win rate / IFEval per version DataFrame)."""
+    listing, error = attempt(admin.rounds, 100)
+    rounds = [] if error else listing["data"]
+    detailed = [r for r in (attempt(admin.round, x["id"])[0] for x in rounds[:PLOT_ROUNDS]) if r]
+    return views.reward_frame(detailed), views.eval_frame(rounds)
+
+
+def exchanges(admin: Admin, q: str, user: str, opt_out: str) -> tuple[list[list], str]:
+    listing, error = attempt(admin.exchanges, q or "", user or "", opt_out or "any")
+    if error:
+        return [], error
+    return views.exchange_rows(listing["data"]), f"{len(listing['data'])} exchange(s)"
+
+
+def delete_exchange(admin: Admin, exchange_id) -> str:
+    if exchange_id is None:
+        return "⚠️ give an exchange id"
+    result, error = attempt(admin.delete_exchange, int(exchange_id))
+    return error or f"deleted exchange {result['deleted']}"
+
+
+def signature(rows: list[list]) -> str:
+    """A table's rows as one string: the timer redraws a table only when this changes."""
+    return json.dumps(rows, default=str)

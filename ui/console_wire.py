@@ -1,0 +1,91 @@
+"""The operator console's events: which action each button runs, with which inputs and outputs.
+`admin_for(key)` gives the admin API client for a session's key."""
+
+from __future__ import annotations
+
+from ui import console_actions as act
+
+
+def _adapters(admin_for, key, message: str = ""):
+    active, rows = act.adapters_view(admin_for(key))
+    return message, active, act.adapters_frame(rows), act.signature(rows)
+
+
+def _wire_login(gr, admin_for, c: dict) -> None:
+    def login(key: str):
+        admin = admin_for(key)
+        ok, message = act.login(admin)
+        if not ok:
+            return ("", message, gr.Column(visible=False), gr.Timer(active=False), gr.skip(),
+                    gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        _, active, table, sig = _adapters(admin_for, key)
+        reward, evals = act.plots(admin)
+        return (key, message, gr.Column(visible=True), gr.Timer(active=True), active, table, sig,
+                act.schedule(admin), reward, evals)
+
+    outputs = [c["key_state"], c["login_msg"], c["console"], c["timer"], c["active"], c["adapters"],
+               c["seen"], c["schedule"], c["reward_plot"], c["eval_plot"]]
+    gr.on([c["login"].click, c["key"].submit], login, [c["key"]], outputs, show_progress="hidden")
+
+
+def _wire_adapters(gr, admin_for, c: dict) -> None:
+    outputs = [c["adapters_msg"], c["active"], c["adapters"], c["seen"]]
+
+    def activate(key, version, force):
+        return _adapters(admin_for, key, act.activate(admin_for(key), version, force))
+
+    def rollback(key):
+        return _adapters(admin_for, key, act.rollback(admin_for(key)))
+
+    c["activate"].click(activate, [c["key_state"], c["version"], c["force"]], outputs)
+    c["rollback"].click(rollback, [c["key_state"]], outputs)
+    c["reload"].click(lambda key: _adapters(admin_for, key), [c["key_state"]], outputs)
+
+
+def _wire_rounds(gr, admin_for, c: dict) -> None:
+    def tick(key, seen):
+        _, active, table, sig = _adapters(admin_for, key)
+        changed = sig != seen
+        return (act.progress(admin_for(key)), active if changed else gr.skip(),
+                table if changed else gr.skip(), sig)
+
+    c["timer"].tick(tick, [c["key_state"], c["seen"]],
+                    [c["progress"], c["active"], c["adapters"], c["seen"]], show_progress="hidden")
+    c["refresh"].click(lambda key, text: (act.refresh(admin_for(key), text), act.progress(admin_for(key))),
+                       [c["key_state"], c["overrides"]], [c["refresh_msg"], c["progress"]])
+    c["cancel"].click(lambda key: act.cancel(admin_for(key)), [c["key_state"]], [c["refresh_msg"]])
+
+
+def _wire_schedule(gr, admin_for, c: dict) -> None:
+    c["save_schedule"].click(
+        lambda key, mode, hours, cron, tz: act.set_schedule(admin_for(key), mode, hours, cron, tz),
+        [c["key_state"], c["mode"], c["hours"], c["cron"], c["tz"]], [c["schedule"]])
+    c["schedule_off"].click(
+        lambda key: act.schedule_call(admin_for(key), lambda: admin_for(key).set_schedule({"off": True})),
+        [c["key_state"]], [c["schedule"]])
+    c["schedule_reset"].click(
+        lambda key: act.schedule_call(admin_for(key), admin_for(key).reset_schedule),
+        [c["key_state"]], [c["schedule"]])
+
+
+def _wire_plots_and_exchanges(gr, admin_for, c: dict) -> None:
+    c["reload_plots"].click(lambda key: act.plots(admin_for(key)), [c["key_state"]],
+                            [c["reward_plot"], c["eval_plot"]])
+
+    def search(key, q, user, opt_out, message=None):
+        rows, found = act.exchanges(admin_for(key), q, user, opt_out)
+        return act.exchanges_frame(rows), message or found
+
+    def delete(key, exchange_id, q, user, opt_out):
+        return search(key, q, user, opt_out, act.delete_exchange(admin_for(key), exchange_id))
+
+    filters = [c["q"], c["user"], c["opt_out"]]
+    outputs = [c["exchanges"], c["exchanges_msg"]]
+    gr.on([c["search"].click, c["q"].submit], search, [c["key_state"], *filters], outputs)
+    c["delete"].click(delete, [c["key_state"], c["exchange_id"], *filters], outputs)
+
+
+def wire(gr, admin_for, c: dict) -> None:
+    for part in (_wire_login, _wire_adapters, _wire_rounds, _wire_schedule,
+                 _wire_plots_and_exchanges):
+        part(gr, admin_for, c)
