@@ -27,7 +27,8 @@ def _adapters_section(gr, c: dict) -> None:
     gr.Markdown("### Adapters")
     c["active"] = gr.Markdown(elem_id="active-version")
     c["adapters"] = gr.Dataframe(headers=views.ADAPTER_COLUMNS, interactive=False,
-                                 elem_id="adapters-table", wrap=True)
+                                 elem_id="adapters-table", wrap=True,
+                                 column_widths=views.ADAPTER_WIDTHS)
     with gr.Row(equal_height=True):
         c["version"] = gr.Textbox(label="Version (number or base)", elem_id="activate-version")
         c["force"] = gr.Checkbox(label="Force (override the gate)", elem_id="activate-force")
@@ -85,7 +86,8 @@ def _exchanges_section(gr, c: dict) -> None:
                                    value="any", label="Opt-out", elem_id="exchanges-opt-out")
         c["search"] = gr.Button("Search", elem_id="exchanges-search")
     c["exchanges"] = gr.Dataframe(headers=views.EXCHANGE_COLUMNS, interactive=False,
-                                  elem_id="exchanges-table", wrap=True)
+                                  elem_id="exchanges-table", wrap=True,
+                                  column_widths=views.EXCHANGE_WIDTHS)
     with gr.Row(equal_height=True):
         c["exchange_id"] = gr.Number(label="Exchange id", precision=0, elem_id="exchange-id")
         c["delete"] = gr.Button("Delete", variant="stop", elem_id="delete-exchange")

@@ -14,6 +14,9 @@ ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "
                    "win rate", "IFEval"]
 EXCHANGE_COLUMNS = ["id", "created", "user", "opt-out", "version", "last user message",
                     "answer start"]
+# without widths Gradio squeezes short columns until their headers wrap letter by letter
+ADAPTER_WIDTHS = ["80px", "120px", "90px", "200px", "75px", "85px", "400px", "85px", "75px"]
+EXCHANGE_WIDTHS = ["60px", "200px", "100px", "80px", "130px", "360px", "300px"]
 ANSWER_START = 80
 OPEN_ROUND = ("queued", "running", "evaluating")
 
