@@ -150,7 +150,7 @@ def answer_start(response) -> str:
 def exchange_rows(exchanges: list[dict]) -> list[list]:
     """The logged prompts table."""
     return [[e["id"], e.get("created") or "", e.get("user") or "", "yes" if e.get("opt_out") else "no",
-             "" if e.get("version") is None else e["version"], last_user_message(e.get("messages")),
+             e.get("model_served") or "", last_user_message(e.get("messages")),
              answer_start(e.get("response"))] for e in exchanges]
 
 
