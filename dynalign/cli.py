@@ -135,6 +135,10 @@ def _overrides(args) -> dict:
                  "generate.seed": args.seed}
         for role in ("goal_writer", "prompt_writer", "evaluator"):
             pairs |= {f"generate.{role}.url": args.url, f"generate.{role}.model": args.model}
+    elif args.command == "eval":
+        pairs = {"eval.max_tokens": args.max_tokens,
+                 "eval.judge.url": getattr(args, "judge_url", None),  # pairwise only
+                 "eval.judge.model": getattr(args, "judge_model", None)}
     else:
         pairs = {}
     return {k: v for k, v in pairs.items() if v is not None}

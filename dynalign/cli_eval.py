@@ -13,11 +13,8 @@ from __future__ import annotations
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from dynalign.errors import DataError
-
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "eval"
 
 
 def add_parser(sub) -> None:
@@ -64,11 +61,13 @@ def eval_command(cfg, args) -> int:
 def answers(cfg, args, model: str, conversations: list[list[dict]], label: str) -> list[str]:
     from tqdm import tqdm
 
+    from dynalign.config import EndpointConfig
     from dynalign.endpoint import Endpoint
 
-    endpoint = Endpoint("answers", args.url or cfg.gateway_url, model, cfg.eval.judge.api_key_env,
-                        temperature=0.0, max_tokens=args.max_tokens or cfg.eval.max_tokens,
-                        max_retries=cfg.generate.max_retries, timeout_s=cfg.generate.timeout_s)
+    answering = EndpointConfig(url=args.url or "", model=model, temperature=0.0,
+                               api_key_env=cfg.eval.judge.api_key_env,
+                               max_tokens=cfg.eval.max_tokens)
+    endpoint = Endpoint.from_config("answers", answering, cfg.generate, cfg.gateway_url)
     with tqdm(total=len(conversations), desc=label, file=sys.stderr,
               disable=args.no_progress) as bar, ThreadPoolExecutor(cfg.eval.concurrency) as pool:
         def one(messages):
@@ -92,11 +91,7 @@ def pairwise_command(cfg, args) -> dict:
     a, b = served_name(cfg, args.a), served_name(cfg, args.b)
     convs = [[{"role": "user", "content": p}] for p in prompts]
     answers_a, answers_b = answers(cfg, args, a, convs, a), answers(cfg, args, b, convs, b)
-    judge_cfg = cfg.eval.judge
-    judge = Endpoint("judge", args.judge_url or judge_cfg.url or cfg.gateway_url,
-                     args.judge_model or judge_cfg.model, judge_cfg.api_key_env,
-                     judge_cfg.temperature, judge_cfg.max_tokens, cfg.generate.max_retries,
-                     cfg.generate.timeout_s)
+    judge = Endpoint.from_config("judge", cfg.eval.judge, cfg.generate, cfg.gateway_url)
     with tqdm(total=len(prompts), desc="judge", file=sys.stderr, disable=args.no_progress) as bar:
         report = pairwise(prompts, answers_a, answers_b, judge.chat, cfg.prompts.pairwise,
                           cfg.prompts.ca_definition, workers=cfg.eval.concurrency,
@@ -108,7 +103,7 @@ def pairwise_command(cfg, args) -> dict:
 def benchmark(cfg, args) -> dict:
     from dynalign import exact, ifeval
 
-    data = args.data or str(SAMPLES / "ifeval_sample.jsonl")
+    data = args.data or str(ifeval.SAMPLE_FILE)
     if args.kind == "ifeval":
         rows, score = ifeval.load_ifeval(data, args.limit), ifeval.score_ifeval
     elif args.kind == "math":

@@ -126,8 +126,8 @@ def markdown(kind: str, report: dict) -> str:
 def headline(report: dict) -> dict:
     """The scalar results of any report kind (its per-item lists left out)."""
     skip = {"items", "a", "b", "model", "data", "judge", "level"}
-    return {k: v for k, v in report.items() if k not in skip and not isinstance(v, (dict, list))
-            or k == "ci"}
+    return {k: v for k, v in report.items()
+            if k == "ci" or (k not in skip and not isinstance(v, (dict, list)))}
 
 
 def _fmt(value) -> str:

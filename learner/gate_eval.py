@@ -13,13 +13,10 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from dynalign.dataset import read_rows, seed_path
-
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "eval"
 
 
 @dataclass
@@ -35,8 +32,7 @@ def gate_items(cfg) -> GateItems:
     heldout = [r["prompt"] for r in read_rows(seed_path(cfg)) if r.get("split") == "heldout"]
     checks = {}
     if gate.limit > 0:
-        checks["ifeval"] = ifeval.load_ifeval(gate.ifeval or SAMPLES / "ifeval_sample.jsonl",
-                                              gate.limit)
+        checks["ifeval"] = ifeval.load_ifeval(gate.ifeval or ifeval.SAMPLE_FILE, gate.limit)
         if gate.math:
             checks["math"] = exact.load_math(gate.math, gate.limit)
         if gate.mc:
@@ -88,7 +84,8 @@ def before_training(model, tokenizer, items: GateItems, cfg, has_parent: bool) -
     return {"active": active, "base_answers": base, "seconds": time.perf_counter() - start}
 
 
-def after_training(model, tokenizer, items: GateItems, cfg, before: dict, steps: list[dict]) -> dict:
+def after_training(model, tokenizer, items: GateItems, cfg, before: dict,
+                   steps: list[dict]) -> dict:
     from dynalign.endpoint import Endpoint
     from dynalign.evaluate import pairwise
 
@@ -138,7 +135,8 @@ def _user(prompt: str) -> list[dict]:
 
 
 def _mean_tokens(tokenizer, texts: list[str]) -> float:
-    return sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts) / max(1, len(texts))
+    tokens = [len(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+    return sum(tokens) / max(1, len(tokens))
 
 
 def _share(scores: list[float], at_least: float) -> float | None:

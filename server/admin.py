@@ -68,9 +68,11 @@ async def get_adapter(version: str, request: Request):
 async def activate_adapter(version: str, request: Request):
     """Promote or roll back to VERSION (or 'base'). A version the gate rejected needs
     {"force": true}: the operator overrides the gate, and the note says so."""
+    from server.gateway import read_object
+
     versions = _versions(request)
     number = parse_version(version)
-    force = (await _options(request)).get("force") is True
+    force = (await read_object(request, ' such as {"force": true}')).get("force") is True
     rejected = number is not None and versions.store.adapter(number)["status"] == "rejected"
     if rejected and not force:
         raise RequestError(f"version {number} was rejected by the gate; send "
@@ -87,8 +89,10 @@ async def activate_adapter(version: str, request: Request):
 async def rollback(request: Request):
     """Serve the version the active one was trained from (its parent; none: the base model), or
     {"to": VERSION | "base"}."""
+    from server.gateway import read_object
+
     versions = _versions(request)
-    to = (await _options(request)).get("to")
+    to = (await read_object(request, ' such as {"to": "base"}')).get("to")
     if to is not None:
         number = parse_version(str(to))
         if number is not None and versions.store.adapter(number)["status"] == "rejected":
@@ -107,18 +111,6 @@ async def _activate(versions: Versions, number: int | None) -> dict:
     await versions.activate(number)
     return {"active": public_name(versions.cfg, versions.active),
             "seconds": round(time.perf_counter() - start, 3)}
-
-
-async def _options(request: Request) -> dict:
-    """An optional JSON object body."""
-    from server.gateway import read_json
-
-    if not (await request.body()).strip():
-        return {}
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise RequestError("body must be a JSON object")
-    return body
 
 
 @router.get("/exchanges")

@@ -126,6 +126,16 @@ async def read_json(request: Request):
         raise RequestError(f"invalid JSON body: {e}") from None
 
 
+async def read_object(request: Request, what: str, required: bool = False) -> dict:
+    """A JSON object body (`what` names it in the error); an empty body is {} unless required."""
+    if not required and not (await request.body()).strip():
+        return {}
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise RequestError(f"body must be a JSON object{what}")
+    return body
+
+
 def _add_routes(app: FastAPI) -> None:
     @app.get("/health")
     async def health(request: Request):

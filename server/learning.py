@@ -19,7 +19,6 @@ from fastapi import APIRouter, Request
 
 from dynalign.config import Config
 from dynalign.rounds import round_view
-from server.validate import RequestError
 from server.versions import Versions
 
 router = APIRouter()
@@ -70,13 +69,10 @@ def versions_activator(versions: Versions, loop: asyncio.AbstractEventLoop):
 
 @router.post("/refresh", status_code=202)
 async def refresh(request: Request):
-    from server.gateway import read_json
+    from server.gateway import read_object
 
-    raw = await request.body()
-    overrides = (await read_json(request)) if raw.strip() else {}
-    if not isinstance(overrides, dict):
-        raise RequestError("body must be a JSON object of [learn] overrides, e.g. "
-                           '{"max_steps": 2, "prompts": 2}')
+    overrides = await read_object(request, ' of [learn] overrides, e.g. {"max_steps": 2, '
+                                  '"prompts": 2}')
     row = await asyncio.to_thread(request.app.state.rounds.trigger, "operator", overrides)
     return round_view(row)
 
@@ -110,11 +106,9 @@ async def set_schedule(request: Request):
     """{"interval_hours": H} | {"cron": "m h dom mon dow"} (+ "timezone") | {"off": true}: kept
     across restarts until DELETE /admin/schedule goes back to the config file's."""
     from learner.schedule import spec_from
-    from server.gateway import read_json
+    from server.gateway import read_object
 
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise RequestError('body must be a JSON object, e.g. {"interval_hours": 6}')
+    body = await read_object(request, ', e.g. {"interval_hours": 6}', required=True)
     spec = spec_from(body)
     return await asyncio.to_thread(request.app.state.schedule.set, spec)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dynalign.rounds import last_user_turn
+
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "data" / "figures"
 ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "note",
                    "win rate", "IFEval"]
@@ -136,8 +138,9 @@ def _loads(text):
 
 
 def last_user_message(messages) -> str:
-    users = [m for m in (_loads(messages) or []) if isinstance(m, dict) and m.get("role") == "user"]
-    return _content_text(users[-1].get("content")) if users else ""
+    """The turn a refresh round would train on (dynalign.rounds.last_user_turn), as shown."""
+    messages = _loads(messages)
+    return (last_user_turn(messages) or "") if isinstance(messages, list) else ""
 
 
 def answer_start(response) -> str:
