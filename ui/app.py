@@ -123,13 +123,15 @@ def build_app(api_url: str, model: str, api_key: str, max_tokens: int = MAX_TOKE
     import openai
 
     from ui.console import build_console
+    from ui.console_wire import wire_tab
 
     client = openai.OpenAI(base_url=api_url, api_key=api_key)
     with gr.Blocks(title="dynalign chat") as app, gr.Tabs(elem_id="tabs"):
-        with gr.Tab("Chat", elem_id="chat-tab"):
+        with gr.Tab("Chat", elem_id="chat-tab") as chat_tab:
             _chat_tab(gr, client, model, max_tokens)
-        with gr.Tab("Operator", elem_id="operator-tab"):
-            build_console(gr, api_url)
+        with gr.Tab("Operator", elem_id="operator-tab") as operator_tab:
+            console = build_console(gr, api_url)
+        wire_tab(gr, console, operator_tab, [chat_tab])
     return app
 
 

@@ -64,13 +64,11 @@ def _schedule_section(gr, c: dict) -> None:
 
 
 def _plots_section(gr, c: dict) -> None:
-    gr.Markdown("### Plots")
-    c["reload_plots"] = gr.Button("Reload plots", elem_id="reload-plots")
+    gr.Markdown("### Plots\nRedrawn when a round takes a step or a version changes.")
     with gr.Row():
-        c["reward_plot"] = gr.LinePlot(x="step", y="reward", color="round", title="Reward per step",
-                                       elem_id="reward-plot")
-        c["eval_plot"] = gr.BarPlot(x="version", y="value", color="metric",
-                                    title="Win rate and IFEval prompt_strict", elem_id="eval-plot")
+        c["reward_plot"] = gr.Plot(label="Reward per step", format="png", elem_id="reward-plot")
+        c["eval_plot"] = gr.Plot(label="Evaluation gate: scores per version", format="png",
+                                elem_id="eval-plot")
     with gr.Row():
         for path in views.figures():
             gr.Image(str(path), label=f"seed set: {path.stem}", elem_id=f"figure-{path.stem}",
@@ -94,8 +92,9 @@ def _exchanges_section(gr, c: dict) -> None:
     c["exchanges_msg"] = gr.Markdown(elem_id="exchanges-message")
 
 
-def build_console(gr, api_url: str) -> None:
-    """The console's components and events, inside the caller's Blocks (and tab)."""
+def build_console(gr, api_url: str) -> dict:
+    """The console's components and events, inside the caller's Blocks (and tab); returns the
+    components by name (ui/app.py pauses the console's timer while its tab is hidden)."""
     from ui.console_wire import wire
 
     key_state = gr.State("")
@@ -109,3 +108,4 @@ def build_console(gr, api_url: str) -> None:
             section(gr, c)
     c["console"] = console
     wire(gr, lambda k: Admin(api_url, k), c)
+    return c

@@ -11,7 +11,8 @@ from ui import console_views as views
 from ui.console_api import Admin, AdminError
 
 REJECTED_HINT = " Tick \"Force\" to activate it anyway."
-PLOT_ROUNDS = 10
+PLOT_ROUNDS = 10  # rounds in the reward plot
+ROUNDS_SEEN = 100  # rounds read for the adapters table and the scores plot
 
 
 def attempt(call, *args):
@@ -34,13 +35,20 @@ def exchanges_frame(rows: list[list]):
     return pd.DataFrame(rows, columns=views.EXCHANGE_COLUMNS)
 
 
-def adapters_view(admin: Admin) -> tuple[str, list[list]]:
-    """(the active-version text, the adapters table's rows)."""
+def snapshot(admin: Admin) -> dict:
+    """What the console shows of the server, in two calls: the adapters listing and the rounds.
+    On an API error: {"error": message} (the console shows it where the table would be)."""
     listing, error = attempt(admin.adapters)
-    if error:
-        return error, []
-    rounds, _ = attempt(admin.rounds, 100)
-    return views.active_text(listing), views.adapter_rows(listing["data"], (rounds or {}).get("data", []))
+    rounds, _ = (None, "") if error else attempt(admin.rounds, ROUNDS_SEEN)
+    return {"error": error, "adapters": (listing or {}).get("data", []), "listing": listing or {},
+            "rounds": (rounds or {}).get("data", [])}
+
+
+def adapters_view(snap: dict) -> tuple[str, list[list]]:
+    """(the active-version text, the adapters table's rows)."""
+    if snap["error"]:
+        return snap["error"], []
+    return views.active_text(snap["listing"]), views.adapter_rows(snap["adapters"], snap["rounds"])
 
 
 def login(admin: Admin) -> tuple[bool, str]:
@@ -75,9 +83,8 @@ def refresh(admin: Admin, overrides_text: str) -> str:
     return error or f"round {result['id']} started ({result['status']})"
 
 
-def progress(admin: Admin) -> str:
-    listing, error = attempt(admin.rounds, 20)
-    return error or views.progress_text(listing["data"])
+def progress(snap: dict) -> str:
+    return snap["error"] or views.progress_text(snap["rounds"])
 
 
 def cancel(admin: Admin) -> str:
@@ -108,12 +115,14 @@ def schedule_call(admin: Admin, call) -> str:
     return error or views.schedule_text(info)
 
 
-def plots(admin: Admin):
-    """(reward per step DataFrame, win rate / IFEval per version DataFrame)."""
-    listing, error = attempt(admin.rounds, 100)
-    rounds = [] if error else listing["data"]
-    detailed = [r for r in (attempt(admin.round, x["id"])[0] for x in rounds[:PLOT_ROUNDS]) if r]
-    return views.reward_frame(detailed), views.eval_frame(rounds)
+def plots(admin: Admin, snap: dict):
+    """(the reward-per-step figure of the recent rounds, the gate's scores per version figure)."""
+    from ui import console_plots
+
+    detailed, _ = attempt(admin.rounds, PLOT_ROUNDS, True)
+    series = views.reward_series((detailed or {}).get("data", []))
+    scores = views.version_scores(snap["rounds"], snap["adapters"])
+    return console_plots.reward_figure(series), console_plots.eval_figure(scores)
 
 
 def exchanges(admin: Admin, q: str, user: str, opt_out: str) -> tuple[list[list], str]:
@@ -130,6 +139,8 @@ def delete_exchange(admin: Admin, exchange_id) -> str:
     return error or f"deleted exchange {result['deleted']}"
 
 
-def signature(rows: list[list]) -> str:
-    """A table's rows as one string: the timer redraws a table only when this changes."""
-    return json.dumps(rows, default=str)
+def signature(snap: dict) -> str:
+    """What the console last drew, as one string: the timer redraws the table and the plots only
+    when it changes (a version, a status, a round's step)."""
+    rounds = [(r["id"], r.get("status"), (r.get("progress") or {}).get("step")) for r in snap["rounds"]]
+    return json.dumps([snap["error"], snap["listing"], rounds], default=str)

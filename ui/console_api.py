@@ -74,8 +74,9 @@ class Admin:
     def refresh(self, overrides: dict) -> dict:
         return self.call("POST", "/refresh", json=overrides)
 
-    def rounds(self, limit: int = 20) -> dict:
-        return self.call("GET", "/rounds", params={"limit": limit})
+    def rounds(self, limit: int = 20, steps: bool = False) -> dict:
+        params = {"limit": limit, **({"steps": "true"} if steps else {})}
+        return self.call("GET", "/rounds", params=params)
 
     def round(self, round_id: int) -> dict:
         return self.call("GET", f"/rounds/{round_id}")

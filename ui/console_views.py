@@ -7,17 +7,20 @@ that build DataFrames.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
+from dynalign.gate import CAPABILITY_KEYS
 from dynalign.rounds import last_user_turn
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "data" / "figures"
-ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "note",
-                   "win rate", "IFEval"]
+ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "steps",
+                   "reward", "win rate", "IFEval", "note (why rejected)"]
 EXCHANGE_COLUMNS = ["id", "created", "user", "opt-out", "version", "last user message",
                     "answer start"]
 # without widths Gradio squeezes short columns until their headers wrap letter by letter
-ADAPTER_WIDTHS = ["80px", "120px", "90px", "200px", "75px", "85px", "400px", "85px", "75px"]
+ADAPTER_WIDTHS = ["80px", "120px", "90px", "170px", "75px", "85px", "65px", "110px", "85px", "75px",
+                  "420px"]
 EXCHANGE_WIDTHS = ["60px", "200px", "100px", "80px", "130px", "360px", "300px"]
 ANSWER_START = 80
 OPEN_ROUND = ("queued", "running", "evaluating")
@@ -33,10 +36,19 @@ def _dig(data, *keys):
 
 
 def round_metrics(round_: dict) -> dict:
-    """The win rate and IFEval prompt_strict of a round's candidate (None when not measured)."""
+    """A round's candidate as its gate measured it: win rate vs the active version, and each
+    capability score (IFEval prompt_strict, math and mc accuracy); None where not measured."""
     gate_eval = _dig(round_, "summary", "gate_eval")
-    return {"win_rate": _dig(gate_eval, "pairwise", "win_rate"),
-            "ifeval": _dig(gate_eval, "capabilities", "ifeval", "candidate", "prompt_strict")}
+    scores = {"win_rate": _dig(gate_eval, "pairwise", "win_rate")}
+    for name, key in CAPABILITY_KEYS.items():
+        scores[name] = _dig(gate_eval, "capabilities", name, "candidate", key)
+    return scores
+
+
+def reward_text(summary: dict) -> str:
+    """A round's mean reward at its first and last step, e.g. "0.37 → 1.25"."""
+    first, last = summary.get("reward_first"), summary.get("reward_last")
+    return "" if first is None or last is None else f"{first:.2f} → {last:.2f}"
 
 
 def rounds_by_version(rounds: list[dict]) -> dict[int, dict]:
@@ -57,11 +69,21 @@ def adapter_rows(adapters: list[dict], rounds: list[dict]) -> list[list]:
     by_version = rounds_by_version(rounds)
     rows = []
     for a in sorted(adapters, key=lambda a: a["version"], reverse=True):
-        metrics = round_metrics(by_version.get(a["version"], {}))
-        rows.append([a["version"], a.get("name", ""), a.get("status", ""), a.get("created") or "",
+        round_ = by_version.get(a["version"], {})
+        metrics, summary = round_metrics(round_), round_.get("summary") or {}
+        rows.append([a["version"], a.get("name", ""), a.get("status", ""), _time(a.get("created")),
                      "" if a.get("parent") is None else a["parent"], a.get("source") or "",
-                     a.get("note") or "", _fmt(metrics["win_rate"]), _fmt(metrics["ifeval"])])
+                     summary.get("steps", ""), reward_text(summary), _fmt(metrics["win_rate"]),
+                     _fmt(metrics["ifeval"]), a.get("note") or ""])
     return rows
+
+
+def _time(stamp) -> str:
+    """An ISO time as "2026-11-22 20:38:34 UTC", to the second; "" for none."""
+    if not stamp:
+        return ""
+    when = datetime.fromisoformat(stamp)
+    return when.strftime("%Y-%m-%d %H:%M:%S") + (f" {when.tzname()}" if when.tzinfo else "")
 
 
 def active_text(listing: dict) -> str:
@@ -101,9 +123,29 @@ def open_round_id(rounds: list[dict]) -> int | None:
     return max(ids) if ids else None
 
 
+def spec_text(spec) -> str:
+    """A schedule spec in words: "every 6 h", "cron `0 3 * * *` (Europe/Paris)", "off"."""
+    if not spec:
+        return "off"
+    tz = f" ({spec['timezone']})" if spec.get("timezone") else ""
+    if "cron" in spec:
+        return f"cron `{spec['cron']}`{tz}"
+    return f"every {spec['interval_hours']:g} h{tz}"
+
+
+SOURCES = {"operator": "set here (kept across restarts)", "config": "from the config file"}
+
+
 def schedule_text(info: dict) -> str:
-    keys = ("spec", "source", "next_run", "last_fire", "last_result")
-    return "\n".join(f"- **{k}**: {info.get(k)}" for k in keys)
+    """The schedule as the operator reads it: what, where from, next run, last firing."""
+    last = info.get("last_fire")
+    fired = f"{_time(last)}: {info.get('last_result')}" if last else "never"
+    lines = [f"**Refresh schedule:** {spec_text(info.get('spec'))}, "
+             f"{SOURCES.get(info.get('source'), info.get('source'))}",
+             f"- next run: {_time(info.get('next_run')) or 'none'}", f"- last firing: {fired}"]
+    if info.get("source") == "operator":
+        lines.append(f"- the config file says: {spec_text(info.get('config'))}")
+    return "\n".join(lines)
 
 
 def schedule_body(mode: str, hours, cron: str, timezone: str) -> dict:
@@ -157,26 +199,36 @@ def exchange_rows(exchanges: list[dict]) -> list[list]:
              answer_start(e.get("response"))] for e in exchanges]
 
 
-def reward_frame(rounds_with_steps: list[dict]):
-    """Long DataFrame (round, step, reward) of the rounds' per-step rewards."""
-    import pandas as pd
+def reward_series(rounds_with_steps: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Each round's (step, mean reward) points, oldest round first, labelled "round N"."""
+    series = {}
+    for r in sorted(rounds_with_steps, key=lambda r: r["id"]):
+        points = [(s["step"], s["reward"]) for s in r.get("steps") or []
+                  if s.get("step") is not None and s.get("reward") is not None]
+        if points:
+            series[f"round {r['id']}"] = points
+    return series
 
-    rows = [{"round": str(r["id"]), "step": s["step"], "reward": s["reward"]}
-            for r in rounds_with_steps for s in r.get("steps") or []
-            if s.get("step") is not None and s.get("reward") is not None]
-    return pd.DataFrame(rows, columns=["round", "step", "reward"])
+
+def _side_scores(gate_eval: dict, side: str) -> dict:
+    return {name: _dig(gate_eval, "capabilities", name, side, key)
+            for name, key in CAPABILITY_KEYS.items()}
 
 
-def eval_frame(rounds: list[dict]):
-    """Long DataFrame (version, metric, value): win rate and IFEval prompt_strict per version."""
-    import pandas as pd
-
-    rows = []
+def version_scores(rounds: list[dict], adapters: list[dict]) -> list[dict]:
+    """Per version, oldest first: its status and the gate's scores of it (win rate and capability
+    scores as a candidate; a parent measured only as the active side, e.g. the base model, gets
+    its capability scores). Versions the gate never measured are left out."""
+    status = {a["version"]: a.get("status", "") for a in adapters}
+    scores: dict = {}
     for version, round_ in sorted(rounds_by_version(rounds).items()):
-        for metric, value in round_metrics(round_).items():
-            if value is not None:
-                rows.append({"version": f"v{version}", "metric": metric, "value": value})
-    return pd.DataFrame(rows, columns=["version", "metric", "value"])
+        gate_eval = _dig(round_, "summary", "gate_eval") or {}
+        parent = _dig(round_, "summary", "parent")
+        scores.setdefault(parent, {"version": parent, **_side_scores(gate_eval, "active")})
+        scores[version] = {"version": version, **round_metrics(round_)}
+    rows = [{**row, "status": status.get(row["version"], "base" if row["version"] is None else "")}
+            for row in scores.values() if any(v is not None for k, v in row.items() if k != "version")]
+    return sorted(rows, key=lambda row: -1 if row["version"] is None else row["version"])
 
 
 def figures(folder: Path = FIGURES_DIR) -> list[Path]:

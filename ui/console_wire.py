@@ -6,9 +6,10 @@ from __future__ import annotations
 from ui import console_actions as act
 
 
-def _adapters(admin_for, key, message: str = ""):
-    active, rows = act.adapters_view(admin_for(key))
-    return message, active, act.adapters_frame(rows), act.signature(rows)
+def _view(snap: dict, message: str = ""):
+    """The adapters part of the page for a snapshot: message, active text, table, signature."""
+    active, rows = act.adapters_view(snap)
+    return message, active, act.adapters_frame(rows), act.signature(snap)
 
 
 def _wire_login(gr, admin_for, c: dict) -> None:
@@ -16,42 +17,46 @@ def _wire_login(gr, admin_for, c: dict) -> None:
         admin = admin_for(key)
         ok, message = act.login(admin)
         if not ok:
-            return ("", message, gr.Column(visible=False), gr.Timer(active=False), gr.skip(),
-                    gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        _, active, table, sig = _adapters(admin_for, key)
-        reward, evals = act.plots(admin)
+            return ("", message, gr.Column(visible=False), gr.Timer(active=False),
+                    *[gr.skip()] * 7)
+        snap = act.snapshot(admin)
+        _, active, table, sig = _view(snap)
         return (key, message, gr.Column(visible=True), gr.Timer(active=True), active, table, sig,
-                act.schedule(admin), reward, evals)
+                act.progress(snap), act.schedule(admin), *act.plots(admin, snap))
 
     outputs = [c["key_state"], c["login_msg"], c["console"], c["timer"], c["active"], c["adapters"],
-               c["seen"], c["schedule"], c["reward_plot"], c["eval_plot"]]
+               c["seen"], c["progress"], c["schedule"], c["reward_plot"], c["eval_plot"]]
     gr.on([c["login"].click, c["key"].submit], login, [c["key"]], outputs, show_progress="hidden")
 
 
 def _wire_adapters(gr, admin_for, c: dict) -> None:
     outputs = [c["adapters_msg"], c["active"], c["adapters"], c["seen"]]
 
-    def activate(key, version, force):
-        return _adapters(admin_for, key, act.activate(admin_for(key), version, force))
+    def after(key, message: str = ""):
+        admin = admin_for(key)
+        return _view(act.snapshot(admin), message)
 
-    def rollback(key):
-        return _adapters(admin_for, key, act.rollback(admin_for(key)))
-
-    c["activate"].click(activate, [c["key_state"], c["version"], c["force"]], outputs)
-    c["rollback"].click(rollback, [c["key_state"]], outputs)
-    c["reload"].click(lambda key: _adapters(admin_for, key), [c["key_state"]], outputs)
+    c["activate"].click(lambda key, version, force: after(key, act.activate(admin_for(key), version, force)),
+                        [c["key_state"], c["version"], c["force"]], outputs)
+    c["rollback"].click(lambda key: after(key, act.rollback(admin_for(key))), [c["key_state"]], outputs)
+    c["reload"].click(after, [c["key_state"]], outputs)
 
 
 def _wire_rounds(gr, admin_for, c: dict) -> None:
     def tick(key, seen):
-        _, active, table, sig = _adapters(admin_for, key)
-        changed = sig != seen
-        return (act.progress(admin_for(key)), active if changed else gr.skip(),
-                table if changed else gr.skip(), sig)
+        """Every POLL_S: the round's progress; the table and plots only when something changed."""
+        admin = admin_for(key)
+        snap = act.snapshot(admin)
+        _, active, table, sig = _view(snap)
+        if sig == seen:
+            return act.progress(snap), *[gr.skip()] * 5
+        return act.progress(snap), active, table, sig, *act.plots(admin, snap)
 
     c["timer"].tick(tick, [c["key_state"], c["seen"]],
-                    [c["progress"], c["active"], c["adapters"], c["seen"]], show_progress="hidden")
-    c["refresh"].click(lambda key, text: (act.refresh(admin_for(key), text), act.progress(admin_for(key))),
+                    [c["progress"], c["active"], c["adapters"], c["seen"], c["reward_plot"],
+                     c["eval_plot"]], show_progress="hidden")
+    c["refresh"].click(lambda key, text: (act.refresh(admin_for(key), text),
+                                          act.progress(act.snapshot(admin_for(key)))),
                        [c["key_state"], c["overrides"]], [c["refresh_msg"], c["progress"]])
     c["cancel"].click(lambda key: act.cancel(admin_for(key)), [c["key_state"]], [c["refresh_msg"]])
 
@@ -69,9 +74,6 @@ def _wire_schedule(gr, admin_for, c: dict) -> None:
 
 
 def _wire_plots_and_exchanges(gr, admin_for, c: dict) -> None:
-    c["reload_plots"].click(lambda key: act.plots(admin_for(key)), [c["key_state"]],
-                            [c["reward_plot"], c["eval_plot"]])
-
     def search(key, q, user, opt_out, message=None):
         rows, found = act.exchanges(admin_for(key), q, user, opt_out)
         return act.exchanges_frame(rows), message or found
@@ -89,3 +91,10 @@ def wire(gr, admin_for, c: dict) -> None:
     for part in (_wire_login, _wire_adapters, _wire_rounds, _wire_schedule,
                  _wire_plots_and_exchanges):
         part(gr, admin_for, c)
+
+
+def wire_tab(gr, c: dict, console_tab, other_tabs) -> None:
+    """Poll only while the console's tab is shown (and someone logged in on this page)."""
+    console_tab.select(lambda key: gr.Timer(active=bool(key)), [c["key_state"]], [c["timer"]])
+    for tab in other_tabs:
+        tab.select(lambda: gr.Timer(active=False), None, [c["timer"]])

@@ -82,6 +82,12 @@ def console(browser, ui_server) -> Console:
     return Console(browser, ui_server.ui_url).open_console()
 
 
+def plot_drawn(console: Console, elem_id: str) -> bool:
+    """The gr.Plot shows a matplotlib image (a base64 PNG)."""
+    images = console.driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} img")
+    return any((i.get_attribute("src") or "").startswith("data:image/png") for i in images)
+
+
 def logged_in(console: Console) -> Console:
     console.log_in(ADMIN_KEY)
     console.shows("login-message", "logged in")
@@ -103,7 +109,8 @@ def test_b_right_key_shows_the_adapters_and_the_active_version(console, ui_serve
     table = console.driver.find_element(*css("adapters-table"))
     assert table.is_displayed() and "version" in table.text and "status" in table.text
     assert ui_server.active() == ui_server.base_name
-    console.shows("schedule-info", "spec")
+    console.shows("schedule-info", "Refresh schedule")
+    console.wait().until(lambda _: plot_drawn(console, "eval-plot"), "the empty scores chart")
     console.shot("active-version", "adapters")
 
 
@@ -121,9 +128,10 @@ def test_c_refresh_now_shows_progress_and_publishes_a_version(console, ui_server
     served = ui_server.active()
     assert served != ui_server.base_name
     console.shows("active-version", served)
+    assert "→" in console.text("adapters-table")  # the round's reward, first -> last step
     console.shot("active-version", "adapters_after_round")
-    console.click(css("reload-plots"))
-    console.wait_idle(120)
+    # the timer redrew the reward chart when the round took its step
+    console.wait().until(lambda _: plot_drawn(console, "reward-plot"), "the reward chart")
     console.shot("reward-plot", "plots")
 
 
@@ -172,17 +180,36 @@ def test_e_a_chat_exchange_is_listed_and_deleted(console, ui_server):
 
 def test_f_the_schedule_is_set_switched_off_and_reset(console, ui_server):
     logged_in(console)
-    console.shows("schedule-info", "source: config")
+    console.shows("schedule-info", "from the config file")
     console.fill("schedule-interval", "6")
     console.click(css("save-schedule"))
-    console.shows("schedule-info", "source: operator")
+    console.shows("schedule-info", "every 6 h, set here")
     assert ui_server.get("/admin/schedule").json()["source"] == "operator"
     console.click(css("schedule-off"))
-    console.wait().until(lambda _: ui_server.get("/admin/schedule").json()["next_run"] is None,
-                         "the schedule to be off")
+    console.shows("schedule-info", "off, set here")
+    assert ui_server.get("/admin/schedule").json()["next_run"] is None
     console.click(css("schedule-reset"))
-    console.shows("schedule-info", "source: config")
+    console.shows("schedule-info", "from the config file")
     assert ui_server.get("/admin/schedule").json()["source"] == "config"
+
+
+def test_f2_a_cron_schedule_in_a_timezone_and_a_bad_one(console, ui_server):
+    logged_in(console)
+    console.click((By.XPATH, '//*[@id="schedule-kind"]//label[normalize-space()="cron"]'))
+    console.fill("schedule-cron", "not a cron")
+    console.click(css("save-schedule"))
+    console.shows("schedule-info", "⚠️")
+    assert ui_server.get("/admin/schedule").json()["source"] == "config"  # nothing saved
+    console.fill("schedule-cron", "30 3 * * 1")
+    console.fill("schedule-timezone", "Europe/Paris")
+    console.click(css("save-schedule"))
+    console.shows("schedule-info", "cron 30 3 * * 1 (Europe/Paris), set here")
+    info = ui_server.get("/admin/schedule").json()
+    assert info["spec"] == {"cron": "30 3 * * 1", "timezone": "Europe/Paris"}
+    assert info["next_run"].endswith(("+01:00", "+02:00"))  # Paris time, on a Monday at 03:30
+    console.shot("schedule-info", "schedule")
+    console.click(css("schedule-reset"))
+    console.shows("schedule-info", "from the config file")
 
 
 def test_g_a_running_round_is_cancelled(console, ui_server):
@@ -194,3 +221,29 @@ def test_g_a_running_round_is_cancelled(console, ui_server):
     console.shows("refresh-message", "round 2: ")
     console.shows("round-progress", "round 2: status cancelled", timeout=ROUND_TIMEOUT_S)
     assert ui_server.get("/admin/rounds/2").json()["status"] == "cancelled"
+
+
+def test_h_a_gated_round_is_rejected_shown_with_why_and_forced_live(console, ui_server):
+    """A tiny gate on: 2 held-out prompts cannot give the 4 consistent judgments the gate needs,
+    so the candidate is rejected, whatever the model answers."""
+    logged_in(console)
+    gated = {**OVERRIDES, "gate.enabled": True, "gate.prompts": 2, "gate.limit": 2,
+             "gate.max_tokens": 16}
+    console.fill("refresh-overrides", json.dumps(gated))
+    console.click(css("refresh-now"))
+    console.shows("refresh-message", "round 3")
+    console.shows("round-progress", "round 3: status rejected", timeout=ROUND_TIMEOUT_S)
+    version = ui_server.get("/admin/rounds/3").json()["adapter_version"]
+    console.wait().until(lambda _: "rejected" in console.text("adapters-table"), "the rejected row")
+    assert "the judge was consistent on" in console.text("adapters-table")  # why, in its note
+    console.wait().until(lambda _: plot_drawn(console, "eval-plot"), "the scores chart")
+    console.shot("eval-plot", "eval_plot")
+    console.fill("activate-version", str(version))
+    console.click(css("activate"))
+    console.shows("adapters-message", 'Tick "Force"')
+    assert ui_server.active() == ui_server.base_name  # refused: nothing changed
+    console.click((By.CSS_SELECTOR, "#activate-force input"))
+    console.click(css("activate"))
+    console.shows("adapters-message", f"active: dynalign-v{version}")
+    console.shows("active-version", f"dynalign-v{version}")
+    assert ui_server.active() == f"dynalign-v{version}"

@@ -12,7 +12,8 @@ from ui.console_api import WRONG_KEY, Admin, AdminError, admin_url
 
 ROUNDS = [
     {"id": 1, "status": "promoted", "adapter_version": 1, "progress": {},
-     "summary": {"gate_eval": {"pairwise": {"win_rate": 0.6},
+     "summary": {"steps": 3, "reward_first": 0.5, "reward_last": 1.25, "parent": None,
+                 "gate_eval": {"pairwise": {"win_rate": 0.6},
                                "capabilities": {"ifeval": {"candidate": {"prompt_strict": 0.25},
                                                            "active": {"prompt_strict": 0.3}}}}}},
     {"id": 2, "status": "running", "adapter_version": None,
@@ -20,9 +21,9 @@ ROUNDS = [
      "summary": {}},
 ]
 ADAPTERS = [
-    {"version": 1, "name": "dynalign-v1", "status": "active", "created": "t1", "parent": None,
-     "source": "round", "note": "gate off"},
-    {"version": 2, "name": "dynalign-v2", "status": "rejected", "created": "t2", "parent": 1,
+    {"version": 1, "name": "dynalign-v1", "status": "active", "created": "2026-11-22T20:38:34.6+00:00",
+     "parent": None, "source": "round", "note": "gate off"},
+    {"version": 2, "name": "dynalign-v2", "status": "rejected", "created": None, "parent": 1,
      "source": "round", "note": "win rate 0.20 < 0.5"},
 ]
 
@@ -33,8 +34,10 @@ def test_admin_url_is_the_gateway_host_under_admin():
 
 def test_adapter_rows_newest_first_with_round_metrics():
     rows = views.adapter_rows(ADAPTERS, ROUNDS)
-    assert rows[0] == [2, "dynalign-v2", "rejected", "t2", 1, "round", "win rate 0.20 < 0.5", "", ""]
-    assert rows[1] == [1, "dynalign-v1", "active", "t1", "", "round", "gate off", "0.60", "0.25"]
+    assert rows[0] == [2, "dynalign-v2", "rejected", "", 1, "round", "", "", "", "",
+                       "win rate 0.20 < 0.5"]
+    assert rows[1] == [1, "dynalign-v1", "active", "2026-11-22 20:38:34 UTC", "", "round", 3,
+                       "0.50 → 1.25", "0.60", "0.25", "gate off"]
     assert len(views.ADAPTER_COLUMNS) == len(rows[0])
 
 
@@ -58,15 +61,44 @@ def test_exchange_rows():
                                           "x" * views.ANSWER_START]]
 
 
-def test_plot_frames():
-    rounds = [{**ROUNDS[0], "steps": [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.3}]}]
-    reward = views.reward_frame(rounds)
-    assert reward.to_dict("records") == [{"round": "1", "step": 1, "reward": 0.1},
-                                         {"round": "1", "step": 2, "reward": 0.3}]
-    assert views.eval_frame(ROUNDS).to_dict("records") == [
-        {"version": "v1", "metric": "win_rate", "value": 0.6},
-        {"version": "v1", "metric": "ifeval", "value": 0.25}]
-    assert list(views.reward_frame([]).columns) == ["round", "step", "reward"]
+def test_plot_data():
+    rounds = [{**ROUNDS[0], "steps": [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.3}]},
+              {"id": 2, "steps": [{"step": 1}]}]
+    assert views.reward_series(rounds) == {"round 1": [(1, 0.1), (2, 0.3)]}
+    # the base model measured as the active side of round 1, v1 as its candidate
+    assert views.version_scores(ROUNDS, ADAPTERS) == [
+        {"version": None, "ifeval": 0.3, "math": None, "mc": None, "status": "base"},
+        {"version": 1, "win_rate": 0.6, "ifeval": 0.25, "math": None, "mc": None, "status": "active"}]
+    assert views.version_scores(ROUNDS[1:], ADAPTERS) == []
+
+
+def test_figures_draw_points_bars_and_empty_states():
+    from ui import console_plots as plots
+
+    one_step = plots.reward_figure({"round 1": [(1, 3.1)]})
+    line = one_step.axes[0].lines[0]
+    assert line.get_marker() == "o" and one_step.axes[0].get_ylim()[1] >= 5
+    scores = plots.eval_figure(views.version_scores(ROUNDS, ADAPTERS))
+    assert [t.get_text() for t in scores.axes[0].get_xticklabels()] == ["base", "v1\nactive"]
+    assert len(scores.axes[0].patches) == 3  # base: IFEval; v1: win rate, IFEval
+    for empty in (plots.reward_figure({}), plots.eval_figure([])):
+        assert empty.axes[0].texts, "an empty chart says why it is empty"
+
+
+def test_signature_changes_with_a_round_step():
+    snap = {"error": "", "listing": {"active": "base"}, "adapters": [], "rounds": ROUNDS}
+    later = {**snap, "rounds": [ROUNDS[0], {**ROUNDS[1], "progress": {"step": 3}}]}
+    assert act.signature(snap) == act.signature(dict(snap)) != act.signature(later)
+
+
+def test_schedule_text():
+    info = {"spec": {"cron": "0 3 * * *", "timezone": "Europe/Paris"}, "source": "operator",
+            "config": None, "next_run": "2026-11-23T03:00:00+01:00", "last_fire": None}
+    text = views.schedule_text(info)
+    assert "cron `0 3 * * *` (Europe/Paris), set here" in text
+    assert "next run: 2026-11-23 03:00:00 UTC+01:00" in text and "last firing: never" in text
+    assert "the config file says: off" in text
+    assert views.spec_text({"interval_hours": 6.0, "timezone": None}) == "every 6 h"
 
 
 def test_schedule_body_and_overrides():
