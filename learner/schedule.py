@@ -25,6 +25,7 @@ from dynalign.store import Store, now
 
 log = logging.getLogger("dynalign.schedule")
 JOB = "refresh"
+CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab: 0 (and 7) = Sunday
 
 
 def spec_of(schedule: ScheduleConfig) -> dict | None:
@@ -35,10 +36,37 @@ def spec_of(schedule: ScheduleConfig) -> dict | None:
     return None
 
 
+def cron_trigger(cron: str, timezone) -> CronTrigger:
+    """A crontab(5) line as crontab means it. APScheduler 3's own from_crontab counts the day of
+    the week from Monday = 0, so "30 3 * * 1" would fire on Tuesdays; numeric days are given to
+    it as names instead (cron: 0 and 7 are Sunday)."""
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"a cron line has 5 fields (m h dom mon dow), got {len(fields)}")
+    minute, hour, day, month, dow = fields
+    return CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                       day_of_week=cron_days(dow), timezone=timezone)
+
+
+def cron_days(field: str) -> str:
+    """A crontab day-of-week field in APScheduler's words: "1-5" -> "mon,tue,wed,thu,fri"."""
+    if field == "*" or any(c.isalpha() for c in field):
+        return field  # names mean the same to both
+    days = set()
+    for item in field.split(","):
+        span, _, step = item.partition("/")
+        low, _, high = span.partition("-")
+        first, last = (0, 6) if span == "*" else (int(low), int(high or (7 if step else low)))
+        if not 0 <= first <= last <= 7:
+            raise ValueError(f"day of week {item!r} is not within 0-7")
+        days.update(d % 7 for d in range(first, last + 1, int(step or 1)))
+    return ",".join(CRON_DAYS[d] for d in sorted(days))
+
+
 def make_trigger(spec: dict, anchor: dt.datetime):
     try:
         if "cron" in spec:
-            return CronTrigger.from_crontab(spec["cron"], timezone=spec["timezone"])
+            return cron_trigger(spec["cron"], spec["timezone"])
         return IntervalTrigger(hours=spec["interval_hours"], start_date=anchor,
                                timezone=spec["timezone"])
     except (ValueError, KeyError) as e:

@@ -14,7 +14,7 @@ import pytest
 from dynalign.config import ScheduleConfig, load_config
 from dynalign.errors import ConfigError, RoundBusyError
 from dynalign.store import Store
-from learner.schedule import Schedule, first_run, make_trigger, spec_from, spec_of
+from learner.schedule import Schedule, first_run, make_trigger, next_after, spec_from, spec_of
 
 T0 = dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -229,3 +229,22 @@ def test_an_operator_can_switch_a_config_schedule_off_across_restarts():
     schedule.stop()
     first, info = _started(cfg, dt.datetime.now(dt.timezone.utc))
     assert first is None and info["spec"] is None and info["next_run"] is None
+
+
+@pytest.mark.parametrize("dow, weekdays", [
+    ("1", {0}), ("0", {6}), ("7", {6}), ("1-5", {0, 1, 2, 3, 4}), ("0,6", {5, 6}),
+    ("*/2", {6, 1, 3, 5}), ("5-7", {4, 5, 6}), ("mon-fri", {0, 1, 2, 3, 4}), ("*", set(range(7)))])
+def test_cron_days_mean_what_crontab_means(dow, weekdays):
+    """crontab: 0 and 7 are Sunday, 1 Monday (APScheduler 3's from_crontab reads 1 as Tuesday)."""
+    trigger = make_trigger({"cron": f"30 3 * * {dow}", "timezone": "UTC"}, T0)
+    fired, at = set(), T0
+    for _ in range(14):
+        at = next_after(trigger, at)
+        fired.add(at.weekday())  # Python: Monday = 0
+    assert fired == weekdays
+
+
+@pytest.mark.parametrize("cron", ["30 3 * * 8", "30 3 * * 5-2", "30 3 * *", "30 3 * * x-1"])
+def test_a_bad_cron_day_is_refused(cron):
+    with pytest.raises(ConfigError):
+        make_trigger({"cron": cron, "timezone": "UTC"}, T0)
