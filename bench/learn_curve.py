@@ -72,7 +72,8 @@ def run_round(server: Server, args) -> dict:
     row = server.admin("/refresh", overrides)
     while row["status"] not in ("promoted", "rejected", "failed", "cancelled"):
         time.sleep(5)  # a round takes minutes; this only paces the polling
-        row = httpx.get(f"{server.gateway}/admin/rounds/{row['id']}", timeout=30).json()
+        row = httpx.get(f"{server.gateway}/admin/rounds/{row['id']}", timeout=30,
+                        headers=server.admin_headers).json()
     if row["status"] != "promoted":
         raise RuntimeError(f"round ended {row['status']}: {row.get('error')}")
     return row

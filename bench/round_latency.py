@@ -53,7 +53,8 @@ def timed_chats(server: Server, k: int, n: int) -> list[float]:
 
 def round_row(server: Server, round_id: int) -> dict:
     import httpx
-    return httpx.get(f"{server.gateway}/admin/rounds/{round_id}", timeout=30).json()
+    return httpx.get(f"{server.gateway}/admin/rounds/{round_id}", timeout=30,
+                     headers=server.admin_headers).json()
 
 
 def during_round(server: Server, args, nice: int) -> list[float]:

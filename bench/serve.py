@@ -88,6 +88,8 @@ class Server:
         self.engine = f"http://127.0.0.1:{self.engine_port}/v1"
         env = {k: v for k, v in os.environ.items() if k not in (
             "DYNALIGN_HOME", "DYNALIGN_API_KEY", "DYNALIGN_ADMIN_KEY", "VLLM_CPU_KVCACHE_SPACE")}
+        env["DYNALIGN_ADMIN_KEY"] = f"bench-{os.urandom(16).hex()}"  # /admin always needs a key
+        self.admin_headers = {"Authorization": f"Bearer {env['DYNALIGN_ADMIN_KEY']}"}
         self.log = home / "serve.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -116,7 +118,8 @@ class Server:
 
     def admin(self, path: str, body: dict | None = None) -> dict:
         import httpx
-        r = httpx.post(f"{self.gateway}/admin{path}", json=body, timeout=600)
+        r = httpx.post(f"{self.gateway}/admin{path}", json=body, timeout=600,
+                       headers=self.admin_headers)
         if r.status_code >= 400:
             raise RuntimeError(f"POST /admin{path}: {r.status_code} {r.text[:300]}")
         return r.json()

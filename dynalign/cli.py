@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dynalign.cli_eval import add_parser as add_eval_parser
+from dynalign.cli_logs import add_parser as add_logs_parser
 from dynalign.config import load_config, resolved_toml
 from dynalign.errors import DynalignError
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parsers(sub)
     _round_parsers(sub)
     add_eval_parser(sub)
+    add_logs_parser(sub)
     return parser
 
 
@@ -121,6 +123,9 @@ def run(args) -> int | None:
     elif args.command == "eval":
         from dynalign.cli_eval import eval_command
         return eval_command(cfg, args)
+    elif args.command == "logs":
+        from dynalign.cli_logs import logs_command
+        return logs_command(cfg, args)
     elif args.command in ("refresh", "rounds", "learn"):
         from dynalign import cli_rounds
         return getattr(cli_rounds, f"{args.command}_command")(cfg, args)
@@ -198,19 +203,41 @@ def adapters_command(cfg, args) -> int:
 
 
 def admin_request(cfg, method: str, path: str, body=None, timeout: float = 600) -> dict:
-    """One call to the running gateway's admin API (key: DYNALIGN_ADMIN_KEY)."""
+    """One call to the running gateway's admin API, with the admin key (server.admin_key_env,
+    else server.admin_key_file: server/auth.py). Every dynalign command that talks to /admin
+    goes through here."""
     import httpx
 
-    base = f"http://{cfg.server.host}:{cfg.server.port}/admin"
-    key = os.environ.get("DYNALIGN_ADMIN_KEY")
+    from dynalign.keys import admin_key_path, read_admin_key
+
+    base = f"http://{_client_host(cfg.server.host)}:{cfg.server.port}/admin"
+    key = read_admin_key(cfg)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.request(method, base + path, json=body, headers=headers, timeout=timeout)
     except httpx.TransportError as e:
         raise DynalignError(f"cannot reach the gateway at {base}: {e}") from None
+    message = _error_message(response)
+    if response.status_code in (401, 403):
+        raise DynalignError(f"the server refused the admin key ({message}): set "
+                            f"{cfg.server.admin_key_env}, or check {admin_key_path(cfg)}")
     if response.status_code >= 400:
-        raise DynalignError(response.json().get("error", {}).get("message", response.text))
+        raise DynalignError(message)
     return response.json()
+
+
+def _client_host(host: str) -> str:
+    """Where a client on this machine reaches a gateway bound to `host`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+
+
+def _error_message(response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    error = body.get("error") if isinstance(body, dict) else body
+    return str(error.get("message") if isinstance(error, dict) else error)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ def learn_command(cfg, args) -> int:
     from learner.manager import RoundManager
     from learner.schedule import Schedule
 
+    admin_request(cfg, "GET", "/adapters")  # a wrong admin key fails now, not after a round
     manager = RoundManager(cfg, publish=http_publisher(cfg), activate=http_activator(cfg))
     manager.recover()
     if args.schedule:

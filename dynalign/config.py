@@ -46,6 +46,11 @@ class EngineConfig:
     pipeline_parallel_size: int = 1
     extra_args: list[str] = field(default_factory=list)  # passed verbatim to the vLLM server
     startup_timeout_s: float = 900.0
+    # When the engine dies the gateway answers 503 (code engine_restarting), restarts it and puts
+    # the active version back. More than max_restarts deaths within restart_window_s stop the
+    # whole service (exit code 1) for a supervisor to take over; 0 never restarts.
+    max_restarts: int = 3
+    restart_window_s: float = 600.0
 
 
 @dataclass
@@ -54,6 +59,10 @@ class ServerConfig:
     port: int = 8000
     max_n: int = 8  # largest `n` a chat request may ask for
     request_timeout_s: float = 600.0
+    # Keys are never in this file: these name where they are (server/auth.py).
+    api_keys_env: str = "DYNALIGN_API_KEY"  # chat keys, comma-separated; unset: open (loopback only)
+    admin_key_env: str = "DYNALIGN_ADMIN_KEY"  # the admin key; unset: admin_key_file
+    admin_key_file: str = ""  # "" = <state>/admin.key (created, mode 0600, on loopback)
 
 
 @dataclass
@@ -207,6 +216,15 @@ class EvalConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """What the exchange log keeps (server/exchange_log.py, dynalign/redact.py)."""
+
+    redact: bool = True  # e-mails, phones, card numbers, IPs, API keys -> [EMAIL] ... before storing
+    retention_days: int = 0  # delete exchanges older than this, daily with `dynalign serve`; 0 = keep
+    retention_hour: int = 4  # the hour (UTC, 0-23) of the daily retention run
+
+
+@dataclass
 class Config:
     state_dir: str = "state"  # DYNALIGN_HOME, when set, wins
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -218,6 +236,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     learn: LearnConfig = field(default_factory=LearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     @property
     def home(self) -> Path:

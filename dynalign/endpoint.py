@@ -14,6 +14,7 @@ import os
 import openai
 
 from dynalign.errors import EndpointError
+from dynalign.keys import first_key
 
 OPT_OUT_HEADER = {"X-Dynalign-Opt-Out": "1"}
 
@@ -26,7 +27,8 @@ class Endpoint:
         self.api_key_env = api_key_env
         self.temperature, self.max_tokens = temperature, max_tokens
         self.max_retries = max_retries
-        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        # a dynalign server's variable may list several keys: a client sends the first
+        key = first_key(os.environ.get(api_key_env)) if api_key_env else None
         self.client = openai.OpenAI(base_url=url, api_key=key or "none", max_retries=max_retries,
                                     timeout=timeout_s, default_headers=OPT_OUT_HEADER)
 

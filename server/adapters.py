@@ -7,6 +7,7 @@ The check reads only JSON: adapter_config.json and the safetensors header, so it
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import struct
@@ -35,11 +36,11 @@ def check_adapter(path: str | Path, base_path: str | Path, base_names: set[str],
                   max_rank: int | None = None) -> dict:
     """Raise AdapterError naming the first problem; return the adapter's config when it fits."""
     path = Path(path)
-    if not path.is_dir():
+    if not _is(path, "dir"):
         raise AdapterError(f"adapter folder not found: {path}")
     config = _read_json(path / "adapter_config.json")
-    if not (path / WEIGHTS).exists():
-        raise AdapterError(f"{path} has no {WEIGHTS}")
+    if not _is(path / WEIGHTS, "file"):
+        raise AdapterError(f"{path} has no {WEIGHTS} (a regular file)")
     _check_config(config, base_names, max_rank)
     base_config = _read_json(Path(base_path) / "config.json", required=BASE_KEYS)
     _check_shapes(_safetensors_shapes(path / WEIGHTS), module_shapes(base_config),
@@ -57,6 +58,9 @@ def _check_config(config: dict, base_names: set[str], max_rank: int | None) -> N
     rank = config.get("r")
     if not isinstance(rank, int) or rank <= 0:
         raise AdapterError(f"adapter_config.json has no valid rank r: {rank!r}")
+    alpha = config.get("lora_alpha", rank)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise AdapterError(f"adapter_config.json has no valid lora_alpha: {alpha!r}")
     if max_rank is not None and rank > max_rank:
         raise AdapterError(f"adapter rank {rank} exceeds engine.max_lora_rank {max_rank}")
     if config.get("modules_to_save"):
@@ -79,8 +83,13 @@ def _check_shapes(shapes: dict, expected: dict, layers: int, rank: int) -> None:
             raise AdapterError(f"{key} has shape {list(shape)}, expected {want} for this base model")
 
 
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U8": 1, "BOOL": 1}
+
+
 def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from the safetensors header: 8 bytes of length, then a JSON object."""
+    """Tensor shapes from the safetensors header: 8 bytes of length, then a JSON object; each
+    tensor's bytes must lie inside the file (a truncated file is refused here, not at merge)."""
     invalid = f"{path} is not a valid safetensors file"
     with open(path, "rb") as f:
         head = f.read(8)
@@ -92,17 +101,44 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
         except ValueError as e:
             raise AdapterError(f"{invalid}: {e}") from None
     entries = header.items() if isinstance(header, dict) else [(None, None)]
-    if not all(isinstance(v, dict) and isinstance(v.get("shape"), list)
-               for k, v in entries if k != "__metadata__"):
-        raise AdapterError(f"{invalid}: unexpected header layout")
-    return {k: v["shape"] for k, v in entries if k != "__metadata__"}
+    tensors = {k: v for k, v in entries if k != "__metadata__"}
+    data_bytes = path.stat().st_size - 8 - size
+    if not all(_fits(v, data_bytes) for v in tensors.values()):
+        raise AdapterError(f"{invalid}: unexpected header layout, or the file is truncated")
+    return {k: v["shape"] for k, v in tensors.items()}
+
+
+def _fits(entry, data_bytes: int) -> bool:
+    """A tensor entry with a known dtype, a shape, and offsets inside the data that match it."""
+    if not isinstance(entry, dict) or entry.get("dtype") not in DTYPE_BYTES:
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return False
+    if not (isinstance(offsets, list) and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)):
+        return False
+    begin, end = offsets
+    size = math.prod(shape) * DTYPE_BYTES[entry["dtype"]]
+    return 0 <= begin <= end <= data_bytes and end - begin == size
+
+
+def _is(path: Path, kind: str) -> bool:
+    """is_dir()/is_file(), False where the OS refuses the path (too long, ...). A FIFO or a
+    device is not a file here: reading one could block the registration forever."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except OSError:
+        return False
 
 
 def _read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
+    if not _is(path, "file"):
+        raise AdapterError(f"missing {path} (or not a regular file)")
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AdapterError(f"missing {path}") from None
+    except OSError as e:
+        raise AdapterError(f"cannot read {path}: {e.strerror}") from None
     except ValueError as e:
         raise AdapterError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
@@ -128,7 +164,10 @@ def merge_adapter(base_path: str, adapter_path: str | Path, target: Path) -> Non
 
     torch.set_num_threads(1)  # the engine keeps the other core
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16)
-    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    try:  # the folder passed check_adapter, but peft reads more of it than the check does
+        merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise AdapterError(f"peft cannot load the adapter: {type(e).__name__}: {e}") from None
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)

@@ -68,6 +68,8 @@ def engine_env(cfg: Config, mode: str) -> dict:
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.engine.kv_cache_gib))
     env.setdefault("VLLM_CACHE_ROOT", str(cfg.home / "cache" / "vllm"))
     env["VLLM_SERVER_DEV_MODE"] = "1"  # /pause, /collective_rpc: loopback only
+    for name in (cfg.server.api_keys_env, cfg.server.admin_key_env):
+        env.pop(name, None)  # the engine needs no key (and gets no --api-key: argv is public)
     if mode == "lora":
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if Path(cfg.model_path).exists():
@@ -100,11 +102,15 @@ class EngineProcess:
             start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, abandon=lambda: False) -> None:
+        """Until the engine answers /health; RuntimeError if it exits, times out, or `abandon()`
+        turns true (the service is stopping)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"engine exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            if abandon():
+                raise RuntimeError("engine start abandoned: the service is stopping")
             if self._healthy():
                 return
             time.sleep(0.5)  # polling a child process that gives no readiness signal

@@ -8,9 +8,6 @@ finished exchange to the SQLite writer thread. Admin routes live in server/admin
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
-import os
 import time
 from contextlib import asynccontextmanager
 
@@ -25,15 +22,18 @@ from dynalign.errors import (DynalignError, RoundBusyError, RoundError, UnknownR
                              UnknownVersionError)
 from dynalign.store import Store
 from server import learning
+from server.auth import Keys, load_keys, require_admin_key, require_chat_key
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
-from server.validate import Limits, RequestError, validate_chat
+from server.supervisor import STREAM_CUT_EVENT, EngineSupervisor, EngineUnavailable
+from server.validate import Limits, RequestError, parse_json, validate_chat
 from server.versions import Target, Versions, public_name
 
 VERSION_HEADER = "X-Dynalign-Version"
 
 
-def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None) -> FastAPI:
+def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
+               keys: Keys | None = None, engine_status: EngineSupervisor | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
@@ -42,17 +42,21 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None) -> FastAP
             app.state.store = Store(cfg.db_path)
             app.state.versions = Versions(cfg, mode, EngineClient(engine_url, http), app.state.store)
             await app.state.versions.startup()
-            app.state.log = ExchangeLog(cfg.db_path)
+            app.state.log = ExchangeLog(cfg.db_path, redact=cfg.privacy.redact)
+            app.state.retention = learning.start_retention(cfg)
             app.state.rounds, app.state.schedule = learning.start(cfg, app.state.versions)
             if on_ready:
                 on_ready(app)
             yield
             learning.stop(app.state.rounds, app.state.schedule)
+            learning.stop_retention(app.state.retention)
             app.state.log.close()
             app.state.store.close()
 
     app = FastAPI(title="dynalign gateway", lifespan=lifespan)
     app.state.cfg = cfg
+    app.state.engine_status = engine_status  # None: not supervised (always taken as up)
+    app.state.keys = keys if keys is not None else load_keys(cfg)
     app.state.prompt_logprobs_lock = asyncio.Lock()
     app.state.started = int(time.time())
     app.state.limits = Limits(cfg.server.max_n, cfg.model.max_model_len, mode == "lora")
@@ -73,7 +77,8 @@ def error_response(status: int, message: str, type: str, code: str | None = None
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(request, e: RequestError):
-        return JSONResponse(e.body(), status_code=e.status)
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
     @app.exception_handler(DynalignError)
     async def dynalign_error(request, e: DynalignError):
@@ -96,34 +101,28 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def params_error(request, e: RequestValidationError):
         return error_response(400, f"invalid parameters: {e.errors()}", "invalid_request_error")
 
+    @app.exception_handler(EngineUnavailable)
+    async def engine_unavailable(request, e: EngineUnavailable):
+        return e.response()
+
     @app.exception_handler(httpx.TransportError)
     async def engine_down(request, e: httpx.TransportError):
+        status = request.app.state.engine_status
+        if status is not None and status.state != "up":  # it died under this request
+            return EngineUnavailable(status.state).response()
         return error_response(503, f"engine unavailable: {e!r}", "engine_unavailable")
 
 
-def _check_key(request: Request, env: str) -> None:
-    expected = os.environ.get(env)
-    if not expected:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise RequestError("invalid or missing API key", status=401, code="invalid_api_key",
-                           type="authentication_error")
-
-
 def api_key(request: Request) -> None:
-    _check_key(request, "DYNALIGN_API_KEY")
+    require_chat_key(request)  # server/auth.py
 
 
 def admin_key(request: Request) -> None:
-    _check_key(request, "DYNALIGN_ADMIN_KEY")
+    require_admin_key(request)
 
 
 async def read_json(request: Request):
-    try:
-        return json.loads(await request.body())
-    except ValueError as e:
-        raise RequestError(f"invalid JSON body: {e}") from None
+    return parse_json(await request.body())
 
 
 async def read_object(request: Request, what: str, required: bool = False) -> dict:
@@ -141,8 +140,14 @@ def _add_routes(app: FastAPI) -> None:
     async def health(request: Request):
         versions: Versions = request.app.state.versions
         up = await versions.engine.healthy()
-        body = {"status": "ok" if up else "engine_down", "engine": up, "swap": versions.mode,
-                "active": public_name(versions.cfg, versions.active)}
+        supervised = request.app.state.engine_status
+        engine = supervised.info() if supervised else {}
+        up = up and engine.get("engine_state", "up") == "up"
+        status = "ok" if up else ("engine_restarting" if engine.get("engine_state") == "restarting"
+                                  else "engine_down")
+        body = {"status": status, "engine": up, "swap": versions.mode,
+                "active": public_name(versions.cfg, versions.active), **engine,
+                "log": request.app.state.log.status()}  # write failures: server/exchange_log.py
         return JSONResponse(body, status_code=200 if up else 503)
 
     @app.get("/v1/models", dependencies=[Depends(api_key)])
@@ -157,6 +162,8 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/chat/completions", dependencies=[Depends(api_key)])
     async def chat(request: Request):
+        if request.app.state.engine_status is not None:
+            request.app.state.engine_status.check()  # 503 while the engine restarts
         body = await read_json(request)
         validate_chat(body, request.app.state.limits)
         versions: Versions = request.app.state.versions
@@ -194,7 +201,7 @@ async def forward_chat(request: Request, body: dict, target: Target):
     if response.status_code != 200:
         return Response(response.content, response.status_code, media_type="application/json")
     content = response.content.replace(*rename)
-    _finish(state, record, status="ok", content=content)
+    await state.log.committed(_finish(state, record, status="ok", content=content))  # kill -9 safe
     return Response(content, media_type="application/json",
                     headers={VERSION_HEADER: target.public_name})
 
@@ -237,10 +244,13 @@ async def _stream(state, url, payload, record, rename, wants_usage):
                     if event.strip() == b"data: [DONE]":
                         # everything is delivered: the openai client hangs up on reading [DONE],
                         # possibly before the engine's stream ends, and that is not an abort
-                        status = "ok"
+                        status = "ok"  # logged and committed before [DONE] goes out: kill -9 safe
+                        await state.log.committed(_finish(state, record, "ok", events=events))
                     if wants_usage or b'"choices":[]' not in event:
                         yield event.replace(*rename) + b"\n\n"
             status = "ok"
+        except httpx.TransportError:  # the engine died mid-answer: say so in-band, then end
+            yield STREAM_CUT_EVENT
         finally:
             await response.aclose()
             _finish(state, record, status=status, events=events)
@@ -249,7 +259,10 @@ async def _stream(state, url, payload, record, rename, wants_usage):
                              headers={VERSION_HEADER: record["model_served"]})
 
 
-def _finish(state, record: dict, status: str, content: bytes = b"", events=None) -> None:
+def _finish(state, record: dict, status: str, content: bytes = b"", events=None):
+    """Hand the exchange to the log writer, once; returns the future of its commit."""
+    if "start" not in record:
+        return None  # handed over already (a stream's [DONE])
     record["latency_ms"] = (time.perf_counter() - record.pop("start")) * 1000
     record["mixed_versions"] = record.pop("epoch") != state.versions.weights_epoch
-    state.log.submit({**record, "status": status, "content": content, "events": events})
+    return state.log.submit({**record, "status": status, "content": content, "events": events})

@@ -1,7 +1,9 @@
 """`dynalign serve`: engine, gateway and UI, started together and stopped together.
 
 The engine and the UI are child processes in their own process groups; Ctrl-C (or SIGTERM) stops
-the gateway gracefully, then both groups. Children also get SIGTERM if this process dies.
+the gateway gracefully, then both groups. Children also get SIGTERM if this process dies. An engine
+that dies is restarted while the gateway answers 503 (server/supervisor.py); too many deaths stop
+the service with exit code 1.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import threading
 
 import uvicorn
 
 from dynalign.config import Config
 from dynalign.model import prepare
+from server.auth import prepare_keys, ui_env
 from server.engine import EngineProcess, _die_with_parent, swap_mode
 from server.gateway import create_app
+from server.supervisor import EngineSupervisor
 from server.versions import public_name
 
 
@@ -27,7 +30,7 @@ def start_ui(cfg: Config) -> subprocess.Popen | None:
     cmd = [sys.executable, "-m", "ui.app", "--api-url", cfg.gateway_url,
            "--host", cfg.ui.host, "--port", str(cfg.ui.port)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+                            start_new_session=True, preexec_fn=_die_with_parent, env=ui_env(cfg))
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
@@ -54,35 +57,35 @@ def banner(cfg: Config, mode: str):
     return on_ready
 
 
-def watch_engine(engine: EngineProcess, server: uvicorn.Server) -> None:
-    """If the engine dies, stop the gateway too (exit code 1) rather than answer 503 forever:
-    a supervisor (systemd, a container runtime) can then restart the whole service."""
-    def watch() -> None:
-        engine.proc.wait()
-        if not server.should_exit:
-            print(f"engine exited unexpectedly:\n{engine.log_tail()}", file=sys.stderr, flush=True)
-            server.should_exit = True
-    threading.Thread(target=watch, daemon=True, name="engine-watch").start()
+def on_ready(cfg: Config, mode: str, supervisor: EngineSupervisor):
+    """Once the gateway is up: the banner, and the engine's supervision begins."""
+    def ready(app) -> None:
+        banner(cfg, mode)(app)
+        supervisor.watch(app)
+    return ready
 
 
 def serve(cfg: Config) -> int:
+    keys = prepare_keys(cfg)  # refuses open doors off loopback (server/auth.py)
     (cfg.home / "logs").mkdir(parents=True, exist_ok=True)
     prepare(cfg)
     mode = swap_mode(cfg)
     engine = EngineProcess(cfg, mode)
+    supervisor = EngineSupervisor(cfg, engine)
     ui = None
     try:
         print(f"starting the vLLM engine (log: {engine.log_path}) ...", flush=True)
         engine.start()
         ui = start_ui(cfg)
         engine.wait_ready(cfg.engine.startup_timeout_s)
-        app = create_app(cfg, mode, engine.url, on_ready=banner(cfg, mode))
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.server.host, port=cfg.server.port,
-                                               log_level="warning", timeout_graceful_shutdown=5))
-        watch_engine(engine, server)
+        app = create_app(cfg, mode, engine.url, on_ready=on_ready(cfg, mode, supervisor),
+                         engine_status=supervisor, keys=keys)
+        supervisor.server = uvicorn.Server(uvicorn.Config(
+            app, host=cfg.server.host, port=cfg.server.port, log_level="warning",
+            timeout_graceful_shutdown=5))  # its should_exit: how supervision stops the service
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
-            server.run()
-        return 0 if engine.proc.poll() is None else 1
+            supervisor.server.run()
+        return 1 if supervisor.gave_up else 0
     finally:
         stop(ui)
-        engine.stop()
+        supervisor.close()

@@ -6,6 +6,7 @@ OpenAI-style error body. The engine re-checks what needs the tokenizer (prompt l
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -28,6 +29,26 @@ class Limits:
     max_n: int = 8
     max_model_len: int = 2048
     lora_enabled: bool = False
+
+
+def parse_json(raw: bytes):
+    """Strict JSON, or a RequestError: invalid UTF-8, NaN/Infinity, nesting deeper than the parser
+    goes, and lone surrogates ("\\ud800", which cannot be re-encoded to forward) are all refused."""
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise RequestError("invalid JSON body: nested too deeply") from None
+    except UnicodeEncodeError:
+        raise RequestError("invalid JSON body: a string holds a lone surrogate "
+                           "(\\ud800-\\udfff without its pair)") from None
+    except ValueError as e:
+        raise RequestError(f"invalid JSON body: {e}") from None
+    return body
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def validate_chat(body, limits: Limits) -> None:

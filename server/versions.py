@@ -71,6 +71,15 @@ class Versions:
                 await self._ensure_loaded(version)
         self.active = version
 
+    async def reopen(self, wait_ready) -> None:
+        """After the engine died and a fresh one was started: `wait_ready` (blocking, in a
+        thread) until it answers, then the startup path puts the active version back into it.
+        Registrations and activations wait (the lock) until it is there."""
+        async with self.lock:
+            await asyncio.to_thread(wait_ready)
+            self.loaded.clear()  # the new engine holds no adapter yet
+            await self.startup()
+
     def base_names(self) -> set[str]:
         return {self.cfg.model_name, self.cfg.model_path, Path(self.cfg.model_path).name}
 

@@ -68,7 +68,8 @@ class Server:
     model_path: str
     output_path: Path
     ui_port: int | None = None  # the Gradio UI's port; None: started with --no-ui
-    admin_key: str | None = None  # DYNALIGN_ADMIN_KEY of the server; None: no admin auth
+    admin_key: str | None = None  # its admin key: DYNALIGN_ADMIN_KEY, or the <state>/admin.key it made
+    api_key: str | None = None  # DYNALIGN_API_KEY (chat keys, comma-separated); None: chat is open
     tree: list[psutil.Process] = field(default_factory=list)
     stopped: StopResult | None = None
 
@@ -92,19 +93,24 @@ class Server:
         return self.home / "dynalign.db"
 
     def client(self, timeout: float = 300) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=timeout)
+        key = self.api_key.split(",")[0] if self.api_key else "x"
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=timeout)
 
     def cli(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
         """`dynalign --config <this server's config file> ...` as a user runs it."""
         return subprocess.run([sys.executable, "-m", "dynalign.cli", "--config",
                                str(self.home.parent / "dynalign.toml"), *args],
-                              capture_output=True, text=True, timeout=timeout, env=server_env(),
+                              capture_output=True, text=True, timeout=timeout,
+                              env=server_env(self.admin_key, self.api_key),
                               cwd=self.home.parent, stdin=subprocess.DEVNULL)
 
+    @property
+    def admin_headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
     def _auth(self, kwargs: dict) -> dict:
-        """The admin key as a bearer token (when the server has one and no headers are given)."""
-        if self.admin_key is not None and "headers" not in kwargs:
-            kwargs["headers"] = {"Authorization": f"Bearer {self.admin_key}"}
+        """The admin key as a bearer token, unless the call gives its own Authorization."""
+        kwargs["headers"] = {**self.admin_headers, **kwargs.get("headers", {})}
         return kwargs
 
     def get(self, path: str, **kwargs) -> httpx.Response:
@@ -132,6 +138,10 @@ class Server:
         return sum(values) if values else None
 
     wait_for = staticmethod(wait_for)
+
+    def refresh_tree(self) -> None:
+        """Re-read its process tree (after the engine was restarted), for stop() to check."""
+        self.tree = _tree(self.proc)
 
     # the SQLite log
     def query(self, sql: str, params=()) -> list[dict]:
@@ -210,22 +220,28 @@ def _describe(p: psutil.Process) -> str:
         return str(p.pid)
 
 
-def server_env(admin_key: str | None = None) -> dict:
-    """The environment of a server: no auth, unless `admin_key` (DYNALIGN_ADMIN_KEY) is given."""
+def server_env(admin_key: str | None = None, api_key: str | None = None) -> dict:
+    """The environment of a server (or of the CLI talking to it): DYNALIGN_ADMIN_KEY and
+    DYNALIGN_API_KEY only when given (no admin key: the server makes <state>/admin.key)."""
     env = dict(os.environ)
     for key in ("DYNALIGN_HOME", "DYNALIGN_API_KEY", "DYNALIGN_ADMIN_KEY"):
-        env.pop(key, None)  # the config file's state_dir must win; no auth on these servers
+        env.pop(key, None)  # the config file's state_dir must win; only the keys given here
     if admin_key is not None:
         env["DYNALIGN_ADMIN_KEY"] = admin_key
+    if api_key is not None:
+        env["DYNALIGN_API_KEY"] = api_key
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
 def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
-                 admin_key: str | None = None) -> Server:
+                 admin_key: str | None = None, engine_settings: str = "",
+                 api_key: str | None = None) -> Server:
     """`dynalign serve` in `root`, ready: its /health answers (and its UI's page, with `ui`);
-    with `admin_key`, its admin API asks for that key."""
+    its admin key is `admin_key` (DYNALIGN_ADMIN_KEY), else the <state>/admin.key it creates;
+    with `api_key` (DYNALIGN_API_KEY) its chat API asks for a key; `engine_settings`: more TOML
+    lines of its [engine] section ("max_restarts = 1\n")."""
     home = root / "state"
     port, engine_port = free_port(), free_port()
     ui_port = free_port() if ui else None
@@ -235,7 +251,7 @@ def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
     config.write_text(
         f'state_dir = "{home}"\n\n'
         f'[model]\npath = "{model_path}"\n\n'
-        f'[engine]\nport = {engine_port}\nswap = "{mode}"\nkv_cache_gib = 1\n\n'
+        f'[engine]\nport = {engine_port}\nswap = "{mode}"\nkv_cache_gib = 1\n{engine_settings}\n'
         f'[server]\nport = {port}\n\n'
         f'{ui_section}'
         # Rounds on these servers test training and publishing; the gate (which would reject
@@ -246,10 +262,10 @@ def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
         proc = subprocess.Popen(
             [sys.executable, "-m", "dynalign.cli", "--config", str(config), "serve",
              *([] if ui else ["--no-ui"])],
-            cwd=root, env=server_env(admin_key), stdout=out, stderr=subprocess.STDOUT,
+            cwd=root, env=server_env(admin_key, api_key), stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
     server = Server(proc, mode, port, engine_port, home, model_path, output_path, ui_port,
-                    admin_key=admin_key)
+                    admin_key=admin_key, api_key=api_key)
     started = time.monotonic()
     try:
         def answers(url: str):
@@ -264,6 +280,7 @@ def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
             return ready
         wait_for(answers(f"{server.url}/health"), STARTUP_TIMEOUT_S, f"{mode} server /health",
                  interval=0.5)
+        server.admin_key = admin_key or (home / "admin.key").read_text().strip()
         if ui:
             wait_for(answers(f"{server.ui_url}/"), STARTUP_TIMEOUT_S, f"{mode} server's UI page",
                      interval=0.5)
@@ -286,11 +303,11 @@ def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
 
 
 def run_server(tmp_path_factory, model_path: str, mode: str, ui: bool = False,
-               admin_key: str | None = None):
+               admin_key: str | None = None, api_key: str | None = None):
     """A fixture body: yield a started server, then stop it and check that SIGINT stopped all of it."""
     name = f"{mode}-ui-server" if ui else f"{mode}-server"
     server = start_server(tmp_path_factory.mktemp(name), model_path, mode, ui=ui,
-                          admin_key=admin_key)
+                          admin_key=admin_key, api_key=api_key)
     try:
         yield server
     finally:

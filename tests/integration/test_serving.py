@@ -257,7 +257,8 @@ def test_stream_options_of_the_wrong_type_get_a_400(merged, options):
     ("GET", "/v1/nope", 404), ("GET", "/v1/chat/completions", 405),
     ("GET", "/admin/exchanges?limit=abc", 400)])
 def test_framework_errors_have_the_openai_shape(merged, openai_error, method, path, status):
-    response = httpx.request(method, f"{merged.url}{path}", timeout=60)
+    response = httpx.request(method, f"{merged.url}{path}", timeout=60,
+                             headers=merged.admin_headers)
     assert response.status_code == status
     assert openai_error(response)["message"]
 

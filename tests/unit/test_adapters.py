@@ -1,6 +1,7 @@
 """server.adapters.check_adapter against a tiny fake Llama-style base (config.json only)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -217,4 +218,34 @@ def test_adapter_config_not_an_object_rejected(tmp_path, base):
     path = _adapter(tmp_path)
     (path / "adapter_config.json").write_text("[1, 2]")
     with pytest.raises(AdapterError, match="JSON object"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+# what reached the merge (or the OS) before and came back as a 500
+def test_truncated_weights_rejected(tmp_path, base):
+    path = _adapter(tmp_path)
+    weights = path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(AdapterError, match="truncated"):
+        check_adapter(path, base, BASE_NAMES)
+
+
+@pytest.mark.parametrize("alpha", ["abc", None, True, [16]])
+def test_invalid_alpha_rejected(tmp_path, base, alpha):
+    with pytest.raises(AdapterError, match="lora_alpha"):
+        check_adapter(_adapter(tmp_path, config={"lora_alpha": alpha}), base, BASE_NAMES)
+
+
+def test_a_path_the_os_refuses_is_not_found(tmp_path, base):
+    with pytest.raises(AdapterError, match="not found"):
+        check_adapter(tmp_path / ("a" * 5000), base, BASE_NAMES)
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors"])
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_non_regular_file_is_refused_without_reading_it(tmp_path, base, name, kind):
+    path = _adapter(tmp_path)
+    (path / name).unlink()
+    os.mkfifo(path / name) if kind == "fifo" else (path / name).mkdir()
+    with pytest.raises(AdapterError, match="regular file"):
         check_adapter(path, base, BASE_NAMES)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.validate import Limits, RequestError, validate_chat
+from server.validate import Limits, RequestError, parse_json, validate_chat
 
 LIMITS = Limits(max_n=4, max_model_len=512, lora_enabled=False)
 LORA = Limits(max_n=4, max_model_len=512, lora_enabled=True)
@@ -163,3 +163,23 @@ def test_rejects_bad_stream_options(options):
 
 def test_accepts_stream_options_object():
     validate_chat(_body(stream=True, stream_options={"include_usage": True}), Limits())
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"content": "a\\ud800b"}', "lone surrogate"),
+    (b'{"content": "\\udc00"}', "lone surrogate"),
+    (b'{"temperature": NaN}', "NaN"),
+    (b'{"repetition_penalty": -Infinity}', "Infinity"),
+    (b'{"content": "\xff\xfe"}', "utf-8"),
+    (b'{"messages": [', "invalid JSON")])
+def test_parse_json_refuses_what_cannot_be_forwarded(raw, words):
+    """Each of these was a 500 before: RecursionError, or httpx failing to re-encode the body."""
+    with pytest.raises(RequestError, match=words) as e:
+        parse_json(raw)
+    assert e.value.status == 400
+
+
+def test_parse_json_keeps_a_surrogate_pair_and_nul():
+    assert parse_json(b'{"c": "\\ud83d\\ude00 \\u0000"}') == {"c": "\U0001F600 \x00"}
+
