@@ -93,6 +93,12 @@ def m006_schedule_source(db):
     db["schedule"].add_column("source", str)
 
 
+@migration
+def m007_exchanges_user_index(db):
+    """`dynalign logs export|delete --user` look exchanges up by user."""
+    db["exchanges"].create_index(["user"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -151,6 +157,38 @@ class Store:
         with self.db.conn:
             return self.db.execute("delete from exchanges where id = ?",
                                    [exchange_id]).rowcount == 1
+
+    def log_exchanges(self, rows: list[dict]) -> None:
+        """Several exchanges in one transaction: all of them are written, or none is."""
+        rows = [{"created": now(), **{k: _jsonable(v) for k, v in r.items()}} for r in rows]
+        columns = sorted({k for r in rows for k in r})
+        sql = (f"insert into exchanges ({', '.join(f'[{c}]' for c in columns)}) "
+               f"values ({', '.join('?' * len(columns))})")
+        with self.db.conn:
+            self.db.conn.executemany(sql, [[r.get(c) for c in columns] for r in rows])
+
+    def user_exchanges(self, user: str):
+        """Every exchange logged for `user`, oldest first (an iterator: exports may be large)."""
+        return self.db["exchanges"].rows_where("user = ?", [user], order_by="id")
+
+    def delete_exchanges(self, user: str | None = None, before: str | None = None) -> int:
+        """Delete the exchanges of `user` and/or created before the ISO time `before`; returns
+        how many. Deleted text is overwritten in the file (secure_delete), and the WAL is
+        checkpointed so old copies do not linger there either (as far as readers allow)."""
+        where, params = _delete_filter(user, before)
+        self.db.execute("pragma secure_delete = on")
+        with self.db.conn:
+            count = self.db.execute(f"delete from exchanges where {where}", params).rowcount
+        self.db.execute("pragma wal_checkpoint(truncate)")
+        return count
+
+    def purge_exchanges(self, days: float, at: dt.datetime | None = None,
+                        user: str | None = None) -> int:
+        """Retention: delete exchanges (of `user`, if given) older than `days` days before `at`
+        (default: now)."""
+        at = at or dt.datetime.now(dt.timezone.utc)
+        cutoff = (at - dt.timedelta(days=days)).isoformat(timespec="milliseconds")
+        return self.delete_exchanges(user=user, before=cutoff)
 
     # adapters
     def add_adapter(self, path: str, *, base_model: str, rank: int, version: int | None = None,
@@ -247,6 +285,13 @@ class Store:
 
     def save_schedule_state(self, name: str = "refresh", **fields) -> None:
         self.db["schedule"].upsert({"name": name, **fields}, pk="name")
+
+
+def _delete_filter(user: str | None, before: str | None) -> tuple[str, list]:
+    if user is None and before is None:
+        raise ValueError("delete_exchanges needs a user or a time: it never deletes everything")
+    where = [w for w, v in (("user = ?", user), ("created < ?", before)) if v is not None]
+    return " and ".join(where), [v for v in (user, before) if v is not None]
 
 
 def _jsonable(value):

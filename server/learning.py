@@ -3,7 +3,8 @@
 POST /admin/refresh            start a round now; the body may override [learn] keys for this
                                round only ({"max_steps": 2, "prompts": 2}); 202 with the round,
                                409 (code round_in_progress) while another round is open
-GET  /admin/rounds             recent rounds with live progress, and the schedule
+GET  /admin/rounds             recent rounds with live progress, and the schedule (?limit=20;
+                               ?steps=true adds each round's per-step metrics)
 GET  /admin/rounds/{id}        one round: progress (step i of N, ETA, reward), summary, per-step
                                metrics, the config it ran with
 POST /admin/rounds/{id}/cancel stop a queued or running round
@@ -14,14 +15,17 @@ PUT  /admin/schedule           an operator's schedule (kept across restarts); DE
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request
 
 from dynalign.config import Config
+from dynalign.errors import ConfigError
 from dynalign.rounds import round_view
 from server.versions import Versions
 
 router = APIRouter()
+log = logging.getLogger("dynalign.retention")
 
 
 def start(cfg: Config, versions: Versions):
@@ -42,6 +46,42 @@ def start(cfg: Config, versions: Versions):
 def stop(rounds, schedule) -> None:
     schedule.stop()
     rounds.shutdown()
+
+
+def start_retention(cfg: Config):
+    """[privacy] retention_days > 0: a daily job (at retention_hour UTC, and once now, catching
+    up on a day missed while down) deletes logged exchanges older than that. None when off."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    if cfg.privacy.retention_days <= 0:
+        return None
+    if not 0 <= cfg.privacy.retention_hour <= 23:
+        raise ConfigError(f"privacy.retention_hour must be 0-23, got {cfg.privacy.retention_hour}")
+    scheduler = BackgroundScheduler(timezone="UTC")
+    trigger = CronTrigger(hour=cfg.privacy.retention_hour, timezone="UTC")
+    scheduler.add_job(purge_old_exchanges, trigger, args=[cfg], id="retention", coalesce=True,
+                      max_instances=1, misfire_grace_time=None)
+    scheduler.add_job(purge_old_exchanges, args=[cfg], id="retention-now", max_instances=1)
+    scheduler.start()
+    return scheduler
+
+
+def stop_retention(scheduler) -> None:
+    if scheduler is not None:
+        scheduler.shutdown(wait=False)
+
+
+def purge_old_exchanges(cfg: Config) -> int:
+    from contextlib import closing
+
+    from dynalign.store import Store
+
+    with closing(Store(cfg.db_path)) as store:
+        count = store.purge_exchanges(cfg.privacy.retention_days)
+    log.warning("retention: deleted %d exchange(s) older than %s days", count,
+                cfg.privacy.retention_days)
+    return count
 
 
 def versions_publisher(versions: Versions, loop: asyncio.AbstractEventLoop):
@@ -78,10 +118,12 @@ async def refresh(request: Request):
 
 
 @router.get("/rounds")
-async def list_rounds(request: Request, limit: int = 20):
-    store = request.app.state.store
+async def list_rounds(request: Request, limit: int = 20, steps: bool = False):
+    """The newest `limit` rounds; with steps=true each also carries its per-step metrics."""
+    store, home = request.app.state.store, request.app.state.cfg.home
     rows = store.rounds(limit=min(max(limit, 1), 500))
-    return {"data": [round_view(r) for r in rows], "schedule": request.app.state.schedule.info()}
+    views = [round_view(r, home / "rounds" / f"{r['id']:04d}" if steps else None) for r in rows]
+    return {"data": views, "schedule": request.app.state.schedule.info()}
 
 
 @router.get("/rounds/{round_id}")

@@ -1,0 +1,99 @@
+"""Privacy and the exchange log on the real server (gateway + vLLM CPU engine, swap "merged"):
+redaction before storing, opt-out kept out of training data, a completed exchange committed before
+its response ends, and a failing disk that neither stops serving nor loses what was served.
+
+The failing disk is real: RLIMIT_FSIZE 0 on the gateway process (prlimit, as root or as its user)
+makes every file write of that process fail with EFBIG, which SQLite reports as "disk I/O error" -
+the same failure path as ENOSPC ("database or disk is full"). Lifting the limit is the disk
+recovering. (chmod cannot make a file read-only for root, which these tests run as.)
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import closing
+
+import psutil
+import pytest
+
+from dynalign.store import Store
+
+pytestmark = pytest.mark.slow
+
+SECRET = ("My e-mail is jo.doe@example.com, phone +44 20 7946 0958, card 4111 1111 1111 1111, "
+          "server 192.168.10.20, key sk-proj-abcdEFGH1234ijklMNOP5678. Say OK.")
+
+
+def tag() -> str:
+    return f"p-{uuid.uuid4().hex[:12]}"
+
+
+def chat(server, user: str, stream: bool = False, **kwargs) -> str:
+    create = server.client().chat.completions.create
+    args = dict(model="dynalign", messages=[{"role": "user", "content": SECRET}], max_tokens=8,
+                temperature=0, extra_headers={"X-Dynalign-User": user, **kwargs.pop("headers", {})},
+                **kwargs)
+    if not stream:
+        return create(**args).choices[0].message.content
+    return "".join(c.choices[0].delta.content or "" for c in create(stream=True, **args)
+                   if c.choices)
+
+
+def test_stored_text_is_redacted_and_nothing_raw_reaches_the_files(merged):
+    user = tag()
+    assert chat(merged, user) is not None
+    [row] = merged.rows_for(user)  # no waiting: committed before the response ended
+    assert json.loads(row["messages"])[0]["content"] == (
+        "My e-mail is [EMAIL], phone [PHONE], card [CARD], server [IP], key [KEY]. Say OK.")
+    assert row["client_id"] == "[IP]"  # the client's address (no X-Client-Id)
+    stored = b"".join(p.read_bytes() for p in merged.home.glob("dynalign.db*"))
+    for raw in (b"jo.doe@example.com", b"7946 0958", b"4111 1111", b"192.168.10.20", b"sk-proj-"):
+        assert raw not in stored
+
+
+@pytest.mark.parametrize("how", ["store-false", "header"])
+def test_opted_out_exchanges_are_logged_but_never_training_data(merged, how):
+    user, kept = tag(), tag()
+    extra = ({"extra_body": {"store": False}} if how == "store-false"
+             else {"headers": {"X-Dynalign-Opt-Out": "1"}})
+    chat(merged, user, **extra)
+    chat(merged, kept)
+    [out], [normal] = merged.rows_for(user), merged.rows_for(kept)
+    assert out["opt_out"] == 1 and normal["opt_out"] == 0
+    with closing(Store(merged.db_path)) as store:
+        training = {r["id"] for r in store.training_exchanges(0)}  # what a round may train on
+    assert normal["id"] in training and out["id"] not in training
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_every_completed_exchange_is_in_sqlite_when_its_response_ends(merged, stream):
+    for _ in range(4):
+        user = tag()
+        chat(merged, user, stream=stream)
+        rows = merged.rows_for(user)  # read at once, from another process: no polling
+        assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+
+
+def test_a_failing_disk_does_not_stop_serving_and_loses_nothing(merged):
+    gateway = psutil.Process(merged.proc.pid)
+    soft, hard = gateway.rlimit(psutil.RLIMIT_FSIZE)
+    users = [tag() for _ in range(4)]
+    gateway.rlimit(psutil.RLIMIT_FSIZE, (0, hard))  # every file write of the gateway fails now
+    try:
+        answers = [chat(merged, user, stream=i % 2 == 1) for i, user in enumerate(users)]
+        assert all(a is not None for a in answers)  # served all the same
+        health = merged.get("/health")
+        assert health.status_code == 200, health.text
+        log = health.json()["log"]
+        assert log["ok"] is False and log["pending"] == 4 and log["failed"] >= 1, log
+        assert log["error"] and log["since"], log
+        assert all(merged.rows_for(user) == [] for user in users)
+    finally:
+        gateway.rlimit(psutil.RLIMIT_FSIZE, (soft, hard))  # the disk recovers
+    merged.wait_for(lambda: merged.get("/health").json()["log"]["ok"], 60, "the log to recover")
+    assert merged.get("/health").json()["log"]["pending"] == 0
+    for user in users:
+        [row] = merged.rows_for(user)
+        assert row["status"] == "ok" and "[EMAIL]" in row["messages"]
+    assert merged.proc.poll() is None

@@ -1,0 +1,131 @@
+"""Deleting and exporting logged exchanges: `dynalign logs export|delete` (a subprocess, as a user
+runs it, on the state dir's SQLite) and retention ([privacy] retention_days on a daily job)."""
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dynalign.config import load_config
+from dynalign.errors import ConfigError
+from dynalign.store import Store
+from server.learning import start_retention, stop_retention
+
+DAY = dt.timedelta(days=1)
+
+
+def _run(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "dynalign.cli", "logs", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _log(store: Store, user: str | None, text: str, age_days: float = 0) -> int:
+    created = (dt.datetime.now(dt.timezone.utc) - age_days * DAY).isoformat(timespec="milliseconds")
+    return store.log_exchange({
+        "created": created, "user": user, "messages": [{"role": "user", "content": text}],
+        "response": [{"index": 0, "content": f"answer to {text}", "finish_reason": "stop"}],
+        "params": {"max_tokens": 8}, "status": "ok", "opt_out": 0})
+
+
+@pytest.fixture
+def store():
+    store = Store(load_config().db_path)
+    _log(store, "alice", "alice one", age_days=40)
+    _log(store, "bob", "bob one", age_days=40)
+    _log(store, "alice", "alice two")
+    _log(store, None, "nobody")
+    store.db.execute("pragma wal_checkpoint(truncate)")  # the text is in the main file now
+    yield store
+    store.close()
+
+
+def _texts(store: Store) -> list[str]:
+    return [json.loads(r["messages"])[0]["content"] for r in store.exchanges()][::-1]
+
+
+def test_export_a_users_exchanges_as_jsonl(store, tmp_path):
+    out = _run("export", "--user", "alice", "--out", str(tmp_path / "alice.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert "2 exchange(s) of user 'alice'" in out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "alice.jsonl").read_text().splitlines()]
+    assert [r["messages"][0]["content"] for r in rows] == ["alice one", "alice two"]
+    assert rows[0]["response"][0]["content"] == "answer to alice one"
+    assert rows[0]["params"] == {"max_tokens": 8} and rows[0]["user"] == "alice"
+    assert {"id", "created", "opt_out", "status"} <= set(rows[0])
+
+
+def test_export_to_stdout_and_of_an_unknown_user(store):
+    out = _run("export", "--user", "bob")
+    assert [json.loads(line)["messages"][0]["content"] for line in out.stdout.splitlines()] == [
+        "bob one"]
+    out = _run("export", "--user", "nobody-at-all")
+    assert out.returncode == 0 and out.stdout == "" and "0 exchange(s)" in out.stderr
+
+
+def test_delete_a_user_leaves_no_trace_in_the_files(store):
+    out = _run("delete", "--user", "alice")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "deleted 2 exchange(s) of user 'alice'"
+    assert _texts(store) == ["bob one", "nobody"]
+    home = load_config().home
+    stored = b"".join(p.read_bytes() for p in home.glob("dynalign.db*"))
+    assert b"alice one" not in stored and b"alice two" not in stored  # secure_delete
+    assert b"bob one" in stored
+
+
+def test_delete_older_than_and_both_filters(store):
+    out = _run("delete", "--older-than", "30", "--user", "bob")
+    assert out.stdout.strip() == "deleted 1 exchange(s) of user 'bob' older than 30 days"
+    assert _texts(store) == ["alice one", "alice two", "nobody"]
+    out = _run("delete", "--older-than", "30")
+    assert out.stdout.strip() == "deleted 1 exchange(s) older than 30 days"
+    assert _texts(store) == ["alice two", "nobody"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["delete"], "needs --user ID and/or --older-than DAYS"),
+    (["delete", "--older-than", "-1"], "--older-than must be 0 or more days"),
+])
+def test_delete_errors(store, args, message):
+    out = _run(*args)
+    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
+    assert len(_texts(store)) == 4
+
+
+def test_no_log_yet_is_a_clear_error():
+    out = _run("export", "--user", "alice")
+    assert out.returncode == 1
+    assert "error: no exchange log at" in out.stderr and "Traceback" not in out.stderr
+    assert not load_config().db_path.exists()  # nothing created by looking
+
+
+def test_purge_exchanges_at_a_given_time(store):
+    at = dt.datetime.now(dt.timezone.utc) + 20 * DAY
+    assert store.purge_exchanges(50, at=at) == 2  # the 40-day-old ones are 60 days old then
+    assert _texts(store) == ["alice two", "nobody"]
+    with pytest.raises(ValueError):
+        store.delete_exchanges()  # never everything
+
+
+def test_retention_runs_at_start_and_daily_at_its_hour(store):
+    cfg = load_config(overrides={"privacy.retention_days": 30, "privacy.retention_hour": 5})
+    scheduler = start_retention(cfg)
+    try:
+        deadline = time.monotonic() + 30
+        while _texts(store) != ["alice two", "nobody"]:
+            assert time.monotonic() < deadline, f"retention did not run: {_texts(store)}"
+            time.sleep(0.05)
+        daily = scheduler.get_job("retention").next_run_time
+        assert (daily.hour, daily.minute) == (5, 0) and daily.utcoffset() == dt.timedelta(0)
+    finally:
+        stop_retention(scheduler)
+
+
+def test_retention_off_and_a_bad_hour():
+    assert start_retention(load_config()) is None  # retention_days = 0: keep forever
+    cfg = load_config(overrides={"privacy.retention_days": 7, "privacy.retention_hour": 24})
+    with pytest.raises(ConfigError, match="retention_hour"):
+        start_retention(cfg)
