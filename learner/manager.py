@@ -163,9 +163,9 @@ class RoundManager:
                 row = store.round(round_id)
                 if row["cancel_requested"]:
                     store.update_round(round_id, status="cancelled")
-                elif rc != 0:  # the learner's own message when it left one, else its log's end
+                elif rc != 0:
                     store.update_round(round_id, status="failed",
-                                       error=row["error"] or _tail(folder / "learner.log"))
+                                       error=_exit_error(rc, row, folder / "learner.log"))
                 else:
                     self._publish(store, cfg, row)
             except Exception as e:  # noqa: BLE001 (recorded on the round, see docstring)
@@ -239,6 +239,18 @@ def _kill_group(pid: int | None) -> None:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def _exit_error(rc: int, row: dict, log_path: Path) -> str:
+    """Why the learner failed: the signal that killed it (the OOM killer, an operator's kill -9),
+    else its own message when it left one, else its log's end."""
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.valid_signals() else f"signal {-rc}"
+        hint = " (the out-of-memory killer?)" if rc == -signal.SIGKILL else ""
+        tail = _tail(log_path, 5)
+        return (f"the learner (pid {row['pid']}) was killed by {name}{hint}; nothing was "
+                f"published." + (f" Its log ends:\n{tail}" if tail else ""))
+    return row["error"] or _tail(log_path)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
