@@ -332,3 +332,12 @@ def resolve_base_model(tmp_path_factory) -> str:
         mp.delenv("DYNALIGN_HOME", raising=False)  # it would override state_dir
         cfg = load_config(empty, overrides={"state_dir": str(REPO / "state")})
         return str(prepare(cfg).resolve())
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (or is a zombie nobody has reaped yet)."""
+    try:
+        p = psutil.Process(pid)
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

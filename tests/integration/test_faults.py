@@ -22,6 +22,8 @@ import uuid
 import psutil
 import pytest
 
+from helpers.live_server import gone
+
 pytestmark = pytest.mark.slow
 
 ROUND_TIMEOUT = 1800  # s: loading torch/TRL, the step, merging the adapter; a busy 2-core box
@@ -60,14 +62,6 @@ def wait_end(server, round_id: int) -> dict:
 
 def listing(server) -> list[tuple]:
     return [(r["version"], r["status"]) for r in ok(server.get("/admin/adapters"))["data"]]
-
-
-def gone(pid: int) -> bool:
-    try:
-        p = psutil.Process(pid)
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def greedy(server, user: str | None = None, stream: bool = False):

@@ -27,6 +27,7 @@ import pytest
 
 from dynalign.dataset import SEED_FILE, read_rows
 from dynalign.rewards import WORD, brevity
+from helpers.live_server import gone
 
 pytestmark = pytest.mark.slow
 
@@ -104,14 +105,6 @@ def chat(server, text: str, headers: dict | None = None, max_tokens: int = 16, *
     return server.client().chat.completions.create(
         model="dynalign", messages=[{"role": "user", "content": text}], max_tokens=max_tokens,
         extra_headers={"X-Dynalign-User": tag(), **(headers or {})}, **kwargs)
-
-
-def gone(pid: int) -> bool:
-    try:
-        p = psutil.Process(pid)
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def free_port() -> int:
