@@ -161,7 +161,7 @@ def test_d_roll_back_serves_the_base_model_again(console, ui_server):
 def test_e_a_chat_exchange_is_listed_and_deleted(console, ui_server):
     token = uuid.uuid4().hex[:12]
     console.click(CHAT_TAB)
-    console.type(f"Say hi. (ref {token})")
+    console.type(f"Say hi. (ref {token}) Write to me at jane.doe@example.com")
     console.press_enter()
     rows = ui_server.wait_for(
         lambda: ui_server.query("select id from exchanges where messages like ?", (f"%{token}%",)),
@@ -173,6 +173,9 @@ def test_e_a_chat_exchange_is_listed_and_deleted(console, ui_server):
     console.click(css("exchanges-search"))
     console.shows("exchanges-table", token)
     console.shows("exchanges-message", "1 exchange(s)")
+    # as stored: redacted before it was written
+    assert "[EMAIL]" in console.text("exchanges-table")
+    assert "jane.doe" not in console.text("exchanges-table")
     console.shot("exchanges-filter", "logged_prompts")
     console.fill("exchange-id", str(exchange_id))
     console.click(css("delete-exchange"))
