@@ -107,7 +107,7 @@ def set_schedule(admin: Admin, mode: str, hours, cron: str, timezone: str) -> st
     except (TypeError, ValueError) as exc:
         return f"⚠️ schedule: {exc}"
     info, error = attempt(admin.set_schedule, body)
-    return error or views.schedule_text(info)
+    return f"{error}\n\n{schedule(admin)}" if error else views.schedule_text(info)
 
 
 def schedule_call(admin: Admin, call) -> str:

@@ -127,10 +127,10 @@ def spec_text(spec) -> str:
     """A schedule spec in words: "every 6 h", "cron `0 3 * * *` (Europe/Paris)", "off"."""
     if not spec:
         return "off"
+    if "cron" not in spec:
+        return f"every {spec['interval_hours']:g} h"  # an interval is the same in every timezone
     tz = f" ({spec['timezone']})" if spec.get("timezone") else ""
-    if "cron" in spec:
-        return f"cron `{spec['cron']}`{tz}"
-    return f"every {spec['interval_hours']:g} h{tz}"
+    return f"cron `{spec['cron']}`{tz}"
 
 
 SOURCES = {"operator": "set here (kept across restarts)", "config": "from the config file"}

@@ -98,7 +98,7 @@ def test_schedule_text():
     assert "cron `0 3 * * *` (Europe/Paris), set here" in text
     assert "next run: 2026-11-23 03:00:00 UTC+01:00" in text and "last firing: never" in text
     assert "the config file says: off" in text
-    assert views.spec_text({"interval_hours": 6.0, "timezone": None}) == "every 6 h"
+    assert views.spec_text({"interval_hours": 6.0, "timezone": "UTC"}) == "every 6 h"
 
 
 def test_schedule_body_and_overrides():
