@@ -222,7 +222,9 @@ def version_scores(rounds: list[dict], adapters: list[dict]) -> list[dict]:
     status = {a["version"]: a.get("status", "") for a in adapters}
     scores: dict = {}
     for version, round_ in sorted(rounds_by_version(rounds).items()):
-        gate_eval = _dig(round_, "summary", "gate_eval") or {}
+        gate_eval = _dig(round_, "summary", "gate_eval")
+        if not gate_eval:  # a round the gate did not measure says nothing of either side
+            continue
         parent = _dig(round_, "summary", "parent")
         scores.setdefault(parent, {"version": parent, **_side_scores(gate_eval, "active")})
         scores[version] = {"version": version, **round_metrics(round_)}

@@ -70,6 +70,10 @@ def test_plot_data():
         {"version": None, "ifeval": 0.3, "math": None, "mc": None, "status": "base"},
         {"version": 1, "win_rate": 0.6, "ifeval": 0.25, "math": None, "mc": None, "status": "active"}]
     assert views.version_scores(ROUNDS[1:], ADAPTERS) == []
+    # a round without the gate first (its base side unmeasured) does not hide the base's scores
+    ungated = {"id": 1, "status": "promoted", "adapter_version": 1, "summary": {"parent": None}}
+    gated = {**ROUNDS[0], "id": 2, "adapter_version": 2}
+    assert [row["version"] for row in views.version_scores([ungated, gated], ADAPTERS)] == [None, 2]
 
 
 def test_figures_draw_points_bars_and_empty_states():
