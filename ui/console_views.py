@@ -21,7 +21,7 @@ EXCHANGE_COLUMNS = ["id", "created", "user", "opt-out", "version", "last user me
 # without widths Gradio squeezes short columns until their headers wrap letter by letter
 ADAPTER_WIDTHS = ["80px", "120px", "90px", "170px", "75px", "85px", "65px", "110px", "85px", "75px",
                   "420px"]
-EXCHANGE_WIDTHS = ["60px", "200px", "100px", "80px", "130px", "360px", "300px"]
+EXCHANGE_WIDTHS = ["60px", "170px", "100px", "80px", "130px", "360px", "300px"]
 ANSWER_START = 80
 OPEN_ROUND = ("queued", "running", "evaluating")
 
@@ -194,7 +194,7 @@ def answer_start(response) -> str:
 
 def exchange_rows(exchanges: list[dict]) -> list[list]:
     """The logged prompts table."""
-    return [[e["id"], e.get("created") or "", e.get("user") or "", "yes" if e.get("opt_out") else "no",
+    return [[e["id"], _time(e.get("created")), e.get("user") or "", "yes" if e.get("opt_out") else "no",
              e.get("model_served") or "", last_user_message(e.get("messages")),
              answer_start(e.get("response"))] for e in exchanges]
 

@@ -51,13 +51,13 @@ def test_progress_text_of_running_and_finished_rounds():
 
 
 def test_exchange_rows():
-    row = {"id": 7, "created": "t", "user": "u", "opt_out": 1, "version": None,
+    row = {"id": 7, "created": "2026-11-22T22:34:37.724+00:00", "user": "u", "opt_out": 1, "version": None,
            "model_served": "SmolLM2-135M-Instruct",
            "messages": json.dumps([{"role": "user", "content": "a"},
                                    {"role": "assistant", "content": "b"},
                                    {"role": "user", "content": [{"type": "text", "text": "last"}]}]),
            "response": json.dumps([{"content": "x" * 200, "finish_reason": "length"}])}
-    assert views.exchange_rows([row]) == [[7, "t", "u", "yes", "SmolLM2-135M-Instruct", "last",
+    assert views.exchange_rows([row]) == [[7, "2026-11-22 22:34:37 UTC", "u", "yes", "SmolLM2-135M-Instruct", "last",
                                           "x" * views.ANSWER_START]]
 
 
