@@ -59,6 +59,7 @@ class ServerConfig:
     port: int = 8000
     max_n: int = 8  # largest `n` a chat request may ask for
     request_timeout_s: float = 600.0
+    max_body_mb: float = 4.0  # larger request bodies get 413 (128k tokens of text are ~0.5 MiB)
     # Keys are never in this file: these name where they are (server/auth.py).
     api_keys_env: str = "DYNALIGN_API_KEY"  # chat keys, comma-separated; unset: open (loopback only)
     admin_key_env: str = "DYNALIGN_ADMIN_KEY"  # the admin key; unset: admin_key_file

@@ -121,13 +121,24 @@ def admin_key(request: Request) -> None:
     require_admin_key(request)
 
 
+async def read_body(request: Request) -> bytes:
+    """The request body, or 413 past `server.max_body_mb` (refused on its Content-Length before
+    anything is read, when the client sends one)."""
+    limit = int(request.app.state.cfg.server.max_body_mb * 2**20)
+    declared = request.headers.get("content-length", "")
+    if (declared.isdigit() and int(declared) > limit) or len(body := await request.body()) > limit:
+        raise RequestError(f"request body over {request.app.state.cfg.server.max_body_mb:g} MiB "
+                           "(server.max_body_mb)", status=413, code="request_too_large")
+    return body
+
+
 async def read_json(request: Request):
-    return parse_json(await request.body())
+    return parse_json(await read_body(request))
 
 
 async def read_object(request: Request, what: str, required: bool = False) -> dict:
     """A JSON object body (`what` names it in the error); an empty body is {} unless required."""
-    if not required and not (await request.body()).strip():
+    if not required and not (await read_body(request)).strip():
         return {}
     body = await read_json(request)
     if not isinstance(body, dict):
