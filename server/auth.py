@@ -20,9 +20,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from starlette.requests import Request
+
 from dynalign.config import Config
-from dynalign.keys import admin_key_path, first_key, read_admin_key, split_keys
 from dynalign.errors import ConfigError
+from dynalign.keys import admin_key_path, first_key, read_admin_key, split_keys
 from server.validate import RequestError
 
 BEARER_HINT = "send it as the header 'Authorization: Bearer KEY'"
@@ -108,7 +110,7 @@ def _check_private(path: Path) -> None:
         raise ConfigError(f"{path} can be read by other users: chmod 600 {path}")
 
 
-def bearer(request) -> str | None:
+def bearer(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
@@ -125,7 +127,7 @@ def _unauthorized(message: str) -> RequestError:
     return RequestError(message, status=401, code="invalid_api_key", type="authentication_error")
 
 
-def require_chat_key(request) -> None:
+def require_chat_key(request: Request) -> None:
     """FastAPI dependency of the /v1 routes."""
     keys: Keys = request.app.state.keys
     if not keys.chat:
@@ -137,7 +139,7 @@ def require_chat_key(request) -> None:
         raise _unauthorized("invalid API key")
 
 
-def require_admin_key(request) -> None:
+def require_admin_key(request: Request) -> None:
     """FastAPI dependency of every /admin route: 401 without the admin key, 403 for a chat key."""
     keys: Keys = request.app.state.keys
     given = bearer(request)

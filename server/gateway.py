@@ -64,8 +64,8 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
     _add_routes(app)
     from server.admin import router as admin_router
     from server.learning import router as rounds_router
-    app.include_router(admin_router, prefix="/admin", dependencies=[Depends(admin_key)])
-    app.include_router(rounds_router, prefix="/admin", dependencies=[Depends(admin_key)])
+    app.include_router(admin_router, prefix="/admin", dependencies=[Depends(require_admin_key)])
+    app.include_router(rounds_router, prefix="/admin", dependencies=[Depends(require_admin_key)])
     return app
 
 
@@ -113,14 +113,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(503, f"engine unavailable: {e!r}", "engine_unavailable")
 
 
-def api_key(request: Request) -> None:
-    require_chat_key(request)  # server/auth.py
-
-
-def admin_key(request: Request) -> None:
-    require_admin_key(request)
-
-
 async def read_body(request: Request) -> bytes:
     """The request body, or 413 past `server.max_body_mb` (refused on its Content-Length before
     anything is read, when the client sends one)."""
@@ -161,7 +153,7 @@ def _add_routes(app: FastAPI) -> None:
                 "log": request.app.state.log.status()}  # write failures: server/exchange_log.py
         return JSONResponse(body, status_code=200 if up else 503)
 
-    @app.get("/v1/models", dependencies=[Depends(api_key)])
+    @app.get("/v1/models", dependencies=[Depends(require_chat_key)])
     async def models(request: Request):
         versions: Versions = request.app.state.versions
         created = request.app.state.started
@@ -171,7 +163,7 @@ def _add_routes(app: FastAPI) -> None:
                   "owned_by": "dynalign", "version": t.version} for t in versions.servable()]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(api_key)])
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_chat_key)])
     async def chat(request: Request):
         if request.app.state.engine_status is not None:
             request.app.state.engine_status.check()  # 503 while the engine restarts
