@@ -204,7 +204,7 @@ def adapters_command(cfg, args) -> int:
 
 def admin_request(cfg, method: str, path: str, body=None, timeout: float = 600) -> dict:
     """One call to the running gateway's admin API, with the admin key (server.admin_key_env,
-    else server.admin_key_file: server/auth.py). Every dynalign command that talks to /admin
+    else server.admin_key_file: dynalign/keys.py). Every dynalign command that talks to /admin
     goes through here."""
     import httpx
 

@@ -44,23 +44,21 @@ def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
         proc.wait()
 
 
-def banner(cfg: Config, mode: str):
-    def on_ready(app) -> None:
-        lines = [f"dynalign is up (swap mode: {mode}, answering: "
-                 f"{public_name(cfg, app.state.versions.active)})",
-                 f"  API (OpenAI-compatible): {cfg.gateway_url}",
-                 f"  admin:                   http://{cfg.server.host}:{cfg.server.port}/admin/adapters"]
-        if cfg.ui.enabled:
-            lines.append(f"  chat UI:                 http://{cfg.ui.host}:{cfg.ui.port}")
-        lines.append(f"  state dir:               {cfg.home}   (Ctrl-C stops everything)")
-        print("\n".join(lines), flush=True)
-    return on_ready
+def banner(cfg: Config, mode: str, app) -> None:
+    lines = [f"dynalign is up (swap mode: {mode}, answering: "
+             f"{public_name(cfg, app.state.versions.active)})",
+             f"  API (OpenAI-compatible): {cfg.gateway_url}",
+             f"  admin:                   http://{cfg.server.host}:{cfg.server.port}/admin/adapters"]
+    if cfg.ui.enabled:
+        lines.append(f"  chat UI:                 http://{cfg.ui.host}:{cfg.ui.port}")
+    lines.append(f"  state dir:               {cfg.home}   (Ctrl-C stops everything)")
+    print("\n".join(lines), flush=True)
 
 
 def on_ready(cfg: Config, mode: str, supervisor: EngineSupervisor):
     """Once the gateway is up: the banner, and the engine's supervision begins."""
     def ready(app) -> None:
-        banner(cfg, mode)(app)
+        banner(cfg, mode, app)
         supervisor.watch(app)
     return ready
 
