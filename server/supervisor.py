@@ -22,27 +22,29 @@ from fastapi.responses import JSONResponse
 
 from dynalign.config import Config
 from server.engine import EngineProcess
+from server.validate import RequestError
 
 RETRY_AFTER_S = 5
 RESTARTING = "the engine stopped and is restarting; retry in a few seconds"
 STOPPED = "the engine stopped and the service is shutting down"
 # A stream the engine's death cut off ends with this event (the openai client raises APIError).
-STREAM_CUT_EVENT = b"data: " + json.dumps({"error": {
-    "message": f"the engine stopped during this answer; {RESTARTING}", "type": "engine_unavailable",
-    "param": None, "code": "engine_restarting"}}).encode() + b"\n\n"
+STREAM_CUT_EVENT = b"data: " + json.dumps(RequestError(
+    f"the engine stopped during this answer; {RESTARTING}", status=503, type="engine_unavailable",
+    code="engine_restarting").body()).encode() + b"\n\n"
 
 
-class EngineUnavailable(Exception):
+class EngineUnavailable(RequestError):
     """Raised by the chat route while the engine is not up: answered as a 503 (see response)."""
 
     def __init__(self, state: str):
-        super().__init__(RESTARTING if state == "restarting" else STOPPED)
-        self.code = "engine_restarting" if state == "restarting" else "engine_stopped"
+        restarting = state == "restarting"
+        super().__init__(RESTARTING if restarting else STOPPED, status=503,
+                         type="engine_unavailable",
+                         code="engine_restarting" if restarting else "engine_stopped")
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": str(self), "type": "engine_unavailable", "param": None,
-                          "code": self.code}}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse(self.body(), status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 class EngineSupervisor:
