@@ -160,12 +160,9 @@ class Store:
 
     def log_exchanges(self, rows: list[dict]) -> None:
         """Several exchanges in one transaction: all of them are written, or none is."""
-        rows = [{"created": now(), **{k: _jsonable(v) for k, v in r.items()}} for r in rows]
-        columns = sorted({k for r in rows for k in r})
-        sql = (f"insert into exchanges ({', '.join(f'[{c}]' for c in columns)}) "
-               f"values ({', '.join('?' * len(columns))})")
-        with self.db.conn:
-            self.db.conn.executemany(sql, [[r.get(c) for c in columns] for r in rows])
+        with self.db.atomic():  # one transaction (insert_all alone makes one per chunk)
+            self.db["exchanges"].insert_all(
+                {"created": now(), **{k: _jsonable(v) for k, v in r.items()}} for r in rows)
 
     def user_exchanges(self, user: str):
         """Every exchange logged for `user`, oldest first (an iterator: exports may be large)."""
