@@ -1,5 +1,6 @@
 """The pure parts of bench/load.py: percentiles, phase summaries, the swap plan, the log check and
-the printed table. Standard library only, so the unit tests load this file without a server."""
+the printed table. Standard library (and numpy, imported where used) only, so the unit tests load
+this file without a server."""
 
 from __future__ import annotations
 
@@ -26,13 +27,12 @@ class Outcome:
 
 
 def percentile(values, q: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default); q in [0, 100]."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    """numpy's percentile (linear interpolation between the closest ranks), q in [0, 100]; nan
+    for no values."""
+    import numpy as np  # here, not at the top: `bench/load.py --help` stays fast
+
+    values = list(values)
+    return float(np.percentile(values, q)) if values else math.nan
 
 
 def summarize(outcomes: list[Outcome], wall_s: float) -> dict:
