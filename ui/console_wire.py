@@ -15,11 +15,11 @@ def _view(snap: dict, message: str = ""):
 def _wire_login(gr, admin_for, c: dict) -> None:
     def login(key: str):
         admin = admin_for(key)
-        ok, message = act.login(admin)
+        snap = act.snapshot(admin)
+        ok, message = act.login(snap)
         if not ok:
             return ("", message, gr.Column(visible=False), gr.Timer(active=False),
                     *[gr.skip()] * 7)
-        snap = act.snapshot(admin)
         _, active, table, sig = _view(snap)
         return (key, message, gr.Column(visible=True), gr.Timer(active=True), active, table, sig,
                 act.progress(snap), act.schedule(admin), *act.plots(admin, snap))

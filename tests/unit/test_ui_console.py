@@ -132,7 +132,7 @@ def test_the_key_is_a_bearer_token_and_401_reads_as_a_wrong_key():
     assert info.value.message == WRONG_KEY
     assert seen[0].headers["authorization"] == "Bearer k3y"
     assert str(seen[0].url) == "http://gw.test/admin/adapters"
-    assert act.login(_admin(403, {}, seen)) == (False, "⚠️ wrong admin key")
+    assert act.login(act.snapshot(_admin(403, {}, seen))) == (False, "⚠️ wrong admin key")
 
 
 def test_api_errors_become_messages():
