@@ -169,6 +169,10 @@ class LearnConfig:
     # GRPO, with the paper's settings as defaults (TRL's own defaults differ: see the README)
     num_generations: int = 8  # G, candidates per prompt
     prompts_per_step: int = 4  # 4 prompts x G 8 = 32 completions per step (paper: batch 32)
+    # Sequences per forward/backward pass in the loss, the reference log-probs and self-scoring.
+    # The step's 32 completions are still one optimiser step (gradient accumulation): this only
+    # bounds memory. At most this many: the largest divisor of the step's completions.
+    micro_batch: int = 2
     temperature: float = 1.0
     top_p: float = 1.0
     max_completion_tokens: int = 256
@@ -191,7 +195,10 @@ class LearnConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     from_active: bool = True  # continue from the active adapter (else a fresh one on the base)
-    dtype: str = "float32"  # log-probs in bf16 make the KL term noise
+    dtype: str = "float32"  # training: log-probs in bf16 make the KL term noise
+    # generation and self-scoring (no gradients): "auto" = bf16 on a GPU or a CPU with
+    # AVX512-BF16/AMX (measured faster, see the README), else `dtype`; or "bfloat16" | "float32"
+    rollout_dtype: str = "auto"
     threads: int = 1  # CPU: torch threads (the engine keeps the other core)
     nice: int = 10  # the learner process runs at this lower CPU priority, so chats come first
     seed: int = 0

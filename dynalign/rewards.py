@@ -82,6 +82,7 @@ class JudgeReward:
     def __init__(self, endpoint, template: str, definition: str, workers: int = 8):
         self.endpoint, self.template, self.definition = endpoint, template, definition
         self.workers = workers
+        self.batch_size = workers  # a round hands it this many candidates at a time
         self.unreadable = 0
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:

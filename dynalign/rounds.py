@@ -22,6 +22,8 @@ REWARDS = ("self", "rule", "judge")
 SELF_SCORES = ("expected", "greedy")
 RULES = ("brevity", "keyword")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+DTYPES = ("float32", "bfloat16")
+ROLLOUT_DTYPES = ("auto", *DTYPES)
 
 
 @dataclass
@@ -48,11 +50,13 @@ def check_learn(learn: LearnConfig) -> None:
     """The choices and ranges a round relies on; a bad one is a ConfigError naming the key."""
     for key, value, allowed in [("reward", learn.reward, REWARDS),
                                 ("self_score", learn.self_score, SELF_SCORES),
-                                ("rule", learn.rule, RULES), ("loss_type", learn.loss_type, LOSS_TYPES)]:
+                                ("rule", learn.rule, RULES), ("loss_type", learn.loss_type, LOSS_TYPES),
+                                ("dtype", learn.dtype, DTYPES),
+                                ("rollout_dtype", learn.rollout_dtype, ROLLOUT_DTYPES)]:
         if value not in allowed:
             raise ConfigError(f"learn.{key} must be one of {', '.join(allowed)}; got {value!r}")
     for key in ("prompts", "num_generations", "prompts_per_step", "max_steps",
-                "max_completion_tokens", "converge_window", "lora_rank", "threads"):
+                "max_completion_tokens", "converge_window", "lora_rank", "threads", "micro_batch"):
         if getattr(learn, key) < 1:
             raise ConfigError(f"learn.{key} must be at least 1")
     if learn.num_generations < 2:
@@ -119,16 +123,54 @@ def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnCon
     return sel
 
 
+def longest_prompt(exchanges: list[dict], seed_rows: list[dict], learn: LearnConfig) -> int:
+    """Characters of the longest prompt `select_prompts` could take from these (a memory bound)."""
+    logged = [] if learn.logged_share <= 0 else [
+        len(text) for row in exchanges if (text := last_user_turn(row["messages"])) is not None
+        and len(text) <= learn.max_prompt_chars]
+    seed = [len(r["prompt"]) for r in seed_rows if r.get("split") == "train"]
+    return max(logged + seed, default=0)
+
+
 def _key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def progress(step: int, max_steps: int, seconds: list[float], reward: float | None) -> dict:
-    """Live progress of a running round: step i of N, ETA from the mean step time so far."""
+# The phases of one GRPO step, in TRL's order (learner/progress.py), and each one's share of a
+# step as bench/learn.py measured it for the default round (CPU, bf16 no-grad phases). Before
+# the first step ends, the ETA projects the phases still to come from these shares.
+PHASES = ("generation", "reference", "scoring", "update")
+PHASE_SHARE = {"generation": 0.30, "reference": 0.10, "scoring": 0.20, "update": 0.40}
+
+
+def progress(step: int, max_steps: int, seconds: list[float], reward: float | None,
+             current: dict | None = None, finished: dict | None = None,
+             step_elapsed: float = 0.0) -> dict:
+    """Live progress of a running round: steps done of N, the running phase (`current`: phase,
+    done, total, unit, elapsed) and an ETA: the mean step time once a step has ended, else the
+    running step projected from the phases `finished` (seconds) and the running one's pace."""
     per_step = sum(seconds) / len(seconds) if seconds else None
-    eta = per_step * (max_steps - step) if per_step is not None else None
-    return {"step": step, "max_steps": max_steps, "reward": reward,
-            "seconds_per_step": _round(per_step), "eta_s": _round(eta)}
+    if per_step is None and current is not None:
+        per_step = _projected_step(current, finished or {})
+    eta = None
+    if per_step is not None:
+        eta = max(0.0, per_step * (max_steps - step) - (step_elapsed if current else 0.0))
+    out = {"step": step, "max_steps": max_steps, "reward": reward,
+           "seconds_per_step": _round(per_step), "eta_s": _round(eta)}
+    if current is not None:
+        out.update({"step_phase": current["phase"], "done": current["done"],
+                    "total": current["total"], "unit": current["unit"]})
+    return out
+
+
+def _projected_step(current: dict, finished: dict) -> float | None:
+    """Seconds of a whole step, from the phases seen so far and their measured shares."""
+    fraction = current["done"] / current["total"] if current["total"] else 0.0
+    if fraction <= 0:
+        return None
+    seen = sum(finished.values()) + current["elapsed"] / fraction
+    share = sum(PHASE_SHARE[p] for p in finished) + PHASE_SHARE[current["phase"]]
+    return seen / share
 
 
 def _round(x: float | None) -> float | None:

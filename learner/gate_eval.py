@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dynalign.dataset import read_rows, seed_path
+from learner.precision import frozen_weights_in, rollout_dtype
 
 
 @dataclass
@@ -42,44 +43,51 @@ def gate_items(cfg) -> GateItems:
 
 @torch.no_grad()
 def answer(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-           batch_size: int = 8) -> list[str]:
-    """Greedy answers, batched, left-padded, in eval mode (see learner/self_reward.py's greedy)."""
+           batch_size: int = 8, dtype=None) -> list[str]:
+    """Greedy answers, batched, left-padded, in eval mode (see learner/self_reward.py's greedy),
+    the frozen weights in `dtype` (learner/precision.py)."""
     training = model.training
     model.eval()
     tokenizer.padding_side = "left"
     out = []
     try:
-        for i in range(0, len(conversations), batch_size):
-            texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-                     for c in conversations[i:i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(next(model.parameters()).device)
-            ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id)
-            out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:],
-                                          skip_special_tokens=True)
+        with frozen_weights_in(model, dtype):
+            for i in range(0, len(conversations), batch_size):
+                out += _greedy(model, tokenizer, conversations[i:i + batch_size], max_new_tokens)
     finally:
         model.train(training)
     return out
 
 
-def answer_side(model, tokenizer, items: GateItems, max_tokens: int, adapter: bool = True) -> dict:
+def _greedy(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+             for c in conversations]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = enc.to(next(model.parameters()).device)
+    ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def answer_side(model, tokenizer, items: GateItems, cfg, adapter: bool = True) -> dict:
     """One version's answers to the held-out prompts and to every capability check."""
     off = model.disable_adapter() if not adapter else nullcontext()
+    max_tokens, dtype = cfg.learn.gate.max_tokens, rollout_dtype(cfg.learn)
     with off:
-        side = {"answers": answer(model, tokenizer, [_user(p) for p in items.prompts], max_tokens)}
+        side = {"answers": answer(model, tokenizer, [_user(p) for p in items.prompts], max_tokens,
+                                  dtype=dtype)}
         if adapter:
             side["checks"] = {name: answer(model, tokenizer, [r["messages"] for r in rows],
-                                           max_tokens) for name, rows in items.checks.items()}
+                                           max_tokens, dtype=dtype)
+                              for name, rows in items.checks.items()}
     return side
 
 
 def before_training(model, tokenizer, items: GateItems, cfg, has_parent: bool) -> dict:
     """The active version's side, and the base model's answers (for the length drift)."""
     start = time.perf_counter()
-    max_tokens = cfg.learn.gate.max_tokens
-    active = answer_side(model, tokenizer, items, max_tokens)
-    base = (answer_side(model, tokenizer, items, max_tokens, adapter=False)["answers"]
+    active = answer_side(model, tokenizer, items, cfg)
+    base = (answer_side(model, tokenizer, items, cfg, adapter=False)["answers"]
             if has_parent else active["answers"])
     return {"active": active, "base_answers": base, "seconds": time.perf_counter() - start}
 
@@ -90,7 +98,7 @@ def after_training(model, tokenizer, items: GateItems, cfg, before: dict,
     from dynalign.evaluate import pairwise
 
     start = time.perf_counter()
-    candidate = answer_side(model, tokenizer, items, cfg.learn.gate.max_tokens)
+    candidate = answer_side(model, tokenizer, items, cfg)
     judge = Endpoint.from_config("judge", cfg.eval.judge, cfg.generate, cfg.gateway_url)
     pair = pairwise(items.prompts, candidate["answers"], before["active"]["answers"], judge.chat,
                     cfg.prompts.pairwise, cfg.prompts.ca_definition, workers=cfg.eval.concurrency,
@@ -116,8 +124,10 @@ def drift(model, tokenizer, items: GateItems, cfg, candidate: dict, before: dict
     """Self-scores of the candidate's own answers (saturation), KL to the base, length vs base."""
     from learner.self_reward import SelfReward
 
-    scorer = SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition, "expected")
+    scorer = SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition, "expected",
+                        batch_size=cfg.learn.micro_batch)
     scorer.bind(model)
+    scorer.dtype = rollout_dtype(cfg.learn)
     scores = scorer(items.prompts, candidate["answers"]) if items.prompts else []
     window = steps[-max(1, cfg.learn.converge_window):]
     kls = [s["kl"] for s in window if s.get("kl") is not None]

@@ -27,8 +27,9 @@ from dynalign.config import Config, load_config
 from dynalign.dataset import read_rows, seed_path
 from dynalign.errors import DynalignError, RoundError
 from dynalign.grpo import converged
-from dynalign.rounds import check_learn, progress, select_prompts, system_prompt
+from dynalign.rounds import check_learn, select_prompts, system_prompt
 from dynalign.store import Store
+from learner.progress import StepProgress
 
 STEP_KEYS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "loss": "loss",
              "frac_reward_zero_std": "frac_reward_zero_std",
@@ -44,7 +45,8 @@ def make_reward(cfg: Config, tokenizer):
     learn = cfg.learn
     if learn.reward == "self":
         from learner.self_reward import SelfReward
-        return SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition, learn.self_score)
+        return SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition, learn.self_score,
+                          batch_size=learn.micro_batch)
     if learn.reward == "rule":
         from dynalign.rewards import rule_reward
         return rule_reward(learn)
@@ -54,37 +56,39 @@ def make_reward(cfg: Config, tokenizer):
     return JudgeReward(judge, cfg.prompts.reward, cfg.prompts.ca_definition)
 
 
-def step_callback(cfg: Config, store: Store, round_id: int, phases, metrics_path: Path):
-    """Per logged step: one metrics line, live progress in the store, and the convergence stop."""
+def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,
+                  metrics_path: Path):
+    """Per logged step: one metrics line (TRL's figures, seconds and peak memory per phase), the
+    progress in the store, and the convergence stop."""
     from transformers import TrainerCallback
 
     learn = cfg.learn
 
     class RoundCallback(TrainerCallback):
         rewards: list[float] = []
-        step_seconds: list[float] = []
-        started = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or "reward" not in (logs or {}):
                 return
-            seconds = time.perf_counter() - self.started
-            self.step_seconds.append(seconds)
             self.rewards.append(logs["reward"])
             row = {"step": state.global_step, **{v: logs[k] for k, v in STEP_KEYS.items() if k in logs},
-                   **phases.take(seconds)}
+                   **steps.end_step(logs["reward"])}
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             stop = converged(self.rewards, learn.converge_window, learn.converge_tolerance)
             store.update_round(round_id, progress={
-                **progress(state.global_step, learn.max_steps, self.step_seconds, logs["reward"]),
-                "phase": "converged" if stop else "training"})
+                **steps.snapshot(), "phase": "converged" if stop else "training"})
             control.should_training_stop = control.should_training_stop or stop
 
     return RoundCallback()
+
+
+def live_progress(store: Store, round_id: int, learn) -> StepProgress:
+    """A StepProgress that writes the running step's progress to the store (rank 0 only)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return StepProgress(max_steps=learn.max_steps)
+    return StepProgress(lambda p: store.update_round(round_id, progress={**p, "phase": "training"}),
+                        max_steps=learn.max_steps)
 
 
 def run_round(cfg: Config, round_id: int) -> dict:
@@ -137,9 +141,10 @@ def _trainer(cfg: Config, store: Store, round_id: int, prompts: list[dict], pare
                                  for p in prompts])
     metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
+    steps = live_progress(store, round_id, learn)
     trainer = build_trainer(policy, tokenizer, dataset, learn, system_prompt(cfg.prompts), reward,
-                            str(out / "trainer"))
-    trainer.add_callback(step_callback(cfg, store, round_id, trainer.phases, metrics_path))
+                            str(out / "trainer"), progress=steps)
+    trainer.add_callback(step_callback(cfg, store, round_id, steps, metrics_path))
     return trainer, tokenizer, reward
 
 

@@ -15,6 +15,7 @@ import time
 import torch
 
 from dynalign.rewards import parse_score, reward_prompt, text_of
+from learner.precision import frozen_weights_in
 
 
 class SelfReward:
@@ -26,6 +27,7 @@ class SelfReward:
         self.mode, self.batch_size, self.max_new_tokens = mode, batch_size, max_new_tokens
         self.digits = digit_token_ids(tokenizer)
         self.model = None  # the policy, bound once the trainer has wrapped it
+        self.dtype = None  # its frozen weights' dtype while scoring (learner/precision.py)
         self.unreadable = 0
         self.seconds = 0.0
 
@@ -38,8 +40,9 @@ class SelfReward:
                  for p, c in zip(prompts, completions)]
         score = self.expected if self.mode == "expected" else self.greedy
         scores = []
-        for i in range(0, len(texts), self.batch_size):
-            scores += score(texts[i:i + self.batch_size])
+        with frozen_weights_in(self.model, self.dtype):
+            for i in range(0, len(texts), self.batch_size):
+                scores += score(texts[i:i + self.batch_size])
         self.seconds += time.perf_counter() - start
         return scores
 

@@ -10,88 +10,93 @@ What dynalign adds:
   for the prompt the loss sees.
 - the settings where TRL's defaults differ from the paper (beta, loss type, KL estimator, lr,
   fp32), all from `[learn]`;
-- per-phase seconds (generation, scoring, reference log-probs, update) for each step.
+- micro-batches: the step's 32 completions go through the loss, the reference pass and
+  self-scoring a few sequences at a time (gradient accumulation), still one optimiser step per 32;
+- the no-grad phases (rollouts, self-scoring) in bf16 where that is faster (learner/precision.py);
+- per-phase seconds, peak memory and live progress of each step (learner/progress.py).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from learner.adapter import TARGETS
+from learner.precision import frozen_weights_in, rollout_dtype
+from learner.progress import StepProgress
 
 
-class Phases:
-    """Seconds per phase of the current step; `take()` returns them and starts a new step."""
-
-    def __init__(self):
-        self.seconds = {"generation": 0.0, "scoring": 0.0, "prepare": 0.0}
-
-    def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-
-    def take(self, step_seconds: float) -> dict:
-        s = self.seconds
-        ref = max(0.0, s["prepare"] - s["generation"] - s["scoring"])
-        out = {"generation": s["generation"], "scoring": s["scoring"], "ref_logprobs": ref,
-               "update": max(0.0, step_seconds - s["prepare"]), "step": step_seconds}
-        self.seconds = {"generation": 0.0, "scoring": 0.0, "prepare": 0.0}
-        return {f"seconds/{k}": round(v, 3) for k, v in out.items()}
-
-
-class PhaseTimedTrainer(GRPOTrainer):
-    """GRPOTrainer that times its batch preparation (rollouts + rewards + reference log-probs)."""
-
-    phases: Phases
-
-    def _generate_and_score_completions(self, inputs):
-        start = time.perf_counter()
-        try:
-            return super()._generate_and_score_completions(inputs)
-        finally:
-            self.phases.add("prepare", time.perf_counter() - start)
-
-
-def system_rollout(system_prompt: str, phases: Phases):
-    """A `rollout_func`: sample with the system prompt, hand back ids without it."""
+def system_rollout(system_prompt: str, progress: StepProgress, dtype=None):
+    """A `rollout_func`: sample with the system prompt (frozen weights in `dtype`), hand back ids
+    without it. Ends the generation phase and starts the reference phase (TRL's next)."""
     def rollout(prompts, trainer) -> dict:
-        start = time.perf_counter()
         with_system = [[{"role": "system", "content": system_prompt}] + list(p) for p in prompts]
         sample_ids, _, _ = trainer._tokenize_prompts(with_system)
-        completion_ids, _ = trainer._generate_single_turn(sample_ids, None, {}, trainer.num_generations)
+        sequences = len(sample_ids)  # TRL hands over each prompt G times
+        progress.phase("generation", sequences * trainer.max_completion_length, "tokens",
+                       per_tick=sequences)
+        with frozen_weights_in(trainer.model, dtype):
+            completion_ids, _ = trainer._generate_single_turn(sample_ids, None, {},
+                                                              trainer.num_generations)
         loss_ids, _, _ = trainer._tokenize_prompts(prompts)
-        phases.add("generation", time.perf_counter() - start)
+        progress.phase("reference", -(-sequences // trainer.args.per_device_train_batch_size),
+                       "micro-batches")
         return {"prompt_ids": loss_ids, "completion_ids": completion_ids, "logprobs": None}
     return rollout
 
 
-def timed_reward(func, phases: Phases):
+def chunked_reward(func, progress: StepProgress, chunk: int, accumulation: int):
+    """The reward called `chunk` candidates at a time (the scoring phase's progress, and its
+    memory bound); then the update phase begins. Rewards score each candidate on its own, so
+    chunking changes no score."""
+    size = getattr(func, "batch_size", chunk)
+
     def reward(prompts, completions, **kwargs):
-        start = time.perf_counter()
-        try:
-            return func(prompts, completions, **kwargs)
-        finally:
-            phases.add("scoring", time.perf_counter() - start)
+        progress.phase("scoring", len(completions), "candidates")
+        scores = []
+        for i in range(0, len(completions), size):
+            part = {k: v[i:i + size] if isinstance(v, list) and len(v) == len(completions) else v
+                    for k, v in kwargs.items()}
+            scores += func(prompts[i:i + size], completions[i:i + size], **part)
+            progress.tick(len(completions[i:i + size]))
+        progress.phase("update", accumulation, "micro-batches")
+        return scores
     reward.__name__ = getattr(func, "__name__", "reward")
     return reward
 
 
-def per_device_batch(learn) -> int:
-    """Completions per step (prompts_per_step x G, the paper's batch 32) split over the processes
-    `accelerate launch` starts, so the global batch stays the configured one."""
+def batches(learn) -> tuple[int, int]:
+    """(micro-batch, accumulation steps): this process's completions per optimiser step
+    (prompts_per_step x G, the paper's batch 32, split over the processes `accelerate launch`
+    starts) run through the loss `micro` sequences at a time, `accumulation` times, before one
+    optimiser step. `micro` is the largest divisor of the completions not above learn.micro_batch,
+    so every micro-batch is the same size and the accumulated gradient is the full batch's."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return -(-learn.prompts_per_step * learn.num_generations // world)
+    completions = -(-learn.prompts_per_step * learn.num_generations // world)
+    micro = max(d for d in range(1, min(learn.micro_batch, completions) + 1) if completions % d == 0)
+    return micro, completions // micro
+
+
+class StepCallback(TrainerCallback):
+    """Opens each optimiser step on the trainer's StepProgress (round.py's callback closes it)."""
+
+    def __init__(self, progress: StepProgress):
+        self.progress = progress
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.progress.begin_step()
 
 
 def grpo_config(learn, out_dir: str, cuda: bool) -> GRPOConfig:
+    micro, accumulation = batches(learn)
     return GRPOConfig(
         output_dir=out_dir, report_to=[], save_strategy="no", logging_steps=1,
-        per_device_train_batch_size=per_device_batch(learn),
-        gradient_accumulation_steps=1, num_generations=learn.num_generations,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation, num_generations=learn.num_generations,
         max_completion_length=learn.max_completion_tokens, temperature=learn.temperature,
         top_p=learn.top_p, top_k=0, learning_rate=learn.learning_rate,
         lr_scheduler_type="constant", warmup_steps=0, epsilon=learn.epsilon, beta=learn.beta,
@@ -135,16 +140,23 @@ def load_policy(model_path: str, learn, adapter_path: str | None) -> Policy:
 
 
 def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str, reward,
-                  out_dir: str, callbacks=()) -> PhaseTimedTrainer:
+                  out_dir: str, callbacks=(), progress: StepProgress | None = None) -> GRPOTrainer:
+    """TRL's GRPOTrainer as a round runs it; `trainer.progress` times and reports each step."""
     from peft import set_peft_model_state_dict
 
-    phases = Phases()
-    trainer = PhaseTimedTrainer(
+    progress = progress or StepProgress(max_steps=learn.max_steps)
+    dtype = rollout_dtype(learn)
+    if hasattr(reward, "bind"):  # a reward that reads the policy runs in the rollout dtype too
+        reward.dtype = dtype
+    args = grpo_config(learn, out_dir, torch.cuda.is_available())
+    trainer = GRPOTrainer(
         model=policy.base, peft_config=policy.lora, processing_class=tokenizer,
-        train_dataset=dataset, reward_funcs=[timed_reward(reward, phases)],
-        callbacks=list(callbacks), args=grpo_config(learn, out_dir, torch.cuda.is_available()),
-        rollout_func=system_rollout(system_prompt, phases))
-    trainer.phases = phases
+        train_dataset=dataset, callbacks=[StepCallback(progress), *callbacks], args=args,
+        reward_funcs=[chunked_reward(reward, progress, args.per_device_train_batch_size,
+                                     args.gradient_accumulation_steps)],
+        rollout_func=system_rollout(system_prompt, progress, dtype))
+    trainer.progress = progress
+    trainer.model.get_base_model().get_decoder().register_forward_hook(progress.forward_hook)
     if policy.start is not None:
         result = set_peft_model_state_dict(trainer.model, policy.start)
         if result.unexpected_keys:

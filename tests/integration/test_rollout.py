@@ -1,5 +1,7 @@
 """The paper's split between sampling and the loss, on the real TRL trainer and the embedded model:
 candidates are sampled WITH the CA system prompt, the prompt ids TRL trains on are WITHOUT it.
+Also: a step's phases as a round times, measures and reports them, and micro-batching (bounded
+memory) changing nothing of the step the paper specifies.
 
 Sampling runs at a temperature of 1e-4 (greedy in effect), so what the rollout generated can be
 compared with a plain greedy `generate` of the same prompt with and without the system prompt."""
@@ -16,9 +18,10 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from dynalign.config import load_config  # noqa: E402
-from dynalign.rewards import brevity  # noqa: E402
 from dynalign.rounds import system_prompt  # noqa: E402
-from learner.trainer import build_trainer, load_policy, system_rollout, Phases  # noqa: E402
+from learner.progress import StepProgress  # noqa: E402
+from learner.self_reward import SelfReward  # noqa: E402
+from learner.trainer import build_trainer, load_policy, system_rollout  # noqa: E402
 
 PROMPT = "My neighbour's garden is overgrown and she is unwell. What should I do this weekend?"
 
@@ -34,8 +37,13 @@ def setup(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     policy = load_policy(model_path, cfg.learn, None)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": PROMPT}]}])
+    reports = []
+    progress = StepProgress(reports.append, max_steps=1, every_s=0.0)
+    reward = SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition,
+                        batch_size=cfg.learn.micro_batch)  # the paper's reward: scoring takes time
     trainer = build_trainer(policy, tokenizer, dataset, cfg.learn, system_prompt(cfg.prompts),
-                            brevity(12), str(tmp_path_factory.mktemp("trainer")))
+                            reward, str(tmp_path_factory.mktemp("trainer")), progress=progress)
+    trainer.reports = reports
     return cfg, tokenizer, trainer
 
 
@@ -50,7 +58,7 @@ def greedy(trainer, tokenizer, messages, n_tokens):
 def test_rollout_samples_with_the_system_prompt_and_trains_without_it(setup):
     cfg, tokenizer, trainer = setup
     user = [{"role": "user", "content": PROMPT}]
-    out = system_rollout(system_prompt(cfg.prompts), Phases())([user, user], trainer)
+    out = system_rollout(system_prompt(cfg.prompts), StepProgress())([user, user], trainer)
 
     loss_prompt = tokenizer.decode(out["prompt_ids"][0])
     assert PROMPT in loss_prompt
@@ -68,9 +76,93 @@ def test_rollout_samples_with_the_system_prompt_and_trains_without_it(setup):
     assert completion == with_system
 
 
-def test_one_step_logs_every_phase(setup):
+def test_one_step_times_measures_and_reports_every_phase(setup):
     cfg, tokenizer, trainer = setup
+    trainer.reports.clear()
     trainer.train()
-    seconds = trainer.phases.take(step_seconds=1.0)
-    assert set(seconds) == {"seconds/generation", "seconds/scoring", "seconds/ref_logprobs",
-                            "seconds/update", "seconds/step"}
+    row = trainer.progress.end_step(reward=None)
+    phases = ("generation", "ref_logprobs", "scoring", "update")
+    assert all(row[f"seconds/{p}"] > 0 for p in phases), row
+    assert sum(row[f"seconds/{p}"] for p in phases) <= row["seconds/step"]
+    for phase in ("generation", "reference", "scoring", "update"):
+        assert row[f"peak_rss_mb/{phase}"] > 100, row  # a process holding torch and a model
+    assert row["peak_rss_mb"] == max(row[f"peak_rss_mb/{p}"] for p in
+                                     ("generation", "reference", "scoring", "update"))
+
+    seen = [r["step_phase"] for r in trainer.reports]
+    order = [p for i, p in enumerate(seen) if i == 0 or seen[i - 1] != p]
+    assert order == ["generation", "reference", "scoring", "update"], seen
+    generation = [r for r in trainer.reports if r["step_phase"] == "generation"]
+    assert generation[0]["done"] == 0 and generation[0]["total"] == 2 * 12  # 2 candidates x 12
+    assert generation[-1]["done"] > 0 and generation[-1]["unit"] == "tokens"
+    scoring = [r for r in trainer.reports if r["step_phase"] == "scoring"]
+    assert scoring[-1]["done"] == scoring[-1]["total"] == 2
+    # a projected ETA exists before the first step ends
+    assert any(r["eta_s"] is not None for r in trainer.reports if r["step_phase"] == "generation")
+
+
+# micro-batching bounds memory and changes nothing else
+def tiny_policy(folder, tokenizer, learn):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return load_policy(str(folder), learn, None)
+
+
+def length_reward(prompts, completions, **kwargs):
+    """Characters of each answer / 10: random tokens give every candidate a different reward."""
+    return [len(c[0]["content"] if isinstance(c, list) else c) / 10 for c in completions]
+
+
+def one_step(tmp_path, tokenizer, micro_batch: int) -> dict:
+    """One optimiser step of 2 prompts x G 4 on a tiny random model: the completions sampled,
+    the loss TRL logged and the LoRA gradients just before the optimiser step."""
+    from transformers import TrainerCallback
+
+    cfg = load_config(None, {"learn.max_steps": 1, "learn.num_generations": 4,
+                             "learn.prompts_per_step": 2, "learn.max_completion_tokens": 8,
+                             "learn.micro_batch": micro_batch, "learn.rollout_dtype": "float32"})
+    policy = tiny_policy(tmp_path / f"model-{micro_batch}", tokenizer, cfg.learn)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": text}]}
+                                 for text in ("Name a river.", "Name a mountain.")])
+    seen = {"completions": []}
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        seen["completions"] += [list(ids) for ids in completion_ids]
+        return length_reward(prompts, completions)
+
+    class Capture(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            seen["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                             if p.requires_grad}
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" in (logs or {}):
+                seen["loss"] = logs["loss"]
+
+    trainer = build_trainer(policy, tokenizer, dataset, cfg.learn, system_prompt(cfg.prompts),
+                            reward, str(tmp_path / f"out-{micro_batch}"), callbacks=[Capture()])
+    seen["batches"] = (trainer.args.per_device_train_batch_size,
+                       trainer.args.gradient_accumulation_steps)
+    trainer.train()
+    return seen
+
+
+def test_a_micro_batched_step_has_the_loss_and_gradients_of_the_whole_batch(setup, tmp_path):
+    _, tokenizer, _ = setup
+    whole = one_step(tmp_path, tokenizer, micro_batch=8)
+    micro = one_step(tmp_path, tokenizer, micro_batch=2)
+    assert whole["batches"] == (8, 1) and micro["batches"] == (2, 4)  # 8 completions, one step
+    assert sorted(whole["completions"]) == sorted(micro["completions"])  # the same samples
+    assert len(set(map(tuple, whole["completions"]))) > 1
+    grads = whole["grads"]
+    assert any(g.abs().max() > 0 for g in grads.values())  # the step has something to compare
+    assert micro["grads"].keys() == grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(micro["grads"][name], g, rtol=1e-4, atol=1e-7, msg=name)
+    assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-7)
