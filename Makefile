@@ -75,6 +75,7 @@ bench: model
 # the learner's benchmarks (~30 min on 2 cores): step phases, self-score readings, learning, latency
 bench-learn: model
 	$(PY) bench/learn.py
+	$(PY) bench/learn_memory.py --out bench/results/learn-memory.json
 	$(PY) bench/self_score.py
 	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) bench/learn_curve.py
 	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) bench/round_latency.py

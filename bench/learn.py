@@ -16,7 +16,7 @@ per-phase medians. Both trainers live in one process and their steps alternate i
 (ours, TRL, TRL, ours, ours, TRL, ...; each trainer in its own thread, only one computing at a
 time), so drifting load from anything else on the machine hits both alike.
 
-Phases (learner.trainer.Phases): generation = the rollout (sampling); scoring = the reward
+Phases (learner.progress.StepProgress): generation = the rollout (sampling); scoring = the reward
 function; ref_logprobs = the rest of TRL's batch preparation (reference log-probs with the adapter
 switched off, plus tokenising and advantages); update = the rest of the step (policy forward and
 backward, optimiser step, logging). The median of each phase is taken separately, so the phase
@@ -61,6 +61,8 @@ import threading
 import time
 import warnings
 from pathlib import Path
+
+from _results import write_results  # bench/ is the script's folder: first on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("generation", "scoring", "ref_logprobs", "update", "step")
@@ -112,7 +114,7 @@ def load(args):
 
 
 class CpuPhases:
-    """CPU seconds of this process over the spans learner.trainer.Phases times in wall seconds."""
+    """CPU seconds of this process over the spans learner.progress.StepProgress times in wall s."""
 
     def __init__(self):
         self.seconds = {"generation": 0.0, "scoring": 0.0, "prepare": 0.0}
@@ -197,8 +199,10 @@ def step_timer(trainer, cpu: CpuPhases, label: str, turns: Turns, paired: dict |
                 return
             seconds = time.perf_counter() - self.started
             cpu_seconds = time.process_time() - self.cpu_started
-            row = {"step": state.global_step, **{k.split("/")[1]: v for k, v in
-                                                 trainer.phases.take(seconds).items()},
+            phases = trainer.progress.end_step(logs["reward"])
+            phases["seconds/step"] = seconds  # from on_step_begin, after the lock-step wait
+            row = {"step": state.global_step, **{k.split("/")[1]: v for k, v in phases.items()
+                                                 if k.startswith("seconds/")},
                    **{f"cpu_{k}": round(v, 3) for k, v in cpu.take(cpu_seconds).items()},
                    "completion_tokens": logs.get("completions/mean_length"),
                    "reward": logs["reward"], "kl": logs.get("kl"),
@@ -449,10 +453,7 @@ def main() -> int:
     out["load_average"] = {"start": load_before, "end": os.getloadavg()}
     print("\n" + summary(out))
     print(json.dumps(out, separators=(",", ":")))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2))
-        print(f"JSON: {args.out}")
+    write_results(out, args.out)
     return 0
 
 

@@ -47,6 +47,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_results  # bench/ is the script's folder: first on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("good", "empty", "harmful", "off_topic")
 PERTURBATIONS = {"original": "", "space": " ", "period": "."}
@@ -456,10 +458,7 @@ def main() -> int:
     print("\n" + summary(out) + f"\n{out['wall_s']:.0f} s wall; load average (1 min) "
           f"{load_before[0]:.2f} at start, {out['load_average']['end'][0]:.2f} at end")
     print(json.dumps({k: v for k, v in out.items() if k != "items"}, separators=(",", ":")))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2))
-        print(f"JSON: {args.out}")
+    write_results(out, args.out)
     return 0
 
 

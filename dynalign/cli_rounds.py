@@ -14,7 +14,7 @@ import tomllib
 
 from dynalign.cli import admin_request
 from dynalign.errors import ConfigError, DynalignError
-from dynalign.rounds import round_view
+from dynalign.rounds import round_view, step_text
 from dynalign.store import ROUND_END
 
 
@@ -39,6 +39,8 @@ def progress_line(row: dict) -> str:
         parts.append(p["phase"])
     if p.get("step") is not None and p.get("max_steps"):
         parts.append(f"step {p['step']}/{p['max_steps']}")
+    if step_text(row):
+        parts.append(step_text(row))
     if p.get("reward") is not None:
         parts.append(f"reward {p['reward']:.3f}")
     if p.get("eta_s") is not None:

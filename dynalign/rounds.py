@@ -163,6 +163,18 @@ def progress(step: int, max_steps: int, seconds: list[float], reward: float | No
     return out
 
 
+def step_text(row: dict) -> str:
+    """What a round is doing inside its step, and its peak memory, for a person: "generation
+    1,024/8,192 tokens; peak RSS 2,310 MB" ("" when there is nothing to say)."""
+    p, parts = row.get("progress") or {}, []
+    if row.get("status") == "running" and p.get("step_phase") and p.get("total"):
+        parts.append(f"{p['step_phase']} {p['done']:,}/{p['total']:,} {p['unit']}")
+    peak = p.get("peak_rss_mb") or (row.get("summary") or {}).get("peak_rss_mb")
+    if peak:
+        parts.append(f"peak RSS {peak:,.0f} MB")
+    return "; ".join(parts)
+
+
 def _projected_step(current: dict, finished: dict) -> float | None:
     """Seconds of a whole step, from the phases seen so far and their measured shares."""
     fraction = current["done"] / current["total"] if current["total"] else 0.0

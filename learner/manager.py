@@ -32,14 +32,11 @@ from dynalign.errors import RoundError
 from dynalign.gate import Decision, decide, last_good
 from dynalign.dataset import read_rows, seed_path
 from dynalign.memory import check_fits
+from dynalign.procs import die_with_parent, preload_tcmalloc
 from dynalign.rounds import check_learn, longest_prompt
 from dynalign.store import Store, now
 
 log = logging.getLogger("dynalign.rounds")
-# glibc raises its mmap threshold as big blocks are freed, after which a step's freed
-# activations stay in the heap, fragmented: a fixed threshold returns them to the system
-# (measured: a micro-batch's peak 30 % lower, same speed). The environment can override it.
-LEARNER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def evaluation_gate(cfg: Config, round_row: dict) -> Decision:
@@ -190,9 +187,9 @@ class RoundManager:
     def _train(self, store: Store, round_id: int, cfg: Config, folder: Path) -> int:
         if store.round(round_id)["cancel_requested"]:
             return -1
-        env = {**LEARNER_ENV, **os.environ, "TRL_EXPERIMENTAL_SILENCE": "1",
-               "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(cfg.learn.threads),
-               "DYNALIGN_HOME": str(cfg.home)}
+        env = preload_tcmalloc({**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1",
+                                "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(cfg.learn.threads),
+                                "DYNALIGN_HOME": str(cfg.home)})
         with open(folder / "learner.log", "ab") as out:
             proc = subprocess.Popen(learner_command(cfg, folder / "config.toml", round_id),
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -241,10 +238,8 @@ def flagged_versions(store: Store) -> set[int]:
 
 
 def _child_setup(nice: int):
-    from server.engine import _die_with_parent
-
     def setup() -> None:
-        _die_with_parent()
+        die_with_parent()
         os.nice(nice)
     return setup
 

@@ -60,6 +60,7 @@ class StepProgress:
         self.steps_done = 0
         self.step_seconds: list[float] = []
         self.reward: float | None = None
+        self.last_peak: float | None = None  # the last finished step's peak RSS, MiB
         self._new_step()
 
     # the step
@@ -83,6 +84,7 @@ class StepProgress:
             values = [p[kind] for p in self.peaks.values() if kind in p]
             if values:
                 row[f"peak_{kind}"] = max(values)
+        self.last_peak = row.get("peak_rss_mb")
         self.current = None
         return row
 
@@ -116,8 +118,11 @@ class StepProgress:
             current = {"phase": c["name"], "done": c["done"], "total": c["total"],
                        "unit": c["unit"], "elapsed": now - c["started"]}
         step_elapsed = now - self.step_started if self.step_started is not None else 0.0
-        return progress(self.steps_done, self.max_steps, self.step_seconds, self.reward,
-                        current=current, finished=dict(self.seconds), step_elapsed=step_elapsed)
+        out = progress(self.steps_done, self.max_steps, self.step_seconds, self.reward,
+                       current=current, finished=dict(self.seconds), step_elapsed=step_elapsed)
+        if self.last_peak is not None:
+            out["peak_rss_mb"] = self.last_peak
+        return out
 
     # internals
     def _new_step(self) -> None:

@@ -45,8 +45,8 @@ def make_reward(cfg: Config, tokenizer):
     learn = cfg.learn
     if learn.reward == "self":
         from learner.self_reward import SelfReward
-        return SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition, learn.self_score,
-                          batch_size=learn.micro_batch)
+        return SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition,
+                          learn.self_score, batch_size=learn.micro_batch)
     if learn.reward == "rule":
         from dynalign.rewards import rule_reward
         return rule_reward(learn)
@@ -189,6 +189,7 @@ def summarize(steps: list[dict], selection: dict, parent, seconds: float, unread
             "reward_last": rewards[-1] if rewards else None,
             "reward_last_window": sum(rewards[-window:]) / window if rewards else None,
             "converged": len(steps) < learn.max_steps, "seconds": round(seconds, 1),
+            "peak_rss_mb": max((s.get("peak_rss_mb") or 0 for s in steps), default=None) or None,
             "unreadable_scores": unreadable, "reward": learn.reward,
             "self_score": learn.self_score if learn.reward == "self" else None,
             "selection": selection}

@@ -8,7 +8,6 @@ of it is the only public door: the engine's dev endpoints (/pause, /collective_r
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.metadata
 import os
 import signal
@@ -20,9 +19,7 @@ from pathlib import Path
 import httpx
 
 from dynalign.config import Config
-
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-
+from dynalign.procs import die_with_parent, preload_tcmalloc
 
 def is_cpu_platform() -> bool:
     try:
@@ -74,14 +71,8 @@ def engine_env(cfg: Config, mode: str) -> dict:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if Path(cfg.model_path).exists():
         env.setdefault("HF_HUB_OFFLINE", "1")
-    if Path(TCMALLOC).exists() and "LD_PRELOAD" not in env:
-        env["LD_PRELOAD"] = TCMALLOC  # ~10-15 % more throughput on CPU
-    return env
+    return preload_tcmalloc(env)
 
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the process that started it dies."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class EngineProcess:
@@ -99,7 +90,7 @@ class EngineProcess:
         self.proc = subprocess.Popen(
             engine_command(self.cfg, self.mode), env=engine_env(self.cfg, self.mode),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True, preexec_fn=die_with_parent)
         log.close()
 
     def wait_ready(self, timeout: float, abandon=lambda: False) -> None:

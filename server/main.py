@@ -17,7 +17,8 @@ import uvicorn
 from dynalign.config import Config
 from dynalign.model import prepare
 from server.auth import prepare_keys, ui_env
-from server.engine import EngineProcess, _die_with_parent, swap_mode
+from dynalign.procs import die_with_parent
+from server.engine import EngineProcess, swap_mode
 from server.gateway import create_app
 from server.supervisor import EngineSupervisor
 from server.versions import public_name
@@ -30,7 +31,7 @@ def start_ui(cfg: Config) -> subprocess.Popen | None:
     cmd = [sys.executable, "-m", "ui.app", "--api-url", cfg.gateway_url,
            "--host", cfg.ui.host, "--port", str(cfg.ui.port)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_parent, env=ui_env(cfg))
+                            start_new_session=True, preexec_fn=die_with_parent, env=ui_env(cfg))
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dynalign.gate import CAPABILITY_KEYS
-from dynalign.rounds import last_user_turn
+from dynalign.rounds import last_user_turn, step_text
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "data" / "figures"
 ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "steps",
@@ -108,13 +108,16 @@ def progress_text(rounds: list[dict]) -> str:
     if r.get("status") not in OPEN_ROUND:
         version = r.get("adapter_version")
         error = f"; {r['error']}" if r.get("error") else ""
-        return head + (f"; adapter version {version}" if version is not None else "") + error
+        memory = f"; {step_text(r)}" if step_text(r) else ""
+        adapter = f"; adapter version {version}" if version is not None else ""
+        return head + adapter + memory + error
     if not p.get("phase"):
         return f"{head}; starting"
     reward = p.get("reward")
+    inside = f" ({step_text(r)})" if step_text(r) else ""
+    reward = "?" if reward is None else f"{reward:.3f}"
     return (f"{head}; phase {p.get('phase', '?')}; step {p.get('step', 0)} of "
-            f"{p.get('max_steps', '?')}; reward {'?' if reward is None else f'{reward:.3f}'}; "
-            f"ETA {_eta(p.get('eta_s'))}")
+            f"{p.get('max_steps', '?')}{inside}; reward {reward}; ETA {_eta(p.get('eta_s'))}")
 
 
 def open_round_id(rounds: list[dict]) -> int | None:

@@ -36,10 +36,15 @@ REPO = Path(__file__).resolve().parents[2]
 # machine, several times that on a busy one).
 TINY = {"max_steps": 2, "prompts": 2, "reward": "rule", "num_generations": 4,
         "prompts_per_step": 1, "max_completion_tokens": 32}
+# The README's tiny round (`dynalign refresh --max-steps 2 --prompts 2 --set prompts_per_step=1
+# --set max_completion_tokens=32`): the paper's step at a small size, 1 prompt x G 8, self-reward.
+README_ROUND = {"max_steps": 2, "prompts": 2, "prompts_per_step": 1, "max_completion_tokens": 32}
+PEAK_RSS_LIMIT_MB = 4096  # issue 14's bound for the default round's learner on the embedded model
 ROUND_TIMEOUT = 1800  # s: loading torch/TRL, the steps, merging the adapter; a busy 2-core box
 END = ("promoted", "rejected", "failed", "cancelled")
-STEP_KEYS = ("reward", "kl", "loss", "frac_reward_zero_std", "completion_length",
-             "seconds/generation", "seconds/scoring", "seconds/ref_logprobs", "seconds/update")
+PHASE_SECONDS = ("seconds/generation", "seconds/ref_logprobs", "seconds/scoring", "seconds/update")
+STEP_KEYS = ("reward", "kl", "loss", "frac_reward_zero_std", "completion_length", *PHASE_SECONDS,
+             "peak_rss_mb")
 
 
 # helpers
@@ -115,10 +120,11 @@ def free_port() -> int:
 
 # 1. a round from the admin API to a served version
 def test_refresh_round_trains_publishes_and_serves_the_new_version(merged, openai_error):
+    """The README's tiny round: it moves inside step 1, fits in memory, and is served after."""
     parent = active_version(merged)
     versions_before = [r["version"] for r in adapters(merged)["data"]]
 
-    row = start_round(merged, TINY)
+    row = start_round(merged, README_ROUND)
     round_id = row["id"]
     assert row["status"] in ("queued", "running") and row["trigger"] == "operator"
 
@@ -128,13 +134,23 @@ def test_refresh_round_trains_publishes_and_serves_the_new_version(merged, opena
     assert error["code"] == "round_in_progress"
     assert f"round {round_id}" in error["message"]
 
+    seen = []  # the distinct progress states of step 1, as the admin API showed them
+
     def progressed():
         v = view(merged, round_id)
         if v["status"] in END:
             raise AssertionError(f"round ended before any progress was seen: {v}")
-        return v if (v["progress"].get("step") or 0) >= 1 else None
+        p = v["progress"]
+        if p.get("step") == 0 and p.get("step_phase"):
+            state = (p["step_phase"], p["done"], p["eta_s"])
+            if not seen or seen[-1] != state:
+                seen.append(state)
+        return v if (p.get("step") or 0) >= 1 else None
     live = merged.wait_for(progressed, ROUND_TIMEOUT, "step 1 of the round", interval=0.5)
-    print(f"\nlive progress: {live['progress']}")
+    print(f"\nlive progress: {live['progress']}; step 1 seen as {seen}")
+    assert len(seen) >= 3, f"step 1's progress changed fewer than twice: {seen}"
+    assert seen[0][0] == "generation"
+    assert any(eta is not None for _, _, eta in seen), seen  # an ETA before step 1 ends
     assert live["status"] == "running" and live["pid"]
     progress = live["progress"]
     assert progress["max_steps"] == 2 and 1 <= progress["step"] <= 2
@@ -144,6 +160,7 @@ def test_refresh_round_trains_publishes_and_serves_the_new_version(merged, opena
     assert progress["eta_s"] is not None and progress["eta_s"] >= 0
     if progress["step"] == 1:
         assert progress["eta_s"] > 0  # one step left
+    assert 0 < progress["peak_rss_mb"] < PEAK_RSS_LIMIT_MB
     assert live["steps"] and live["steps"][0]["step"] == 1
     assert tomllib.loads(live["config"])["learn"]["max_steps"] == 2
 
@@ -179,17 +196,21 @@ def test_refresh_round_trains_publishes_and_serves_the_new_version(merged, opena
     assert (out / "learner.log").is_file()
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
     assert len(read_jsonl(out / "prompts.jsonl")) == 2
+    assert 0 < done["summary"]["peak_rss_mb"] < PEAK_RSS_LIMIT_MB
     steps = read_jsonl(out / "metrics.jsonl")
     assert [s["step"] for s in steps] == [1, 2]
     for step in steps:
         missing = [k for k in STEP_KEYS if k not in step]
         assert not missing, f"step {step['step']} lacks {missing}: {step}"
-        assert all(step[k] >= 0 for k in STEP_KEYS if k.startswith("seconds/"))
+        assert all(step[k] > 0 for k in PHASE_SECONDS), step  # self-reward: scoring takes time
+        assert sum(step[k] for k in PHASE_SECONDS) <= step["seconds/step"]
+        assert 0 < step["peak_rss_mb"] < PEAK_RSS_LIMIT_MB
         assert 0 < step["completion_length"] <= 32
         assert 0.0 <= step["reward"] <= 5.0
     config = tomllib.loads((out / "config.toml").read_text())["learn"]
-    assert {k: config[k] for k in TINY} == TINY
-    assert json.loads((out / "overrides.json").read_text()) == TINY
+    assert {k: config[k] for k in README_ROUND} == README_ROUND
+    assert config["reward"] == "self" and config["num_generations"] == 8
+    assert json.loads((out / "overrides.json").read_text()) == README_ROUND
 
 
 # 2. logged prompts are trained on, opted-out ones never, consumed ones only once
@@ -240,8 +261,12 @@ def test_rounds_train_on_new_logged_prompts_but_never_opted_out_ones(merged):
     ({"num_generations": 1}, "learn.num_generations"),
     ({"judge": {"urll": "http://x"}}, "learn.judge.urll"),
     ({"judge": 3}, "learn.judge"),
+    ({"prompts_per_step": 512, "max_completion_tokens": 2048}, "learn.prompts_per_step"),
+    ({"micro_batch": 0}, "learn.micro_batch"),
+    ({"rollout_dtype": "fp8"}, "learn.rollout_dtype"),
 ], ids=["unknown-key", "not-an-object", "wrong-type", "zero-steps", "unknown-reward",
-        "one-generation", "unknown-nested-key", "nested-not-a-table"])
+        "one-generation", "unknown-nested-key", "nested-not-a-table", "beyond-memory",
+        "zero-micro-batch", "unknown-rollout-dtype"])
 def test_bad_refresh_requests_are_400_and_start_nothing(merged, openai_error, body, words):
     before = round_count(merged)
     response = merged.post("/admin/refresh", json=body)
@@ -347,6 +372,11 @@ def test_cli_refresh_waits_for_the_round_and_rounds_lists_and_shows_it(merged):
     assert refused.returncode == 1 and "promoted" in refused.stderr, refused
     missing = merged.cli("rounds", "show", "999", timeout=120)
     assert missing.returncode == 1 and "unknown round" in missing.stderr, missing
+    too_big = merged.cli("refresh", "--set", "prompts_per_step=512", "--set",
+                         "max_completion_tokens=2048", timeout=120)
+    assert too_big.returncode == 1, too_big
+    assert "learn.prompts_per_step (now 512)" in too_big.stderr and "GiB" in too_big.stderr
+    assert merged.query("select max(id) as id from rounds")[0]["id"] == all_ids[0]
 
 
 # 7. a round learns

@@ -197,9 +197,15 @@ def test_progress_line():
     running["progress"]["phase"] = "evaluating the candidate"
     assert progress_line(running) == ("round 3: running, evaluating the candidate, step 4/10, "
                                       "reward 2.346, ETA 62 s")
+    running["progress"].update(phase="training", step=0, step_phase="scoring", done=12, total=32,
+                               unit="candidates", peak_rss_mb=2310.4)
+    assert progress_line(running) == ("round 3: running, training, step 0/10, scoring 12/32 "
+                                      "candidates; peak RSS 2,310 MB, reward 2.346, ETA 62 s")
     done = {"id": 3, "status": "promoted", "adapter_version": 5, "progress": {"step": 10,
             "max_steps": 10}}
     assert progress_line(done) == "round 3: promoted, step 10/10, version 5"
+    done["summary"] = {"peak_rss_mb": 2400.0}
+    assert progress_line(done) == "round 3: promoted, step 10/10, peak RSS 2,400 MB, version 5"
     failed = {"id": 4, "status": "failed", "progress": {},
               "error": "Traceback...\n  File x\nRuntimeError: out of memory"}
     assert progress_line(failed) == "round 4: failed, (RuntimeError: out of memory)"

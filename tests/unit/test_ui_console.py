@@ -45,6 +45,14 @@ def test_progress_text_of_running_and_finished_rounds():
     assert views.progress_text(ROUNDS) == (
         "round 2: status running; phase training; step 2 of 5; reward 0.500; ETA 1 min 15 s")
     assert views.progress_text(ROUNDS[:1]) == "round 1: status promoted; adapter version 1"
+    inside = {**ROUNDS[1], "progress": {**ROUNDS[1]["progress"], "step_phase": "generation",
+                                        "done": 1024, "total": 8192, "unit": "tokens"}}
+    assert views.progress_text([inside]) == (
+        "round 2: status running; phase training; step 2 of 5 (generation 1,024/8,192 tokens); "
+        "reward 0.500; ETA 1 min 15 s")
+    finished = {**ROUNDS[0], "summary": {"peak_rss_mb": 2400.0}}
+    assert views.progress_text([finished]) == (
+        "round 1: status promoted; adapter version 1; peak RSS 2,400 MB")
     assert views.progress_text([]) == "no rounds yet"
     assert views.progress_text([{"id": 3, "status": "queued"}]) == "round 3: status queued; starting"
     assert views.open_round_id(ROUNDS) == 2 and views.open_round_id(ROUNDS[:1]) is None

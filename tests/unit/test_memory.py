@@ -1,0 +1,154 @@
+"""dynalign/memory.py: a refresh round's memory estimated from the model's shape alone, and the
+refusal of a round that would not fit, before anything is loaded; learner/progress.py: the live
+progress of a step's phases and its ETA before the first step ends."""
+
+import json
+import struct
+
+import pytest
+
+from dynalign.config import LearnConfig, load_config
+from dynalign.errors import ConfigError
+from dynalign.memory import GIB, Estimate, check_fits, estimate, model_shape
+from dynalign.rounds import longest_prompt, progress, step_text
+from learner.progress import StepProgress
+
+# SmolLM2-135M's shape (the embedded model)
+CONFIG = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+          "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+          "vocab_size": 49152}
+
+
+def write_model(folder, params_per_file=(100_000_000, 34_515_008)):
+    """A model folder whose safetensors files hold headers only (the estimate reads no weights)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(CONFIG))
+    for i, count in enumerate(params_per_file):
+        header = json.dumps({"__metadata__": {"format": "pt"},
+                             "w": {"dtype": "BF16", "shape": [count], "data_offsets": [0, 2 * count]}})
+        (folder / f"model-{i}.safetensors").write_bytes(
+            struct.pack("<Q", len(header)) + header.encode())
+    return folder
+
+
+def test_model_shape_reads_config_and_safetensors_headers(tmp_path):
+    shape = model_shape(write_model(tmp_path / "m"))
+    assert shape.params == 134_515_008 and shape.layers == 30 and shape.kv_width == 192
+    assert model_shape(tmp_path / "nowhere") is None
+    assert model_shape("HuggingFaceTB/SmolLM2-135M-Instruct") is None  # a hub id: not local
+
+
+def test_estimate_of_the_default_round_and_how_micro_batch_bounds_it(tmp_path):
+    shape = model_shape(write_model(tmp_path / "m"))
+    learn = LearnConfig()
+    est = estimate(shape, learn, 4, prompt_chars=536)  # the seed set's longest train prompt
+    # measured for the tiny round on the embedded model (bench/learn_memory.py): ~2.3-2.7 GiB
+    assert 2.5 * GIB < est.peak < 4 * GIB
+    whole = estimate(shape, LearnConfig(micro_batch=32), 4, prompt_chars=536)
+    assert whole.terms["update"] == pytest.approx(16 * est.terms["update"])
+    longer = estimate(shape, learn, 4, prompt_chars=4000)
+    assert longer.terms["update"] > 2 * est.terms["update"]
+    bf16 = estimate(shape, learn, 2, prompt_chars=536)  # rollouts in bf16: a copy, half the KV
+    assert bf16.terms["generation"] != est.terms["generation"]
+
+
+def test_a_round_beyond_the_machine_is_refused_naming_the_setting(tmp_path):
+    folder = write_model(tmp_path / "m")
+    big = LearnConfig(prompts_per_step=64, max_completion_tokens=2048)
+    with pytest.raises(ConfigError) as e:
+        check_fits(str(folder), big, prompt_chars=536, available=24 * GIB)
+    message = str(e.value)
+    assert "learn.prompts_per_step (now 64)" in message and "GiB" in message
+    with pytest.raises(ConfigError, match=r"learn.micro_batch \(now 32"):
+        check_fits(str(folder), LearnConfig(micro_batch=32), 536, available=8 * GIB)
+    with pytest.raises(ConfigError, match="learn.max_completion_tokens"):
+        check_fits(str(folder), LearnConfig(micro_batch=1, max_completion_tokens=30000), 536,
+                   available=8 * GIB)
+    assert isinstance(check_fits(str(folder), LearnConfig(), 536, available=24 * GIB), Estimate)
+    assert check_fits(str(tmp_path / "nowhere"), big, 536, available=GIB) is None  # unknown shape
+
+
+def test_the_round_manager_refuses_before_it_opens_a_round(tmp_path):
+    from learner.manager import RoundManager
+
+    folder = write_model(tmp_path / "m")
+    cfg = load_config(None, {"model.path": str(folder)})
+    manager = RoundManager(cfg, publish=lambda *a: 1)
+    # ~0.4 TB of KV cache: beyond any machine this runs on
+    with pytest.raises(ConfigError, match="learn.prompts_per_step"):
+        manager.trigger("operator", {"prompts_per_step": 512, "max_completion_tokens": 2048})
+    assert manager.store().rounds() == []  # nothing opened, nothing started
+
+
+def test_longest_prompt_bounds_what_a_round_may_select():
+    learn = LearnConfig(max_prompt_chars=50)
+    exchanges = [{"messages": json.dumps([{"role": "user", "content": "x" * 40}])},
+                 {"messages": json.dumps([{"role": "user", "content": "y" * 60}])}]  # skipped
+    seeds = [{"prompt": "s" * 30, "split": "train"}, {"prompt": "h" * 45, "split": "heldout"}]
+    assert longest_prompt(exchanges, seeds, learn) == 40
+    assert longest_prompt(exchanges, seeds, LearnConfig(logged_share=0.0)) == 30
+
+
+def test_eta_before_the_first_step_ends_projects_the_phases_to_come():
+    # generation a quarter done in 10 s: 40 s projected, the generation's share of a step 0.3
+    p = progress(0, 2, [], None, current={"phase": "generation", "done": 25, "total": 100,
+                                          "unit": "tokens", "elapsed": 10.0},
+                 finished={}, step_elapsed=10.0)
+    assert p["seconds_per_step"] == pytest.approx(40 / 0.3, abs=0.1)
+    assert p["eta_s"] == pytest.approx(2 * 40 / 0.3 - 10, abs=0.1)
+    assert (p["step_phase"], p["done"], p["total"], p["unit"]) == ("generation", 25, 100, "tokens")
+    nothing_yet = progress(0, 2, [], None, current={"phase": "generation", "done": 0,
+                                                    "total": 100, "unit": "tokens", "elapsed": 1.0})
+    assert nothing_yet["eta_s"] is None
+    later = progress(1, 2, [30.0], 1.0, current={"phase": "scoring", "done": 1, "total": 4,
+                                                 "unit": "candidates", "elapsed": 2.0},
+                     finished={"generation": 8.0, "reference": 2.0}, step_elapsed=12.0)
+    assert later["eta_s"] == pytest.approx(30.0 - 12.0)  # the mean step once one has ended
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_step_progress_reports_phase_changes_at_once_and_ticks_at_most_every_second():
+    clock, reports = Clock(), []
+    steps = StepProgress(reports.append, max_steps=3, every_s=1.0, clock=clock)
+    steps.begin_step()
+    steps.phase("generation", total=40, unit="tokens", per_tick=4)
+    for _ in range(5):  # five decode steps within 0.5 s: one report (the phase's start)
+        clock.t += 0.1
+        steps.tick()
+    assert len(reports) == 1 and reports[-1]["done"] == 0
+    clock.t += 1.0
+    steps.tick()
+    assert reports[-1]["done"] == 24 and reports[-1]["eta_s"] is not None
+    steps.phase("reference", total=2, unit="micro-batches")
+    assert reports[-1]["step_phase"] == "reference"
+    steps.forward_hook(None, (), None)
+    clock.t += 2.0
+    steps.forward_hook(None, (), None)
+    assert reports[-1]["done"] == 2
+    steps.phase("scoring", total=8, unit="candidates")
+    steps.forward_hook(None, (), None)  # scoring counts candidates, not forward passes
+    steps.phase("update", total=4, unit="micro-batches")
+    clock.t += 3.0
+    row = steps.end_step(reward=2.0)
+    assert row["seconds/generation"] == pytest.approx(1.5) and row["seconds/update"] == 3.0
+    assert row["seconds/step"] == pytest.approx(6.5) and row["peak_rss_mb"] > 0
+    after = steps.snapshot()
+    assert after["step"] == 1 and after["eta_s"] == pytest.approx(2 * 6.5)
+    assert "step_phase" not in after and after["peak_rss_mb"] == row["peak_rss_mb"]
+
+
+def test_step_text_for_people():
+    running = {"status": "running", "progress": {"step_phase": "generation", "done": 1024,
+                                                 "total": 8192, "unit": "tokens",
+                                                 "peak_rss_mb": 2310.4}}
+    assert step_text(running) == "generation 1,024/8,192 tokens; peak RSS 2,310 MB"
+    assert step_text({"status": "promoted", "progress": {}, "summary": {"peak_rss_mb": 999}}) == (
+        "peak RSS 999 MB")
+    assert step_text({"status": "queued"}) == ""
