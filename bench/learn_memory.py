@@ -59,7 +59,8 @@ def one(spec: dict) -> dict:
 
     from dynalign.config import load_config
     from dynalign.dataset import SEED_FILE, read_rows
-    from dynalign.memory import BYTES, estimate, model_shape, rollout_dtype_name
+    from dynalign.memory import (BYTES, GLIBC_FRAGMENTATION, estimate, model_shape,
+                                 rollout_dtype_name)
     from dynalign.rounds import system_prompt
     from learner.progress import StepProgress
     from learner.self_reward import SelfReward
@@ -82,8 +83,9 @@ def one(spec: dict) -> dict:
     trainer.train()
     row = progress.end_step(None)
     rollout = rollout_dtype_name(learn, torch.cuda.is_available())
-    est = estimate(model_shape(path), learn, BYTES[rollout],
-                   max(len(r["prompt"]) for r in rows))
+    tcmalloc = "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+    est = estimate(model_shape(path), learn, BYTES[rollout], max(len(r["prompt"]) for r in rows),
+                   1.0 if tcmalloc else GLIBC_FRAGMENTATION)
     return {"row": row, "rollout_dtype": rollout, "estimate_mb": round(est.peak / 2**20),
             "estimate_terms_mb": {k: round(v / 2**20) for k, v in est.terms.items()}}
 

@@ -7,13 +7,15 @@ learner's peak resident memory, and a round that would not fit in what the machi
 now (the engine's memory is already taken) is refused with the setting to lower.
 
 The model (CPU, no gradient checkpointing), each term in bytes:
-  resident    the Python process with torch/TRL (measured ~0.5 GiB), the weights in the training
-              dtype, the LoRA weights with their gradients and two Adam moments
+  resident    the Python process with torch/TRL and the step's buffers (~1 GiB, fitted to
+              bench/learn_memory.py), the weights in the training dtype, the LoRA weights with
+              their gradients and two Adam moments
   generation  the bf16 copy of the frozen weights when the rollout dtype differs, the KV cache of
               all the step's sequences (prompts_per_step x G) at full length, and their logits
   update      one micro-batch's activations kept for backward: ACT_FLOATS_PER_TOKEN floats per
               token and layer, calibrated on the embedded model (2.27 MB per token in fp32 with
-              LoRA r 16; linear in tokens from 320 to 1,280 tokens per micro-batch)
+              LoRA r 16; linear in tokens from 320 to 1,280 tokens per micro-batch), x1.45
+              where the learner runs on glibc's allocator instead of tcmalloc
 A sequence is the longest prompt the round may select (logged since the last round, or from the
 seed set; ~4 characters a token, so text with more tokens per character, CJK or code, is
 underestimated) and max_completion_tokens; rollouts also hold the CA system prompt. On a GPU the
@@ -29,9 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dynalign.errors import ConfigError
+from dynalign.procs import TCMALLOC
 
 GIB = 2**30
-PROCESS_BYTES = 0.55 * GIB
+PROCESS_BYTES = 1.0 * GIB
+# glibc's heap keeps a step's freed activations, fragmented: without tcmalloc (dynalign/procs.py)
+# a micro-batch's peak was 1.45x (measured: 2,128 vs 1,471 MB over the process at rest)
+GLIBC_FRAGMENTATION = 1.45
 CHARS_PER_TOKEN = 4
 SYSTEM_PROMPT_TOKENS = 160  # the CA system prompt in the embedded model's tokenizer: ~130
 BYTES = {"float32": 4, "bfloat16": 2}
@@ -98,7 +104,8 @@ def _count_params(path: Path) -> int:
     return total
 
 
-def estimate(shape: Shape, learn, rollout_bytes: int, prompt_chars: int) -> Estimate:
+def estimate(shape: Shape, learn, rollout_bytes: int, prompt_chars: int,
+             fragmentation: float = 1.0) -> Estimate:
     """The learner's memory by phase for one round of `learn` (a LearnConfig) on `shape`, whose
     longest prompt has `prompt_chars` characters."""
     train = BYTES[learn.dtype]
@@ -111,7 +118,7 @@ def estimate(shape: Shape, learn, rollout_bytes: int, prompt_chars: int) -> Esti
     kv = 2 * shape.layers * shape.kv_width * sequences * sampled * rollout_bytes
     logits = 3 * sequences * shape.vocab * 4
     micro = min(learn.micro_batch, sequences)
-    activations = micro * seq * shape.layers * act_floats_per_token(shape) * train
+    activations = micro * seq * shape.layers * act_floats_per_token(shape) * train * fragmentation
     return Estimate({"resident": PROCESS_BYTES + shape.params * train + lora * 4 * 4,
                      "generation": copy + kv + logits, "update": activations})
 
@@ -159,7 +166,9 @@ def check_fits(model_path: str, learn, prompt_chars: int,
     available = available_bytes() if available is None else available
     if shape is None or available is None:
         return None
-    est = estimate(shape, learn, BYTES[rollout_dtype_name(learn, cuda=False)], prompt_chars)
+    fragmentation = 1.0 if Path(TCMALLOC).exists() else GLIBC_FRAGMENTATION
+    est = estimate(shape, learn, BYTES[rollout_dtype_name(learn, cuda=False)], prompt_chars,
+                   fragmentation)
     if est.peak > 0.9 * available:
         raise ConfigError(
             f"this refresh round would need about {est.peak / GIB:.1f} GiB of memory "

@@ -137,10 +137,11 @@ def _key(text: str) -> str:
 
 
 # The phases of one GRPO step, in TRL's order (learner/progress.py), and each one's share of a
-# step as bench/learn.py measured it for the default round (CPU, bf16 no-grad phases). Before
-# the first step ends, the ETA projects the phases still to come from these shares.
+# step as bench/learn_memory.py measured it (2026-12-03, CPU, 2 prompts x 8 x 256 tokens,
+# micro_batch 2, fp32). Before the first step ends, the ETA projects the phases still to come
+# from these shares.
 PHASES = ("generation", "reference", "scoring", "update")
-PHASE_SHARE = {"generation": 0.30, "reference": 0.10, "scoring": 0.20, "update": 0.40}
+PHASE_SHARE = {"generation": 0.46, "reference": 0.09, "scoring": 0.18, "update": 0.27}
 
 
 def progress(step: int, max_steps: int, seconds: list[float], reward: float | None,

@@ -10,7 +10,7 @@ import pytest
 from dynalign.config import LearnConfig, load_config
 from dynalign.errors import ConfigError
 from dynalign.memory import GIB, Estimate, check_fits, estimate, model_shape
-from dynalign.rounds import longest_prompt, progress, step_text
+from dynalign.rounds import PHASE_SHARE, longest_prompt, progress, step_text
 from learner.progress import StepProgress
 
 # SmolLM2-135M's shape (the embedded model)
@@ -90,12 +90,14 @@ def test_longest_prompt_bounds_what_a_round_may_select():
 
 
 def test_eta_before_the_first_step_ends_projects_the_phases_to_come():
-    # generation a quarter done in 10 s: 40 s projected, the generation's share of a step 0.3
+    # generation a quarter done in 10 s: 40 s projected, then scaled by the generation's share
+    share = PHASE_SHARE["generation"]
     p = progress(0, 2, [], None, current={"phase": "generation", "done": 25, "total": 100,
                                           "unit": "tokens", "elapsed": 10.0},
                  finished={}, step_elapsed=10.0)
-    assert p["seconds_per_step"] == pytest.approx(40 / 0.3, abs=0.1)
-    assert p["eta_s"] == pytest.approx(2 * 40 / 0.3 - 10, abs=0.1)
+    assert p["seconds_per_step"] == pytest.approx(40 / share, abs=0.1)
+    assert p["eta_s"] == pytest.approx(2 * 40 / share - 10, abs=0.1)
+    assert sum(PHASE_SHARE.values()) == pytest.approx(1.0)
     assert (p["step_phase"], p["done"], p["total"], p["unit"]) == ("generation", 25, 100, "tokens")
     nothing_yet = progress(0, 2, [], None, current={"phase": "generation", "done": 0,
                                                     "total": 100, "unit": "tokens", "elapsed": 1.0})
