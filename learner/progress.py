@@ -4,14 +4,16 @@ Why one object: the same phase boundaries time the step (the metrics row), reset
 peak RSS (so each phase's peak is its own), and drive the live progress the admin API shows.
 The phases of one optimiser step, in TRL's order:
 
-  generation  our rollout: tokens sampled / to sample (one forward pass = one token per sequence)
+  generation  our rollout: tokens through the model / to go (the prompts' prefill, then one
+              token per sequence per decoding step)
   reference   reference log-probs with the adapter off: micro-batches done / to do
   scoring     the reward: candidates scored / to score (the reward is called a chunk at a time)
   update      the loss, backward and optimiser step: micro-batches done / to do
 
-A forward hook on the model's decoder ticks the running phase (generation, reference, update);
-the reward wrapper ticks scoring itself. Progress is handed to `report` at most every `every_s`
-seconds and at each phase change, so a watcher sees it move without a write per token.
+Forward hooks on the decoder's layers advance the running phase (generation, reference, update)
+layer by layer, so even one long forward pass (a prefill of 32 long prompts) shows movement;
+the reward wrapper advances scoring itself. Progress is handed to `report` at most every
+`every_s` seconds and at each phase change, so a watcher sees it move without a write per layer.
 """
 
 from __future__ import annotations
@@ -89,25 +91,37 @@ class StepProgress:
         return row
 
     # phases
-    def phase(self, name: str, total: int, unit: str, per_tick: int = 1) -> None:
-        """Start phase `name` (closing the running one): `total` units, `per_tick` a tick."""
+    def phase(self, name: str, total: int, unit: str) -> None:
+        """Start phase `name` (closing the running one) with `total` `unit`s to do."""
         self._close_phase()
         self.memory.reset()
-        self.current = {"name": name, "done": 0, "total": total, "unit": unit,
-                        "per_tick": per_tick, "started": self.clock()}
+        self.current = {"name": name, "done": 0.0, "total": total, "unit": unit,
+                        "started": self.clock()}
         self._send(force=True)
 
-    def tick(self, units: int | None = None) -> None:
+    def tick(self, units: float = 1) -> None:
         if self.current is None:
             return
         c = self.current
-        c["done"] = min(c["total"], c["done"] + (c["per_tick"] if units is None else units))
+        c["done"] = min(c["total"], c["done"] + units)
         self._send()
 
-    def forward_hook(self, module, args, output) -> None:
-        """For `register_forward_hook`: one forward pass of the decoder = one tick."""
-        if self.current is not None and self.current["name"] != "scoring":
-            self.tick()
+    def watch(self, layers) -> None:
+        """Advance the running phase from these decoder layers' forward passes."""
+        for layer in layers:
+            layer.register_forward_hook(self._layer_hook(len(layers)), with_kwargs=True)
+
+    def _layer_hook(self, count: int):
+        def hook(module, args, kwargs, output) -> None:
+            c = self.current
+            if c is None or c["name"] == "scoring":
+                return
+            if c["unit"] == "tokens":  # a [batch, tokens, hidden] input: its tokens, per layer
+                hidden = args[0] if args else kwargs.get("hidden_states")
+                self.tick(hidden.shape[0] * hidden.shape[1] / count)
+            else:  # one micro-batch = one pass through every layer
+                self.tick(1 / count)
+        return hook
 
     def snapshot(self) -> dict:
         """The progress dict for the store: step, ETA, and the running phase's done / total."""
@@ -115,7 +129,7 @@ class StepProgress:
         current = None
         if self.current is not None:
             c = self.current
-            current = {"phase": c["name"], "done": c["done"], "total": c["total"],
+            current = {"phase": c["name"], "done": int(c["done"]), "total": c["total"],
                        "unit": c["unit"], "elapsed": now - c["started"]}
         step_elapsed = now - self.step_started if self.step_started is not None else 0.0
         out = progress(self.steps_done, self.max_steps, self.step_seconds, self.reward,

@@ -36,14 +36,14 @@ def system_rollout(system_prompt: str, progress: StepProgress, dtype=None):
     def rollout(prompts, trainer) -> dict:
         with_system = [[{"role": "system", "content": system_prompt}] + list(p) for p in prompts]
         sample_ids, _, _ = trainer._tokenize_prompts(with_system)
-        sequences = len(sample_ids)  # TRL hands over each prompt G times
-        progress.phase("generation", sequences * trainer.max_completion_length, "tokens",
-                       per_tick=sequences)
+        width = max(len(ids) for ids in sample_ids)  # left-padded to the longest: the prefill
+        progress.phase("generation", len(sample_ids) * (width + trainer.max_completion_length),
+                       "tokens")  # TRL hands over each prompt G times: one row per sequence
         with frozen_weights_in(trainer.model, dtype):
             completion_ids, _ = trainer._generate_single_turn(sample_ids, None, {},
                                                               trainer.num_generations)
         loss_ids, _, _ = trainer._tokenize_prompts(prompts)
-        progress.phase("reference", -(-sequences // trainer.args.per_device_train_batch_size),
+        progress.phase("reference", -(-len(sample_ids) // trainer.args.per_device_train_batch_size),
                        "micro-batches")
         return {"prompt_ids": loss_ids, "completion_ids": completion_ids, "logprobs": None}
     return rollout
@@ -156,7 +156,8 @@ def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str,
                                      args.gradient_accumulation_steps)],
         rollout_func=system_rollout(system_prompt, progress, dtype))
     trainer.progress = progress
-    trainer.model.get_base_model().get_decoder().register_forward_hook(progress.forward_hook)
+    decoder = trainer.model.get_base_model().get_decoder()
+    progress.watch(getattr(decoder, "layers", [decoder]))
     if policy.start is not None:
         result = set_peft_model_state_dict(trainer.model, policy.start)
         if result.unexpected_keys:

@@ -116,33 +116,50 @@ class Clock:
         return self.t
 
 
-def test_step_progress_reports_phase_changes_at_once_and_ticks_at_most_every_second():
+def test_step_progress_moves_layer_by_layer_and_reports_at_most_every_second():
+    torch = pytest.importorskip("torch")
     clock, reports = Clock(), []
     steps = StepProgress(reports.append, max_steps=3, every_s=1.0, clock=clock)
+    layers = [torch.nn.Identity(), torch.nn.Identity()]  # a two-layer "decoder"
+    steps.watch(layers)
+
+    def forward(batch: int, tokens: int) -> None:
+        hidden = torch.zeros(batch, tokens, 8)
+        for layer in layers:
+            layer(hidden)
+
     steps.begin_step()
-    steps.phase("generation", total=40, unit="tokens", per_tick=4)
-    for _ in range(5):  # five decode steps within 0.5 s: one report (the phase's start)
-        clock.t += 0.1
-        steps.tick()
-    assert len(reports) == 1 and reports[-1]["done"] == 0
+    steps.phase("generation", total=4 * (10 + 5), unit="tokens")  # 4 sequences, prompt 10, 5 new
+    assert len(reports) == 1 and reports[-1]["done"] == 0 and reports[-1]["eta_s"] is None
+    layers[0](torch.zeros(4, 10, 8))  # half of the prefill: the progress moves inside a forward
     clock.t += 1.0
-    steps.tick()
-    assert reports[-1]["done"] == 24 and reports[-1]["eta_s"] is not None
+    layers[1](torch.zeros(4, 10, 8))
+    assert reports[-1]["done"] == 40 and reports[-1]["eta_s"] is not None
+    for _ in range(4):  # four decoding steps within 0.4 s: no report
+        clock.t += 0.1
+        forward(4, 1)
+    assert reports[-1]["done"] == 40
+    clock.t += 1.0
+    forward(4, 1)
+    assert reports[-1]["done"] == 58  # reported at the first layer after a second had passed
+    assert steps.snapshot()["done"] == 60 == steps.snapshot()["total"]
     steps.phase("reference", total=2, unit="micro-batches")
     assert reports[-1]["step_phase"] == "reference"
-    steps.forward_hook(None, (), None)
+    forward(2, 50)
     clock.t += 2.0
-    steps.forward_hook(None, (), None)
-    assert reports[-1]["done"] == 2
+    forward(2, 50)
+    assert reports[-1]["done"] == 1 and steps.snapshot()["done"] == 2
     steps.phase("scoring", total=8, unit="candidates")
-    steps.forward_hook(None, (), None)  # scoring counts candidates, not forward passes
+    forward(2, 50)  # scoring counts candidates (the reward wrapper), not forward passes
+    assert steps.snapshot()["done"] == 0
+    steps.tick(8)
     steps.phase("update", total=4, unit="micro-batches")
     clock.t += 3.0
     row = steps.end_step(reward=2.0)
-    assert row["seconds/generation"] == pytest.approx(1.5) and row["seconds/update"] == 3.0
-    assert row["seconds/step"] == pytest.approx(6.5) and row["peak_rss_mb"] > 0
+    assert row["seconds/generation"] == pytest.approx(2.4) and row["seconds/update"] == 3.0
+    assert row["seconds/step"] == pytest.approx(7.4) and row["peak_rss_mb"] > 0
     after = steps.snapshot()
-    assert after["step"] == 1 and after["eta_s"] == pytest.approx(2 * 6.5)
+    assert after["step"] == 1 and after["eta_s"] == pytest.approx(2 * 7.4)
     assert "step_phase" not in after and after["peak_rss_mb"] == row["peak_rss_mb"]
 
 
