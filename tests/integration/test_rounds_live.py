@@ -197,6 +197,7 @@ def test_refresh_round_trains_publishes_and_serves_the_new_version(merged, opena
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
     assert len(read_jsonl(out / "prompts.jsonl")) == 2
     assert 0 < done["summary"]["peak_rss_mb"] < PEAK_RSS_LIMIT_MB
+    assert (done["summary"]["reward"], done["summary"]["self_score"]) == ("self", "expected")
     steps = read_jsonl(out / "metrics.jsonl")
     assert [s["step"] for s in steps] == [1, 2]
     for step in steps:
