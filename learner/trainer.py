@@ -58,11 +58,14 @@ def chunked_reward(func, progress: StepProgress, chunk: int, accumulation: int):
     def reward(prompts, completions, **kwargs):
         progress.phase("scoring", len(completions), "candidates")
         scores = []
-        for i in range(0, len(completions), size):
-            part = {k: v[i:i + size] if isinstance(v, list) and len(v) == len(completions) else v
-                    for k, v in kwargs.items()}
-            scores += func(prompts[i:i + size], completions[i:i + size], **part)
-            progress.tick(len(completions[i:i + size]))
+        # a reward that reads the policy (SelfReward) gets its bf16 copy once for the phase,
+        # not once per chunk (its own swap then finds the weights already in that dtype)
+        with frozen_weights_in(getattr(func, "model", None), getattr(func, "dtype", None)):
+            for i in range(0, len(completions), size):
+                part = {k: v[i:i + size] if isinstance(v, list) and len(v) == len(completions)
+                        else v for k, v in kwargs.items()}
+                scores += func(prompts[i:i + size], completions[i:i + size], **part)
+                progress.tick(len(completions[i:i + size]))
         progress.phase("update", accumulation, "micro-batches")
         return scores
     reward.__name__ = getattr(func, "__name__", "reward")
