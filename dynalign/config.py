@@ -8,6 +8,7 @@ the full tree back as TOML, so a run can save the exact config it used beside it
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import typing
@@ -16,17 +17,18 @@ from pathlib import Path
 
 import tomli_w
 
-from dynalign import prompts
+from dynalign import catalog, prompts
 from dynalign.errors import ConfigError
 
 DEFAULT_FILE = "dynalign.toml"
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 PREPARED_MARKER = "dynalign-prepared.json"  # written into a folder made by `dynalign model prepare`
 
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # local HF folder or hub id; "" = the embedded model, prepared into <state>/model
+    # a name dynalign prepares (`dynalign model prepare NAME`: "smollm2-135m", "qwen2.5-coder-1.5b"),
+    # a local HF folder or a hub id; "" = the embedded smollm2-135m, prepared into <state>/model
+    path: str = ""
     name: str = ""  # name the base model is served under; "" = derived from path
     max_model_len: int = 2048
     dtype: str = "bfloat16"
@@ -252,15 +254,18 @@ class Config:
 
     @property
     def model_path(self) -> str:
-        return self.model.path or str(self.home / "model")
+        return catalog.resolve(self.model.path, self.home)
 
     @property
     def model_name(self) -> str:
+        """`model.name`, else a named model's title, else the folder's (or hub id's) last part."""
         if self.model.name:
             return self.model.name
-        if not self.model.path or (Path(self.model.path) / PREPARED_MARKER).exists():
-            return EMBEDDED_MODEL_NAME
-        return Path(self.model.path).name
+        named = catalog.MODELS.get(self.model.path or catalog.EMBEDDED)
+        marker = Path(self.model_path) / PREPARED_MARKER
+        if named is None and marker.exists():  # a prepared folder given by its path
+            named = catalog.MODELS.get(json.loads(marker.read_text()).get("name", catalog.EMBEDDED))
+        return named.title if named else Path(self.model.path).name
 
     @property
     def db_path(self) -> Path:

