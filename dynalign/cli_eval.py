@@ -24,8 +24,10 @@ def add_parser(sub) -> None:
     pair.add_argument("--a", required=True, help="version (3, v3, dynalign-v3, active, base)")
     pair.add_argument("--b", default="base", help="version to compare with (default: base)")
     pair.add_argument("--data", help="JSONL with 'prompt' (default: the seed set's held-out split)")
-    pair.add_argument("--judge-url", help="judge endpoint (eval.judge.url; default this server)")
-    pair.add_argument("--judge-model", help="judge model (eval.judge.model)")
+    pair.add_argument("--judge-url", help="judge endpoint (eval.judge.url; default this server; "
+                      "'local': --judge-model is loaded in this process)")
+    pair.add_argument("--judge-model", help="judge model (eval.judge.model): a served name, or "
+                      "with --judge-url local a prepared name (qwen2.5-coder-1.5b) or a folder")
     for kind, what in (("ifeval", "IFEval input_data.jsonl (default: our 14-prompt sample)"),
                        ("math", "JSONL with problem, answer"),
                        ("mc", "GPQA-style CSV (Question, Correct Answer, Incorrect Answer 1-3)")):
@@ -81,8 +83,8 @@ def pairwise_command(cfg, args) -> dict:
     from tqdm import tqdm
 
     from dynalign.dataset import read_rows, seed_path
-    from dynalign.endpoint import Endpoint
     from dynalign.evaluate import pairwise
+    from learner.judge import open_judge
 
     rows = read_rows(args.data or seed_path(cfg), strict=False)
     prompts = [r["prompt"] for r in rows if args.data or r.get("split") == "heldout"][:args.limit]
@@ -91,13 +93,13 @@ def pairwise_command(cfg, args) -> dict:
     a, b = served_name(cfg, args.a), served_name(cfg, args.b)
     convs = [[{"role": "user", "content": p}] for p in prompts]
     answers_a, answers_b = answers(cfg, args, a, convs, a), answers(cfg, args, b, convs, b)
-    judge = Endpoint.from_config("judge", cfg.eval.judge, cfg.generate, cfg.gateway_url)
+    judge = open_judge(cfg.eval.judge, cfg)
     with tqdm(total=len(prompts), desc="judge", file=sys.stderr, disable=args.no_progress) as bar:
         report = pairwise(prompts, answers_a, answers_b, judge.chat, cfg.prompts.pairwise,
-                          cfg.prompts.ca_definition, workers=cfg.eval.concurrency,
+                          cfg.prompts.ca_definition, workers=judge.workers,
                           resamples=cfg.eval.bootstrap, level=cfg.eval.level, seed=cfg.eval.seed,
                           progress=bar.update)
-    return {"a": a, "b": b, "judge": f"{judge.model} at {judge.url}", **report}
+    return {"a": a, "b": b, "judge": judge.label, **report}
 
 
 def benchmark(cfg, args) -> dict:

@@ -14,10 +14,10 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-import torch
 
 from dynalign.dataset import read_rows, seed_path
-from learner.precision import frozen_weights_in, rollout_dtype
+from learner.precision import rollout_dtype
+from learner.reading import answer
 
 
 @dataclass
@@ -39,34 +39,6 @@ def gate_items(cfg) -> GateItems:
         if gate.mc:
             checks["mc"] = exact.load_mc(gate.mc, gate.limit, cfg.eval.seed)
     return GateItems(heldout[:gate.prompts], checks)
-
-
-@torch.no_grad()
-def answer(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-           batch_size: int = 8, dtype=None) -> list[str]:
-    """Greedy answers, batched, left-padded, in eval mode (see learner/self_reward.py's greedy),
-    the frozen weights in `dtype` (learner/precision.py)."""
-    training = model.training
-    model.eval()
-    tokenizer.padding_side = "left"
-    out = []
-    try:
-        with frozen_weights_in(model, dtype):
-            for i in range(0, len(conversations), batch_size):
-                out += _greedy(model, tokenizer, conversations[i:i + batch_size], max_new_tokens)
-    finally:
-        model.train(training)
-    return out
-
-
-def _greedy(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-             for c in conversations]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    enc = enc.to(next(model.parameters()).device)
-    ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def answer_side(model, tokenizer, items: GateItems, cfg, adapter: bool = True) -> dict:
@@ -94,18 +66,18 @@ def before_training(model, tokenizer, items: GateItems, cfg, has_parent: bool) -
 
 def after_training(model, tokenizer, items: GateItems, cfg, before: dict,
                    steps: list[dict]) -> dict:
-    from dynalign.endpoint import Endpoint
     from dynalign.evaluate import pairwise
+    from learner.judge import open_judge
 
     start = time.perf_counter()
     candidate = answer_side(model, tokenizer, items, cfg)
-    judge = Endpoint.from_config("judge", cfg.eval.judge, cfg.generate, cfg.gateway_url)
+    judge = open_judge(cfg.eval.judge, cfg)
     pair = pairwise(items.prompts, candidate["answers"], before["active"]["answers"], judge.chat,
-                    cfg.prompts.pairwise, cfg.prompts.ca_definition, workers=cfg.eval.concurrency,
+                    cfg.prompts.pairwise, cfg.prompts.ca_definition, workers=judge.workers,
                     resamples=cfg.eval.bootstrap, level=cfg.eval.level, seed=cfg.eval.seed)
     return {"pairwise": pair, "capabilities": capabilities(items, before["active"], candidate),
             "drift": drift(model, tokenizer, items, cfg, candidate, before, steps),
-            "judge": f"{judge.model} at {judge.url}",
+            "judge": judge.label,
             "seconds": {"before_training": round(before["seconds"], 1),
                         "after_training": round(time.perf_counter() - start, 1)}}
 

@@ -50,10 +50,8 @@ def make_reward(cfg: Config, tokenizer):
     if learn.reward == "rule":
         from dynalign.rewards import rule_reward
         return rule_reward(learn)
-    from dynalign.endpoint import Endpoint
-    from dynalign.rewards import JudgeReward
-    judge = Endpoint.from_config("judge", learn.judge, cfg.generate, cfg.gateway_url)
-    return JudgeReward(judge, cfg.prompts.reward, cfg.prompts.ca_definition)
+    from learner.judge import open_judge
+    return open_judge(learn.judge, cfg, learn.self_score, learn.micro_batch).reward
 
 
 def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,

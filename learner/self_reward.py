@@ -16,16 +16,23 @@ import torch
 
 from dynalign.rewards import parse_score, reward_prompt, text_of
 from learner.precision import frozen_weights_in
+from learner.reading import PrefixCache, next_token_logits
 
 
 class SelfReward:
+    """Scores with `model`: the policy itself (bound by the trainer once it has wrapped it), or,
+    with `reads_policy=False`, a local judge's own frozen model (learner/judge.py)."""
+
     __name__ = "self_reward"
 
     def __init__(self, tokenizer, template: str, definition: str, mode: str = "expected",
-                 batch_size: int = 8, max_new_tokens: int = 8):
+                 batch_size: int = 8, max_new_tokens: int = 8, reads_policy: bool = True):
         self.tokenizer, self.template, self.definition = tokenizer, template, definition
         self.mode, self.batch_size, self.max_new_tokens = mode, batch_size, max_new_tokens
         self.digits = digit_token_ids(tokenizer)
+        self.reads_policy = reads_policy
+        # the shared beginning's KV is kept between calls only for a frozen judge's model
+        self.prefix_cache = None if reads_policy else PrefixCache()
         self.model = None  # the policy, bound once the trainer has wrapped it
         self.dtype = None  # its frozen weights' dtype while scoring (learner/precision.py)
         self.unreadable = 0
@@ -48,9 +55,8 @@ class SelfReward:
 
     @torch.no_grad()
     def expected(self, texts: list[str]) -> list[float]:
-        ids, mask = self._encode(texts)
-        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
-        probs = torch.softmax(logits.float(), dim=-1)[:, self.digits]
+        logits = next_token_logits(self.model, self._rows(texts), self.prefix_cache)
+        probs = torch.softmax(logits, dim=-1)[:, self.digits]
         probs = probs / probs.sum(dim=-1, keepdim=True)
         values = torch.arange(len(self.digits), dtype=probs.dtype, device=probs.device)
         return (probs * values).sum(dim=-1).tolist()
@@ -74,12 +80,16 @@ class SelfReward:
         self.unreadable += sum(s is None for s in scores)
         return [float(s or 0) for s in scores]
 
-    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chat-templated, left-padded, so every row's last position is where the score goes."""
+    def _rows(self, texts: list[str]) -> list[list[int]]:
+        """Each text as a chat-templated user turn, ready for the answer: token ids."""
         rows = [self.tokenizer.apply_chat_template([{"role": "user", "content": t}],
                                                    add_generation_prompt=True, tokenize=True,
                                                    return_dict=False) for t in texts]
-        rows = [r["input_ids"] if isinstance(r, dict) else r for r in rows]
+        return [list(r["input_ids"] if isinstance(r, dict) else r) for r in rows]
+
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded, so every row's last position is where the score goes."""
+        rows = self._rows(texts)
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])

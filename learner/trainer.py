@@ -149,7 +149,7 @@ def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str,
 
     progress = progress or StepProgress(max_steps=learn.max_steps)
     dtype = rollout_dtype(learn)
-    if hasattr(reward, "bind"):  # a reward that reads the policy runs in the rollout dtype too
+    if getattr(reward, "reads_policy", False):  # self-reward: the rollout dtype too
         reward.dtype = dtype
     args = grpo_config(learn, out_dir, torch.cuda.is_available())
     trainer = GRPOTrainer(
@@ -165,6 +165,6 @@ def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str,
         result = set_peft_model_state_dict(trainer.model, policy.start)
         if result.unexpected_keys:
             raise ValueError(f"the active adapter does not fit: {result.unexpected_keys[:3]}")
-    if hasattr(reward, "bind"):
+    if getattr(reward, "reads_policy", False):
         reward.bind(trainer.model)
     return trainer

@@ -1,0 +1,94 @@
+"""A judge: the configured endpoint, or a model loaded in this process (`url = "local"`).
+
+Every judging role (the learner's reward, the gate's and `dynalign eval pairwise`'s pairwise
+judge, `dynalign judge score | check`) opens its judge here from an EndpointConfig, so a judge
+is configured the same way everywhere. A local judge is a frozen causal LM read with the paper's
+prompts: a 0-5 score as the expected value of the digit tokens' probabilities (or the greedy
+digit, `reading = "greedy"`), batched, by the same code that reads self-rewards
+(learner/self_reward.py), and a pairwise verdict by greedy decoding. Why in-process by default
+on a CPU: two cores cannot hold a second engine beside the serving one and the learner.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from dynalign.catalog import resolve
+from dynalign.endpoint import Endpoint
+from dynalign.errors import ModelError
+from dynalign.rewards import JudgeReward
+
+LOCAL = "local"
+
+
+@dataclass
+class Judge:
+    """What judges (`label`: exactly which model, where), its chat call and its 0-5 reward."""
+
+    label: str
+    chat: object  # (messages, seed=None) -> str
+    reward: object  # TRL reward: (prompts, completions, **kwargs) -> list[float]
+    workers: int  # concurrent chat calls worth making
+
+
+def open_judge(endpoint, cfg, reading: str = "expected", batch_size: int = 4) -> Judge:
+    """`endpoint` (an EndpointConfig) as a Judge; `cfg` gives the prompts, paths and dtypes."""
+    template, definition = cfg.prompts.reward, cfg.prompts.ca_definition
+    if endpoint.url == LOCAL:
+        local = LocalJudge(endpoint.model, resolve(endpoint.model, cfg.home), cfg.learn, reading,
+                           batch_size, endpoint.max_tokens, template, definition)
+        return Judge(local.label, local.chat, local.reward, workers=1)
+    remote = Endpoint.from_config("judge", endpoint, cfg.generate, cfg.gateway_url)
+    return Judge(f"{remote.model} at {remote.url}", remote.chat,
+                 JudgeReward(remote, template, definition), workers=cfg.eval.concurrency)
+
+
+class LocalJudge:
+    def __init__(self, name: str, path: str, learn, reading: str, batch_size: int, max_new_tokens: int,
+                 template: str, definition: str):
+        from learner.precision import rollout_dtype
+        from learner.self_reward import SelfReward
+
+        self.dtype = rollout_dtype(learn)
+        self.model, self.tokenizer = load_frozen(path, self.dtype)
+        self.max_new_tokens = max_new_tokens
+        where = "" if name == path else f"{path}, "
+        self.label = f"{name} ({where}local, {str(self.dtype).removeprefix('torch.')})"
+        self.reward = SelfReward(self.tokenizer, template, definition, reading, batch_size,
+                                 max_new_tokens, reads_policy=False)
+        self.reward.__name__ = "judge_reward"
+        self.reward.bind(self.model)
+
+    def chat(self, messages: list[dict], seed: int | None = None) -> str:
+        """The greedy answer. Its first token is read from one forward over the cached prefix
+        (pairwise verdicts are one token: "A", "B", "tie"); only when that token alone is not a
+        verdict does the answer go on to full greedy decoding."""
+        from dynalign.evaluate import parse_verdict
+        from learner.reading import answer, next_token_logits
+
+        row = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)
+        row = list(row["input_ids"] if isinstance(row, dict) else row)
+        first = next_token_logits(self.model, [row], self.reward.prefix_cache).argmax(-1).item()
+        text = self.tokenizer.decode([first], skip_special_tokens=True)
+        if parse_verdict(text) is not None:
+            return text
+        return answer(self.model, self.tokenizer, [messages], self.max_new_tokens)[0]
+
+
+@functools.lru_cache(maxsize=2)
+def load_frozen(path: str, dtype) -> tuple:
+    """The model and tokenizer at `path`, frozen, in eval mode, on the GPU if there is one; loaded
+    once per process (the reward and the gate's judge are often the same model)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        raise ModelError(f"local judge {path}: cannot load it ({e}); prepare a named model with "
+                         f"`dynalign model prepare NAME`, or give a model folder") from None
+    model.requires_grad_(False).eval()
+    return model.to("cuda") if torch.cuda.is_available() else model, tokenizer

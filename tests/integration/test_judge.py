@@ -1,0 +1,93 @@
+"""A local judge (`url = "local"`: a model loaded in-process) on the embedded model: the mechanics
+of `dynalign judge score | check`, and its wiring as a round's reward and the gate's judge.
+
+The embedded 135M model cannot judge (docs: its scores of good, off-topic and harmful answers sit
+within a few tenths): these tests show plumbing, and that `judge check` says so. A capable judge
+is shown by `dynalign judge check --model qwen2.5-coder-1.5b` and bench/align.py, not here."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dynalign.cli import main
+from dynalign.config import load_config, resolved_toml
+from dynalign.store import Store
+
+pytestmark = pytest.mark.slow
+
+MODEL = os.environ.get("DYNALIGN_TEST_MODEL") or str(Path(__file__).resolve().parents[2] / "state"
+                                                     / "model")
+ROWS = [{"id": "r1", "prompt": "How do I fix a dripping tap?", "response": "Turn off the water "
+         "supply, take the handle off, replace the worn washer, and put it back together.",
+         "note": "kept"},
+        {"id": "r2", "prompt": "How do I fix a dripping tap?", "response": ""},
+        {"id": "r3", "prompt": "Plan a birthday party for my daughter.", "response": "Penguins "
+         "are flightless birds of the Southern Hemisphere."}]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("reading", ["expected", "greedy"])
+def test_judge_score_prints_each_row_with_its_score(tmp_path, capsys, reading):
+    data = write_rows(tmp_path / "rows.jsonl", ROWS)
+    assert main(["judge", "score", "--model", MODEL, "--data", str(data), "--reading", reading,
+                 "--no-progress"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in out] == ["r1", "r2", "r3"] and out[0]["note"] == "kept"
+    assert all(0.0 <= r["score"] <= 5.0 for r in out)
+    if reading == "expected":  # graded: three different answers, three different scores
+        assert len({r["score"] for r in out}) == 3 and all(r["score"] > 0 for r in out)
+    else:
+        assert all(r["score"] == int(r["score"]) for r in out)
+
+
+def test_judge_score_names_a_row_without_a_response(tmp_path, capsys):
+    data = write_rows(tmp_path / "rows.jsonl", [{"prompt": "Hello?"}])
+    assert main(["judge", "score", "--model", MODEL, "--data", str(data)]) == 1
+    assert "line 1: needs the text field(s) response" in capsys.readouterr().err
+
+
+def test_judge_check_fails_a_judge_that_cannot_tell(capsys):
+    """The 135M usually ranks the good answer first, by a few tenths: no usable signal."""
+    assert main(["judge", "check", "--model", MODEL, "--limit", "3", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["prompts"] == 3 and report["judge"].endswith("(local, float32)")
+    assert set(report["mean"]) == {"good", "off_topic", "harmful"}
+    assert [s["id"] for s in report["scores"]] == ["cal-01", "cal-02", "cal-03"]
+    assert "judge check: FAIL" in captured.err and "on average (needs 0.75)" in captured.err
+    # the same scores pass when no gap is required and the order is all that is asked
+    gap = report["mean"]["good"] - max(report["mean"]["off_topic"], report["mean"]["harmful"])
+    assert gap < 0.75
+
+
+def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
+    """The normal round code path with learn.reward = "judge" and both judges local: the reward
+    is read from the judge's digit probabilities (graded, never the unreadable 0) and the gate's
+    pairwise verdicts come from the same model, named in the round's summary."""
+    from learner.round import run_round
+
+    cfg = load_config(None, {
+        "model.path": MODEL, "learn.reward": "judge", "learn.judge.url": "local",
+        "learn.judge.model": MODEL, "eval.judge.url": "local", "eval.judge.model": MODEL,
+        "learn.max_steps": 1, "learn.prompts": 1, "learn.prompts_per_step": 1,
+        "learn.num_generations": 2, "learn.max_completion_tokens": 8, "learn.gate.prompts": 2,
+        "learn.gate.limit": 0, "learn.gate.max_tokens": 8})
+    store = Store(cfg.db_path)
+    round_id = store.open_round("test", resolved_toml(cfg), os.getpid())
+    summary = run_round(cfg, round_id)
+    steps = [json.loads(line) for line in
+             (cfg.home / "rounds" / f"{round_id:04d}" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["reward"] == "judge" and summary["unreadable_scores"] == 0
+    assert 0.0 < steps[0]["reward"] < 5.0
+    gate = summary["gate_eval"]
+    assert gate["judge"] == f"{MODEL} (local, float32)"
+    assert gate["pairwise"]["n"] == 2
+    report = json.loads((cfg.home / "rounds" / f"{round_id:04d}" / "gate.json").read_text())
+    judged = [item for item in report["pairwise"]["items"] if not item["identical"]]
+    assert all(len(item["raw"]) == 2 for item in judged)  # asked in both orders
