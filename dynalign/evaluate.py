@@ -98,6 +98,20 @@ def pairwise(prompts: list[str], answers_a: list[str], answers_b: list[str], cha
     return {**tally(outcomes), "ci": list(ci) if ci else None, "level": level, "items": items}
 
 
+def length_controlled(items: list[dict], tolerance: float = 0.2, resamples: int = 2000,
+                      level: float = 0.95, seed: int = 0) -> dict:
+    """The win rate over the pairs whose two answers are within `tolerance` of each other's length
+    (words; the longer at most 1 + tolerance times the shorter): a judge that prefers longer
+    answers cannot make a win here out of length alone."""
+    def close(item: dict) -> bool:
+        a, b = len(item["a"].split()), len(item["b"].split())
+        return max(a, b) <= (1 + tolerance) * min(a, b) if min(a, b) else a == b
+
+    outcomes = [item["outcome"] for item in items if close(item)]
+    ci = bootstrap_ci(outcomes, resamples, level, seed)
+    return {**tally(outcomes), "ci": list(ci) if ci else None, "tolerance": tolerance}
+
+
 def report_dir(home: Path, kind: str) -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     folder = home / "reports" / "eval" / f"{stamp}-{kind}"

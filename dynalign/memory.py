@@ -30,6 +30,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from dynalign import catalog
 from dynalign.errors import ConfigError
 from dynalign.procs import TCMALLOC
 
@@ -67,7 +68,7 @@ class Estimate:
     @property
     def peak(self) -> float:
         t = self.terms
-        return t["resident"] + max(t["generation"], t["update"])
+        return t["resident"] + t.get("judge", 0) + max(t["generation"], t["update"])
 
     def describe(self) -> str:
         return ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.terms.items())
@@ -156,10 +157,20 @@ def available_bytes() -> float | None:
     return None
 
 
-def check_fits(model_path: str, learn, prompt_chars: int,
-               available: float | None = None) -> Estimate | None:
+def local_judges(cfg) -> set[str]:
+    """The folders of the judges a round loads in its own process (`url = "local"`): the reward's,
+    and the gate's when the gate runs; one model serving both is loaded once."""
+    used = [cfg.learn.judge] if cfg.learn.reward == "judge" else []
+    if cfg.learn.gate.enabled and cfg.learn.promote:
+        used.append(cfg.eval.judge)
+    return {catalog.resolve(e.model, cfg.home) for e in used if e.url == "local"}
+
+
+def check_fits(model_path: str, learn, prompt_chars: int, available: float | None = None,
+               judges: set[str] = frozenset()) -> Estimate | None:
     """Raise ConfigError naming the setting to lower when the round would not fit; the estimate
-    otherwise (None: the model's shape is unknown, or the learner runs on a GPU)."""
+    otherwise (None: the model's shape is unknown, or the learner runs on a GPU). `judges`: the
+    local judges' folders, whose weights (in the rollout dtype) the round holds too."""
     if shutil.which("nvidia-smi"):
         return None
     shape = model_shape(model_path)
@@ -167,8 +178,10 @@ def check_fits(model_path: str, learn, prompt_chars: int,
     if shape is None or available is None:
         return None
     fragmentation = 1.0 if Path(TCMALLOC).exists() else GLIBC_FRAGMENTATION
-    est = estimate(shape, learn, BYTES[rollout_dtype_name(learn, cuda=False)], prompt_chars,
-                   fragmentation)
+    rollout = BYTES[rollout_dtype_name(learn, cuda=False)]
+    est = estimate(shape, learn, rollout, prompt_chars, fragmentation)
+    shapes = [model_shape(j) for j in judges]
+    est.terms["judge"] = sum(s.params * rollout for s in shapes if s)
     if est.peak > 0.9 * available:
         raise ConfigError(
             f"this refresh round would need about {est.peak / GIB:.1f} GiB of memory "
@@ -178,6 +191,9 @@ def check_fits(model_path: str, learn, prompt_chars: int,
 
 
 def _advice(est: Estimate, learn) -> str:
+    if est.terms.get("judge", 0) > max(est.terms["generation"], est.terms["update"]):
+        return ("the local judge's weights are the largest part: use a smaller judge, or serve it "
+                "elsewhere and point learn.judge.url / eval.judge.url at it")
     if est.terms["generation"] >= est.terms["update"]:
         return (f"lower learn.prompts_per_step (now {learn.prompts_per_step}) or "
                 f"learn.max_completion_tokens (now {learn.max_completion_tokens}); the step's "

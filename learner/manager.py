@@ -31,7 +31,7 @@ from dynalign.config import Config, _build, _set_dotted, resolved_toml
 from dynalign.errors import RoundError
 from dynalign.gate import Decision, decide, last_good
 from dynalign.dataset import read_rows, seed_path
-from dynalign.memory import check_fits
+from dynalign.memory import check_fits, local_judges
 from dynalign.procs import die_with_parent, preload_tcmalloc
 from dynalign.rounds import check_learn, longest_prompt
 from dynalign.store import Store, now
@@ -132,7 +132,7 @@ class RoundManager:
         with closing(self.store()) as store:
             exchanges = store.training_exchanges(store.consumed_upto())
         longest = longest_prompt(exchanges, read_rows(seed_path(cfg)), cfg.learn)
-        check_fits(cfg.model_path, cfg.learn, longest)
+        check_fits(cfg.model_path, cfg.learn, longest, judges=local_judges(cfg))
 
     def cancel(self, round_id: int, wait_s: float = 30.0) -> dict:
         with closing(self.store()) as store:

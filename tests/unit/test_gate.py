@@ -7,8 +7,8 @@ import pytest
 
 from dynalign.config import GateConfig, load_config
 from dynalign.errors import ConfigError
-from dynalign.evaluate import (bootstrap_ci, judge_pair, markdown, outcome, pairwise,
-                               parse_verdict, tally, write_report)
+from dynalign.evaluate import (bootstrap_ci, judge_pair, length_controlled, markdown, outcome,
+                               pairwise, parse_verdict, tally, write_report)
 from dynalign.gate import decide, drift_flags, last_good
 from dynalign.rounds import check_learn
 
@@ -51,6 +51,20 @@ def test_bootstrap_interval_brackets_the_rate_and_is_seeded():
     assert bootstrap_ci(outcomes, resamples=2000, seed=1) == (low, high)
     assert bootstrap_ci(["win"] * 5) == (1.0, 1.0)
     assert bootstrap_ci(["inconsistent", "unreadable"]) is None
+
+
+def test_length_controlled_win_rate_keeps_only_pairs_of_similar_length():
+    words = lambda n: " ".join(["w"] * n)  # noqa: E731
+    items = [{"a": words(100), "b": words(10), "outcome": "win"},  # 10x longer: left out
+             {"a": words(60), "b": words(50), "outcome": "win"},  # 1.2x: kept
+             {"a": words(50), "b": words(60), "outcome": "loss"},  # kept, either way round
+             {"a": words(61), "b": words(50), "outcome": "win"},  # 1.22x: left out
+             {"a": "", "b": words(3), "outcome": "loss"},  # empty vs not: left out
+             {"a": words(5), "b": words(5), "outcome": "inconsistent"}]  # kept, not judged
+    lc = length_controlled(items, tolerance=0.2)
+    assert (lc["n"], lc["win"], lc["loss"], lc["inconsistent"]) == (3, 1, 1, 1)
+    assert lc["win_rate"] == 0.5 and lc["tolerance"] == 0.2
+    assert length_controlled(items[:1])["win_rate"] is None and length_controlled(items[:1])["n"] == 0
 
 
 def _judge_preferring(word: str):

@@ -9,7 +9,7 @@ import pytest
 
 from dynalign.config import LearnConfig, load_config
 from dynalign.errors import ConfigError
-from dynalign.memory import GIB, Estimate, check_fits, estimate, model_shape
+from dynalign.memory import GIB, Estimate, check_fits, estimate, local_judges, model_shape
 from dynalign.rounds import PHASE_SHARE, longest_prompt, progress, step_text
 from learner.progress import StepProgress
 
@@ -50,6 +50,30 @@ def test_estimate_of_the_default_round_and_how_micro_batch_bounds_it(tmp_path):
     assert longer.terms["update"] > 2 * est.terms["update"]
     bf16 = estimate(shape, learn, 2, prompt_chars=536)  # rollouts in bf16: a copy, half the KV
     assert bf16.terms["generation"] != est.terms["generation"]
+
+
+def test_a_local_judge_adds_its_weights_and_is_named_when_it_is_what_does_not_fit(tmp_path):
+    policy, judge = write_model(tmp_path / "m"), write_model(tmp_path / "j", (1_800_000_000,))
+    learn = LearnConfig(rollout_dtype="float32")
+    alone = check_fits(str(policy), learn, prompt_chars=536, available=24 * GIB)
+    judged = check_fits(str(policy), learn, prompt_chars=536, available=24 * GIB,
+                        judges={str(judge)})
+    assert judged.terms["judge"] == 1_800_000_000 * 4
+    assert judged.peak == pytest.approx(alone.peak + 1_800_000_000 * 4)
+    with pytest.raises(ConfigError, match="the local judge's weights are the largest part"):
+        check_fits(str(policy), learn, prompt_chars=536, available=8 * GIB, judges={str(judge)})
+
+
+def test_local_judges_are_the_in_process_ones_a_round_loads():
+    cfg = load_config(None, {"learn.reward": "judge", "learn.judge.url": "local",
+                             "learn.judge.model": "qwen2.5-coder-1.5b", "eval.judge.url": "local",
+                             "eval.judge.model": "qwen2.5-coder-1.5b"})
+    assert local_judges(cfg) == {str(cfg.home / "models" / "qwen2.5-coder-1.5b")}
+    remote_gate = load_config(None, {"learn.reward": "judge", "learn.judge.url": "local",
+                                     "learn.judge.model": "/m"})
+    assert local_judges(remote_gate) == {"/m"}
+    assert local_judges(load_config(None, {"eval.judge.url": "local", "eval.judge.model": "/j",
+                                           "learn.gate.enabled": False})) == set()
 
 
 def test_a_round_beyond_the_machine_is_refused_naming_the_setting(tmp_path):
