@@ -16,7 +16,7 @@ PUNKT := $(VENV)/nltk_data/tokenizers/punkt_tab/README
 # selenium is given both paths, so nothing is downloaded at test time.
 BROWSER := /usr/bin/chromium /usr/bin/chromedriver
 
-.PHONY: install eval-data model serve test test-unit test-integration bench bench-learn clean
+.PHONY: install eval-data model serve test test-unit test-integration bench bench-learn bench-align clean
 
 install: $(STAMP) $(PUNKT)
 
@@ -78,6 +78,15 @@ bench-learn: model
 	$(PY) bench/self_score.py
 	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) bench/learn_curve.py
 	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) bench/round_latency.py
+
+# does a round make the model more CA-aligned? (hours on 2 cores; the 1.5B judge: ~5 GB of disk)
+# (a) the 135M trained on the 1.5B judge's reward; (b) the 1.5B self-rewarding (Algorithm 1)
+bench-align: model
+	$(VENV)/bin/dynalign model prepare qwen2.5-coder-1.5b
+	$(PY) bench/judge.py --out bench/results/judge.json
+	$(PY) bench/align.py --experiment a --steps 8 --completion-tokens 128 --lr 2e-4
+	$(PY) bench/align.py --experiment b --steps 3 --prompts-per-step 2 --generations 4 \
+		--completion-tokens 64 --lr 2e-4 --heldout 40 --ifeval 20
 
 clean:
 	rm -rf $(VENV) build *.egg-info

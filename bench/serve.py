@@ -15,9 +15,12 @@ request before every measurement, and reports the mean of the per-round ratios.
     Then a second server with engine.swap = lora: "dynalign-v1" (LoRA) vs the base model name.
 (c) vLLM (through the gateway, mean of (a)) vs transformers `generate` (bf16, batch of C, left
     padding, greedy, min_new_tokens = N), run after the servers are stopped.
+--versus MODEL (instead of (a)-(c)): two servers at once, the base model and MODEL (a prepared
+    name such as qwen2.5-coder-1.5b, or a folder), the same workload through each gateway,
+    alternated: tok/s of each and the ratio MODEL / base.
 
 Usage: .venv/bin/python bench/serve.py [--concurrency 16] [--max-tokens 128] [--rounds 2]
-                                       [--model-path PATH] [--quick]
+                                       [--model-path PATH] [--versus MODEL] [--quick]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="alternation rounds R (default 2; quick 1)")
     p.add_argument("--model-path", help="prepared base model (default: $DYNALIGN_TEST_MODEL, "
                    "else prepared into <repo>/state/model)")
+    p.add_argument("--versus", help="compare serving speed with this model (name or folder)")
     p.add_argument("--quick", action="store_true", help="smoke run: C=4, N=32, R=1")
     a = p.parse_args()
     for key, full, quick in (("concurrency", 16, 4), ("max_tokens", 128, 32), ("rounds", 2, 1)):
@@ -303,6 +307,37 @@ def bench(args, tmp: Path, path: str) -> dict:
     return out
 
 
+def versus(args, tmp: Path, path: str) -> dict:
+    """(d) the same workload on the base model's server and on `args.versus`'s, alternated."""
+    import asyncio
+
+    from dynalign.config import Config
+    from dynalign.model import prepare
+    other = str(prepare(Config(state_dir=str(REPO / "state")), args.versus).resolve())
+    servers = [Server(tmp / "base", path, "merged"), Server(tmp / "versus", other, "merged")]
+    try:
+        for server in servers:
+            server.wait_ready()
+        got = asyncio.run(compare("(d)", *((f"{s.gateway}/v1", "dynalign") for s in servers), args))
+    finally:
+        for server in servers:
+            server.stop()
+    tok_s = {side: statistics.mean(r[side]["tok_s"] for r in got["rounds"]) for side in "ab"}
+    return {"workload": {"concurrency": args.concurrency, "max_tokens": args.max_tokens,
+                         "rounds": args.rounds}, "base": path, "versus": other,
+            "base_tok_s": tok_s["a"], "versus_tok_s": tok_s["b"], "ratio": got["ratio"],
+            "base_p50_ms": statistics.mean(r["a"]["p50_ms"] for r in got["rounds"]),
+            "versus_p50_ms": statistics.mean(r["b"]["p50_ms"] for r in got["rounds"])}
+
+
+def versus_summary(out: dict) -> str:
+    w = out["workload"]
+    return (f"workload: {w['concurrency']} chats x {w['max_tokens']} tokens, {w['rounds']} round(s)\n"
+            f"{Path(out['base']).name}: {out['base_tok_s']:.1f} tok/s (p50 {out['base_p50_ms']:.0f} ms)\n"
+            f"{Path(out['versus']).name}: {out['versus_tok_s']:.1f} tok/s "
+            f"(p50 {out['versus_p50_ms']:.0f} ms)\nratio versus / base: {out['ratio']:.3f}")
+
+
 def summary(out: dict) -> str:
     a, m, lo = out["gateway_vs_engine"], out["merged_adapter_vs_base"], out["lora_adapter_vs_base"]
     rows = [("(a) throughput gateway / engine", f"{a['ratio']:.3f}", ">= 0.95"),
@@ -330,12 +365,13 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading bars
     path = model_path(args)
     with tempfile.TemporaryDirectory(prefix="dynalign-bench-") as tmp:
-        out = bench(args, Path(tmp), path)
-    print("\n" + summary(out))
+        out = versus(args, Path(tmp), path) if args.versus else bench(args, Path(tmp), path)
+    print("\n" + (versus_summary(out) if args.versus else summary(out)))
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "serve.json").write_text(json.dumps(out, indent=2))
-    print(f"\nJSON: {results / 'serve.json'}")
+    name = "serve-versus.json" if args.versus else "serve.json"
+    (results / name).write_text(json.dumps(out, indent=2))
+    print(f"\nJSON: {results / name}")
     return 0
 
 

@@ -58,19 +58,35 @@ def judge_command(cfg, args) -> int:
         rows = _rows(args.data, ("prompt", "response"), args.limit)
         judge = open_judge(endpoint, cfg, args.reading)
         reward = with_progress(judge.reward, not args.no_progress)
-        for row, score in zip(rows, reward([r["prompt"] for r in rows],
-                                           [r["response"] for r in rows])):
+        scores = reward([r["prompt"] for r in rows], [r["response"] for r in rows])
+        for row, score in zip(rows, scores):
             print(json.dumps({**row, "score": round(score, 4)}))
-        return 0
+        return _unreadable(judge.reward)
     rows = _rows(args.data or CALIBRATION, ("prompt", *KINDS), args.limit)
     judge = open_judge(endpoint, cfg, args.reading)
     report = calibration(rows, with_progress(judge.reward, not args.no_progress))
     print(json.dumps({"judge": judge.label, "reading": args.reading, **report}, indent=2))
+    if _unreadable(judge.reward):
+        return 1
     failures = failed(report, args.min_share, args.min_gap)
     if failures:
         print(f"judge check: FAIL: {'; '.join(failures)}", file=sys.stderr)
         return 1
     print("judge check: pass", file=sys.stderr)
+    return 0
+
+
+def _unreadable(reward) -> int:
+    """1 (with a message) when the judge gave no readable score at all; some unreadable ones are
+    reported, scored 0."""
+    if reward.scored and reward.unreadable == reward.scored:
+        print(f"error: the judge gave no readable score (a digit 0-5) for any of the "
+              f"{reward.scored} answers: use a judge that follows the reward prompt, or "
+              f"--reading expected with a local model", file=sys.stderr)
+        return 1
+    if reward.unreadable:
+        print(f"note: {reward.unreadable} of {reward.scored} answers got no readable score "
+              f"(scored 0)", file=sys.stderr)
     return 0
 
 

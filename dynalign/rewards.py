@@ -83,7 +83,7 @@ class JudgeReward:
         self.endpoint, self.template, self.definition = endpoint, template, definition
         self.workers = workers
         self.batch_size = workers  # a round hands it this many candidates at a time
-        self.unreadable = 0
+        self.unreadable = self.scored = 0
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         asks = [reward_prompt(self.template, self.definition, text_of(p), text_of(c))
@@ -92,6 +92,7 @@ class JudgeReward:
             answers = list(pool.map(self._ask, asks))
         scores = [parse_score(a) for a in answers]
         self.unreadable += sum(s is None for s in scores)
+        self.scored += len(scores)
         return [float(s or 0) for s in scores]
 
     def _ask(self, text: str) -> str:

@@ -55,9 +55,10 @@ def make_reward(cfg: Config, tokenizer):
 
 
 def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,
-                  metrics_path: Path):
+                  metrics_path: Path, reward=None):
     """Per logged step: one metrics line (TRL's figures, seconds and peak memory per phase), the
-    progress in the store, and the convergence stop."""
+    progress in the store, and the convergence stop. A judge that has not given one readable
+    score in the first step fails the round there, rather than train on zeros."""
     from transformers import TrainerCallback
 
     learn = cfg.learn
@@ -69,6 +70,7 @@ def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,
             if not state.is_world_process_zero or "reward" not in (logs or {}):
                 return
             self.rewards.append(logs["reward"])
+            check_readable(reward, state.global_step)
             row = {"step": state.global_step, **{v: logs[k] for k, v in STEP_KEYS.items() if k in logs},
                    **steps.end_step(logs["reward"])}
             with open(metrics_path, "a") as f:
@@ -79,6 +81,15 @@ def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,
             control.should_training_stop = control.should_training_stop or stop
 
     return RoundCallback()
+
+
+def check_readable(reward, step: int) -> None:
+    scored, unreadable = getattr(reward, "scored", 0), getattr(reward, "unreadable", 0)
+    if step == 1 and scored and unreadable == scored:
+        raise RoundError(f"the judge gave no readable score (an answer starting with a digit "
+                         f"0-5) for any of the {scored} answers of step 1: use a judge that "
+                         f"follows the reward prompt, or learn.self_score = \"expected\" (digit "
+                         f"probabilities, always readable) with a local or self judge")
 
 
 def live_progress(store: Store, round_id: int, learn) -> StepProgress:
@@ -142,7 +153,7 @@ def _trainer(cfg: Config, store: Store, round_id: int, prompts: list[dict], pare
     steps = live_progress(store, round_id, learn)
     trainer = build_trainer(policy, tokenizer, dataset, learn, system_prompt(cfg.prompts), reward,
                             str(out / "trainer"), progress=steps)
-    trainer.add_callback(step_callback(cfg, store, round_id, steps, metrics_path))
+    trainer.add_callback(step_callback(cfg, store, round_id, steps, metrics_path, reward))
     return trainer, tokenizer, reward
 
 

@@ -35,7 +35,7 @@ class SelfReward:
         self.prefix_cache = None if reads_policy else PrefixCache()
         self.model = None  # the policy, bound once the trainer has wrapped it
         self.dtype = None  # its frozen weights' dtype while scoring (learner/precision.py)
-        self.unreadable = 0
+        self.unreadable = self.scored = 0
         self.seconds = 0.0
 
     def bind(self, model) -> None:
@@ -51,6 +51,7 @@ class SelfReward:
             for i in range(0, len(texts), self.batch_size):
                 scores += score(texts[i:i + self.batch_size])
         self.seconds += time.perf_counter() - start
+        self.scored += len(scores)
         return scores
 
     @torch.no_grad()

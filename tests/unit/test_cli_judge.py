@@ -29,7 +29,8 @@ def test_score_prints_each_row_with_the_endpoints_score(json_server, tmp_path, c
                  "--no-progress"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["id"], r["score"]) for r in rows] == [("line 1", 4.0), ("b", 1.0)]
-    assert len(asked) == 2 and "Collective Agency" in asked[0] and "Replace the washer." in asked[0]
+    assert len(asked) == 2 and all("Collective Agency" in a for a in asked)
+    assert any("Replace the washer." in a for a in asked)  # asked concurrently: any order
 
 
 def test_check_passes_a_judge_that_tells_and_fails_one_that_does_not(json_server, capsys):
@@ -56,3 +57,15 @@ def test_calibration_counts_and_the_gap_rule():
     assert problems == ["good beat off_topic in 50% of the prompts (needs 80%)",
                         "good scored 0.00 above off_topic on average (needs 0.75)"]
     assert failed(report, min_share=0.5, min_gap=0.0) == []
+
+
+def test_a_judge_that_gives_no_digit_is_an_error_naming_what_to_do(json_server, tmp_path, capsys):
+    url, _ = scoring_server(json_server, lambda text: "What a thoughtful answer!")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    assert main(["judge", "score", "--url", url, "--model", "m", "--data", str(data),
+                 "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["score"] == 0.0
+    assert "no readable score (a digit 0-5) for any of the 1 answers" in captured.err
+    assert "--reading expected" in captured.err
