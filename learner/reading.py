@@ -3,9 +3,9 @@ that share a long beginning.
 
 Why a shared prefix: every judgement with the paper's prompts starts with the same instruction and
 CA definition (and the chat template's system turn), most of its tokens. `next_token_logits`
-runs that common beginning once, then only each row's own tokens on top of it: about half the
-compute of a judgement on a CPU, with the same logits (a test compares them with row-by-row
-forwards). A frozen judge keeps the prefix's KV between calls (`PrefixCache`); a policy that
+runs that common beginning once, then only each row's own tokens on top of it, with the same
+logits (a test compares them with row-by-row forwards): 1.25x faster for the 1.5B judge on the
+calibration set, batches of 4 (bench/judge.py). A frozen judge keeps the prefix's KV between calls (`PrefixCache`); a policy that
 trains must not, since its weights change between steps.
 """
 
