@@ -470,29 +470,29 @@ def test_a_round_with_a_learnable_reward_improves_held_out_answers(merged):
 
 
 # 9. the paper's own reward paths, end to end with the embedded model (plumbing: it cannot judge)
-@pytest.mark.parametrize("self_score", ["greedy"])  # "expected", the default: the first test
-def test_a_self_reward_round_runs_end_to_end(merged, self_score):
-    """The paper's reward: the policy scores its own candidates with the paper's reward prompt.
-    With the 135M model the scores are noise; this shows the path works, not that it aligns.
-    The default reading ("expected") runs in the first test (the README's tiny round)."""
+def test_a_greedy_self_reward_round_with_no_readable_score_fails_saying_why(merged):
+    """The paper's reading of its reward prompt (greedy: the answer must start with a digit 0-5).
+    The 135M never starts its answer with a digit on these candidates, so the round fails at step
+    1 with what to do, instead of training on zeros; the active version stays. The default
+    reading ("expected", always readable) runs in the first test (the README's tiny round)."""
+    before = merged.active()
     overrides = {key: value for key, value in TINY.items() if key != "reward"}
     done = wait_end(merged, start_round(merged, {**overrides, "max_steps": 1,
-                                                 "self_score": self_score})["id"])
-    assert done["status"] == "promoted", done
-    summary = done["summary"]
-    assert (summary["reward"], summary["self_score"]) == ("self", self_score)
-    assert 0.0 <= done["steps"][0]["reward"] <= 5.0
-    if self_score == "greedy":  # counted, as the README says: the 135M rarely answers a digit
-        assert summary["unreadable_scores"] is not None and summary["unreadable_scores"] >= 0
-    assert merged.active() == f"dynalign-v{done['adapter_version']}"
+                                                 "self_score": "greedy"})["id"])
+    assert done["status"] == "failed", done
+    assert "no readable score" in done["error"] and 'self_score = "expected"' in done["error"]
+    assert merged.active() == before
 
 
 def test_a_judge_round_asks_this_server_and_its_requests_are_not_trained_on(merged):
     """learn.reward = "judge" with the default judge: this dynalign server. Its scoring requests
-    carry the opt-out header, so they are logged opted out and never become training prompts."""
+    carry the opt-out header, so they are logged opted out and never become training prompts.
+    The served 135M answers them without a digit (it cannot judge): the round then fails at step 1
+    saying so, rather than train on zeros; a judge that gives some score lets it finish."""
     first = merged.query("select coalesce(max(id), 0) as n from exchanges")[0]["n"]
     done = wait_end(merged, start_round(merged, {**TINY, "max_steps": 1, "reward": "judge"})["id"])
-    assert done["status"] == "promoted", done
+    assert done["status"] == "promoted" or (
+        done["status"] == "failed" and "no readable score" in done["error"]), done
     rows = merged.query("select messages, opt_out from exchanges where id > ?", (first,))
     judged = [r for r in rows if "You are an expert evaluator" in r["messages"]]
     assert len(judged) == TINY["num_generations"] * TINY["prompts_per_step"]
