@@ -155,6 +155,7 @@ def judged(cfg, prompts: list[str], sides: dict) -> dict:
             "length_controlled": length_controlled(pair["items"], 0.2, cfg.eval.bootstrap,
                                                    cfg.eval.level, cfg.eval.seed),
             "scores": {side: sum(s) / len(s) for side, s in scores.items()},
+            "item_scores": scores,  # per prompt, both sides: a pointwise comparison can be made
             "seconds": round(time.perf_counter() - started, 1)}
 
 
