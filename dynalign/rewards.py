@@ -43,6 +43,13 @@ def parse_score(text: str, strict: bool = False) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def none_readable(reward) -> bool:
+    """True when a reading reward (JudgeReward, SelfReward) has scored answers and could read a
+    score from none of them: every score so far is the unreadable 0, not a judgement."""
+    scored = getattr(reward, "scored", 0)
+    return bool(scored) and getattr(reward, "unreadable", 0) == scored
+
+
 def brevity(target_words: int, max_tokens: int | None = None):
     """5 for a non-empty answer of at most `target_words` words, falling as target / words above.
     A completion cut off at `max_tokens` (TRL passes `completion_ids`) did not stop: its score is

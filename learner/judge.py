@@ -45,8 +45,8 @@ def open_judge(endpoint, cfg, reading: str = "expected", batch_size: int = 4) ->
 
 
 class LocalJudge:
-    def __init__(self, name: str, path: str, learn, reading: str, batch_size: int, max_new_tokens: int,
-                 template: str, definition: str):
+    def __init__(self, name: str, path: str, learn, reading: str, batch_size: int,
+                 max_new_tokens: int, template: str, definition: str):
         from learner.precision import rollout_dtype
         from learner.self_reward import SelfReward
 
@@ -65,11 +65,9 @@ class LocalJudge:
         (pairwise verdicts are one token: "A", "B", "tie"); only when that token alone is not a
         verdict does the answer go on to full greedy decoding."""
         from dynalign.evaluate import parse_verdict
-        from learner.reading import answer, next_token_logits
+        from learner.reading import answer, chat_ids, next_token_logits
 
-        row = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False)
-        row = list(row["input_ids"] if isinstance(row, dict) else row)
+        row = chat_ids(self.tokenizer, messages)
         first = next_token_logits(self.model, [row], self.reward.prefix_cache).argmax(-1).item()
         text = self.tokenizer.decode([first], skip_special_tokens=True)
         if parse_verdict(text) is not None:

@@ -5,8 +5,8 @@ Why a shared prefix: every judgement with the paper's prompts starts with the sa
 CA definition (and the chat template's system turn), most of its tokens. `next_token_logits`
 runs that common beginning once, then only each row's own tokens on top of it, with the same
 logits (a test compares them with row-by-row forwards): 1.25x faster for the 1.5B judge on the
-calibration set, batches of 4 (bench/judge.py). A frozen judge keeps the prefix's KV between calls (`PrefixCache`); a policy that
-trains must not, since its weights change between steps.
+calibration set, batches of 4 (bench/judge.py). A frozen judge keeps the prefix's KV between
+calls (`PrefixCache`); a policy that trains must not, since its weights change between steps.
 """
 
 from __future__ import annotations
@@ -107,6 +107,13 @@ def _greedy(model, tokenizer, conversations: list[list[dict]], max_new_tokens: i
     ids = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                          pad_token_id=tokenizer.pad_token_id)
     return tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """A conversation chat-templated and tokenized, ready for the assistant's answer."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        return_dict=False)
+    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
 
 def _device(model) -> torch.device:

@@ -84,10 +84,11 @@ def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,
 
 
 def check_readable(reward, step: int) -> None:
-    scored, unreadable = getattr(reward, "scored", 0), getattr(reward, "unreadable", 0)
-    if step == 1 and scored and unreadable == scored:
+    from dynalign.rewards import none_readable
+
+    if step == 1 and none_readable(reward):
         raise RoundError(f"the judge gave no readable score (an answer starting with a digit "
-                         f"0-5) for any of the {scored} answers of step 1: use a judge that "
+                         f"0-5) for any of the {reward.scored} answers of step 1: use a judge that "
                          f"follows the reward prompt, or learn.self_score = \"expected\" (digit "
                          f"probabilities, always readable) with a local or self judge")
 

@@ -16,7 +16,7 @@ import torch
 
 from dynalign.rewards import parse_score, reward_prompt, text_of
 from learner.precision import frozen_weights_in
-from learner.reading import PrefixCache, next_token_logits
+from learner.reading import PrefixCache, chat_ids, next_token_logits
 
 
 class SelfReward:
@@ -57,10 +57,7 @@ class SelfReward:
     @torch.no_grad()
     def expected(self, texts: list[str]) -> list[float]:
         logits = next_token_logits(self.model, self._rows(texts), self.prefix_cache)
-        probs = torch.softmax(logits, dim=-1)[:, self.digits]
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-        values = torch.arange(len(self.digits), dtype=probs.dtype, device=probs.device)
-        return (probs * values).sum(dim=-1).tolist()
+        return expected_scores(logits, self.digits)
 
     @torch.no_grad()
     def greedy(self, texts: list[str]) -> list[float]:
@@ -83,10 +80,7 @@ class SelfReward:
 
     def _rows(self, texts: list[str]) -> list[list[int]]:
         """Each text as a chat-templated user turn, ready for the answer: token ids."""
-        rows = [self.tokenizer.apply_chat_template([{"role": "user", "content": t}],
-                                                   add_generation_prompt=True, tokenize=True,
-                                                   return_dict=False) for t in texts]
-        return [list(r["input_ids"] if isinstance(r, dict) else r) for r in rows]
+        return [chat_ids(self.tokenizer, [{"role": "user", "content": t}]) for t in texts]
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded, so every row's last position is where the score goes."""
@@ -97,6 +91,15 @@ class SelfReward:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         device = next(self.model.parameters()).device
         return ids.to(device), mask.to(device)
+
+
+def expected_scores(logits: torch.Tensor, digits: list[int]) -> list[float]:
+    """The expected 0-5 score of each row of next-token logits: the digit tokens' probabilities,
+    renormalised, times their values."""
+    probs = torch.softmax(logits.float(), dim=-1)[:, digits]
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    values = torch.arange(len(digits), dtype=probs.dtype, device=probs.device)
+    return (probs * values).sum(dim=-1).tolist()
 
 
 def digit_token_ids(tokenizer) -> list[int]:
