@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--answer-tokens", type=int, help="evaluation answers (default: as training)")
     p.add_argument("--state", help="state dir (default bench/results/align-<exp>/state, fresh)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 step, tiny sizes")
+    p.add_argument("--rejudge", action="store_true",
+                   help="judge the answers saved in --out again (no training, no answering)")
     p.add_argument("--out", help="JSON (default bench/results/align-<exp>.json)")
     a = p.parse_args()
     if a.quick:
@@ -142,21 +144,37 @@ def answers(cfg, adapter: str, prompts: dict[str, list], tokens: int) -> dict:
 
 
 def judged(cfg, prompts: list[str], sides: dict) -> dict:
-    from dynalign.evaluate import length_controlled, pairwise
+    """Pairwise in both orders (the paper's rule, and the balanced reading when the judge can
+    weigh), each also length-controlled; every answer's 0-5 score, and the pointwise comparison
+    those scores make (trained vs base on the same prompt)."""
+    from dynalign.evaluate import length_controlled, summarise
     from learner.judge import open_judge
 
     judge = open_judge(cfg.eval.judge, cfg)
     started = time.perf_counter()
-    pair = pairwise(prompts, sides["trained"], sides["base"], judge.chat, cfg.prompts.pairwise,
-                    cfg.prompts.ca_definition, workers=1, resamples=cfg.eval.bootstrap,
-                    level=cfg.eval.level, seed=cfg.eval.seed)
+    pair = judge.pairwise(cfg, prompts, sides["trained"], sides["base"])
     scores = {side: judge.reward(prompts, sides[side]) for side in ("base", "trained")}
+    for item, after, before in zip(pair["items"], scores["trained"], scores["base"]):
+        item["pointwise"] = "win" if after > before else "loss" if after < before else "tie"
+    boot = (cfg.eval.bootstrap, cfg.eval.level, cfg.eval.seed)
+    readings = ["outcome"] + (["balanced"] if "balanced" in pair else [])
     return {"judge": judge.label, "pairwise": pair,
-            "length_controlled": length_controlled(pair["items"], 0.2, cfg.eval.bootstrap,
-                                                   cfg.eval.level, cfg.eval.seed),
+            "length_controlled": {k: length_controlled(pair["items"], 0.2, *boot, key=k)
+                                  for k in readings},
+            "pointwise": summarise(pair["items"], "pointwise", *boot),
             "scores": {side: sum(s) / len(s) for side, s in scores.items()},
-            "item_scores": scores,  # per prompt, both sides: a pointwise comparison can be made
+            "item_scores": scores,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def rejudge(cfg, out: dict) -> dict:
+    """The saved answers judged again: a new judge reading without training or answering."""
+    items = out["eval"]["pairwise"]["items"]
+    sides = {"trained": [i["a"] for i in items], "base": [i["b"] for i in items]}
+    out["eval"] |= judged(cfg, [i["prompt"] for i in items], sides)
+    out["rejudged"] = {"date": time.strftime("%Y-%m-%d"),
+                       "command": " ".join([".venv/bin/python", "bench/align.py", *sys.argv[1:]])}
+    return out
 
 
 def evaluate(cfg, args, adapter: str) -> dict:
@@ -197,6 +215,9 @@ def main() -> None:
     import shutil
 
     args = parse_args()
+    if args.rejudge:
+        out = rejudge(round_config(args), json.loads(Path(args.out).read_text()))
+        return finish(out, args.out)
     if args.state.exists() and not args.quick:
         shutil.rmtree(args.state)
     cfg = round_config(args)
@@ -210,37 +231,56 @@ def main() -> None:
            "curve": curve(row), "round": json.loads(row["metrics"] or "{}")}
     out["eval"] = evaluate(cfg, args, row["candidate"])
     out["seconds"] = round(time.perf_counter() - started, 1)
-    write_results(out, args.out)
-    Path(args.out).with_suffix(".md").write_text(markdown(out))
+    finish(out, args.out)
+
+
+def finish(out: dict, path: str) -> None:
+    write_results(out, path)
+    Path(path).with_suffix(".md").write_text(markdown(out))
     print(markdown(out))
 
 
 def markdown(out: dict) -> str:
-    ev, pair = out["eval"], out["eval"]["pairwise"]
-    lc = ev["length_controlled"]
-    ci = lambda c: f"[{c[0]:.2f}, {c[1]:.2f}]" if c else "n/a"  # noqa: E731
-    rate = lambda r: "n/a" if r is None else f"{r:.1%}"  # noqa: E731
+    ev = out["eval"]
     lines = [f"# bench/align.py, experiment ({out['experiment']}), {out['date']}", "",
-             f"- command: `{out['command']}`",
+             f"- command: `{out['command']}`"
+             + (f"; judged again: `{out['rejudged']['command']}`" if "rejudged" in out else ""),
              f"- policy: {out['policy']}; reward: {out['reward']}; judge: {ev['judge']}",
              f"- round: {len(out['curve'])} steps in {out['round_seconds']:.0f} s; rewards "
              + ", ".join(f"{s['reward']:.2f}" for s in out["curve"]), "",
-             "| measure | value |", "|---|---|",
-             f"| CA win rate, trained vs base | {rate(pair['win_rate'])} {ci(pair['ci'])} "
-             f"(W {pair['win']} / L {pair['loss']} / T {pair['tie']}, inconsistent "
-             f"{pair['inconsistent']}, unreadable {pair['unreadable']}, of {pair['n']}) |",
-             f"| length-controlled (within 20 %) | {rate(lc['win_rate'])} {ci(lc['ci'])} "
-             f"(W {lc['win']} / L {lc['loss']} / T {lc['tie']} of {lc['n']} pairs) |",
-             f"| judge score, base -> trained | {ev['scores']['base']:.2f} -> "
-             f"{ev['scores']['trained']:.2f} |",
-             f"| mean answer tokens, base -> trained | {ev['mean_tokens']['base']:.0f} -> "
-             f"{ev['mean_tokens']['trained']:.0f} |",
-             f"| KL (last step) | {out['curve'][-1].get('kl')} |"]
+             "| measure (trained vs base) | value |", "|---|---|"]
+    lines += [f"| {name} | {_rate_line(result)} |" for name, result in _readings(ev)]
+    lines += [f"| judge score, base -> trained | {ev['scores']['base']:.2f} -> "
+              f"{ev['scores']['trained']:.2f} |",
+              f"| mean answer tokens, base -> trained | {ev['mean_tokens']['base']:.0f} -> "
+              f"{ev['mean_tokens']['trained']:.0f} |",
+              f"| KL (last step) | {out['curve'][-1].get('kl')} |"]
     if "ifeval" in ev:
         f = ev["ifeval"]
-        lines.append(f"| IFEval prompt-level strict, base -> trained ({f['prompts']} prompts) | "
+        lines.append(f"| IFEval prompt-level strict ({f['prompts']} prompts) | "
                      f"{f['base']['prompt_strict']:.1%} -> {f['trained']['prompt_strict']:.1%} |")
     return "\n".join(lines) + "\n"
+
+
+def _readings(ev: dict) -> list[tuple[str, dict]]:
+    """(label, tally) of every win-rate reading the evaluation has."""
+    pair, lc = ev["pairwise"], ev["length_controlled"]
+    lc = lc if "outcome" in lc else {"outcome": lc}  # results written before the balanced reading
+    rows = [("CA win rate, both orders (the paper's rule)", pair),
+            ("  same, pairs within 20 % length", lc["outcome"])]
+    if "balanced" in pair:
+        rows += [("CA win rate, balanced over both orders", pair["balanced"]),
+                 ("  same, pairs within 20 % length", lc["balanced"])]
+    if "pointwise" in ev:
+        rows.append(("pointwise: trained's 0-5 score above base's", ev["pointwise"]))
+    return rows
+
+
+def _rate_line(t: dict) -> str:
+    rate = "n/a" if t["win_rate"] is None else f"{t['win_rate']:.1%}"
+    ci = f" [{t['ci'][0]:.2f}, {t['ci'][1]:.2f}]" if t.get("ci") else ""
+    return (f"{rate}{ci} (W {t['win']} / L {t['loss']} / T {t['tie']}, inconsistent "
+            f"{t['inconsistent']}, unreadable {t['unreadable']}, of {t['n']})")
 
 
 if __name__ == "__main__":

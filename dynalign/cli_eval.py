@@ -83,7 +83,6 @@ def pairwise_command(cfg, args) -> dict:
     from tqdm import tqdm
 
     from dynalign.dataset import read_rows, seed_path
-    from dynalign.evaluate import pairwise
     from learner.judge import open_judge
 
     rows = read_rows(args.data or seed_path(cfg), strict=False)
@@ -95,10 +94,7 @@ def pairwise_command(cfg, args) -> dict:
     answers_a, answers_b = answers(cfg, args, a, convs, a), answers(cfg, args, b, convs, b)
     judge = open_judge(cfg.eval.judge, cfg)
     with tqdm(total=len(prompts), desc="judge", file=sys.stderr, disable=args.no_progress) as bar:
-        report = pairwise(prompts, answers_a, answers_b, judge.chat, cfg.prompts.pairwise,
-                          cfg.prompts.ca_definition, workers=judge.workers,
-                          resamples=cfg.eval.bootstrap, level=cfg.eval.level, seed=cfg.eval.seed,
-                          progress=bar.update)
+        report = judge.pairwise(cfg, prompts, answers_a, answers_b, progress=bar.update)
     return {"a": a, "b": b, "judge": judge.label, **report}
 
 

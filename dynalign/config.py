@@ -146,6 +146,8 @@ class GateConfig:
     prompts: int = 8  # held-out prompts judged pairwise vs the active version (the first N: fixed)
     min_win_rate: float = 0.5  # wins / consistent judgments (inconsistent pairs excluded)
     min_judged: int = 4  # fewer consistent judgments than this: the judge cannot tell; reject
+    reading: str = "both_orders"  # the paper's rule | "balanced": P(A), P(B) averaged over both
+    #                               orders (a local judge only; others use both_orders)
     ifeval: str = ""  # IFEval input_data.jsonl; "" = data/eval/ifeval_sample.jsonl (our own 14)
     math: str = ""  # AIME/GSM8K-style JSONL; "" = not checked
     mc: str = ""  # GPQA-style CSV; "" = not checked

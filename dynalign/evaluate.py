@@ -7,6 +7,14 @@ only if both judgments say tie. Anything else is inconsistent and excluded from 
 Two identical answers are a tie without asking the judge. Win rate = wins / consistent
 judgments (wins + losses + ties), with a percentile bootstrap confidence interval.
 
+A judge that can weigh its verdict (a local judge: the probabilities of its verdict tokens) also
+gets a position-balanced reading, reported beside the paper's as `balanced`: A's share of the
+A-or-B probability, averaged over the two orders, wins above 0.5 and loses below (balanced
+position calibration, Wang et al. 2023, "Large Language Models are not Fair Evaluators"). Why:
+a small judge's preference for whichever answer is shown first can outweigh what it sees in
+the answers (the 1.5B answered "A" in both orders on 39 of 40 pairs), so the strict rule leaves
+nothing judged, while its probabilities still lean, order by order, toward one answer.
+
 The judge is any `chat(messages) -> str` (dynalign.endpoint.Endpoint.chat); answers come from
 whoever calls this: the server (`dynalign eval`) or the round's own process (the gate).
 """
@@ -25,6 +33,7 @@ from dynalign import prompts as paper
 
 VERDICT = re.compile(r"^\W*(?:(?:response|assistant|answer)\s*)?(a|b|tie)\b", re.IGNORECASE)
 OUTCOMES = ("win", "loss", "tie", "inconsistent", "unreadable")
+MIN_VERDICT_MASS = 0.1  # below this P(A) + P(B), the judge was not answering A or B: unreadable
 
 
 def parse_verdict(text: str) -> str | None:
@@ -53,13 +62,39 @@ def judge_prompt(template: str, definition: str, prompt: str, first: str, second
 
 
 def judge_pair(chat: Callable[[list[dict]], str], template: str, definition: str, prompt: str,
-               answer_a: str, answer_b: str) -> dict:
+               answer_a: str, answer_b: str, weigh=None) -> dict:
+    """Both orders judged; with `weigh` ((messages) -> (text, {"A": p, "B": p})) the balanced
+    reading too."""
     if answer_a.strip() == answer_b.strip():
-        return {"outcome": "tie", "identical": True, "verdicts": [None, None]}
-    raw = [chat([{"role": "user", "content": judge_prompt(template, definition, prompt, x, y)}])
-           for x, y in ((answer_a, answer_b), (answer_b, answer_a))]
+        return {"outcome": "tie", "identical": True, "verdicts": [None, None],
+                **({"a_share": [0.5, 0.5], "balanced": "tie"} if weigh else {})}
+    asks = [[{"role": "user", "content": judge_prompt(template, definition, prompt, x, y)}]
+            for x, y in ((answer_a, answer_b), (answer_b, answer_a))]
+    weighed = [weigh(m) for m in asks] if weigh else None
+    raw = [w[0] for w in weighed] if weighed else [chat(m) for m in asks]
     verdicts = [parse_verdict(r) for r in raw]
-    return {"outcome": outcome(*verdicts), "identical": False, "verdicts": verdicts, "raw": raw}
+    item = {"outcome": outcome(*verdicts), "identical": False, "verdicts": verdicts, "raw": raw}
+    if weighed:
+        shares = [a_share(weighed[0][1], True), a_share(weighed[1][1], False)]
+        item |= {"a_share": shares, "balanced": balanced_outcome(shares)}
+    return item
+
+
+def a_share(probs: dict, a_shown_first: bool) -> float | None:
+    """A's share of the judge's A-or-B probability in one order (A is 'Response B' when shown
+    second); None when the judge put almost nothing on either."""
+    first, second = probs.get("A", 0.0), probs.get("B", 0.0)
+    if first + second < MIN_VERDICT_MASS:
+        return None
+    share = first / (first + second)
+    return share if a_shown_first else 1 - share
+
+
+def balanced_outcome(shares: list[float | None]) -> str:
+    if None in shares:
+        return "unreadable"
+    mean = sum(shares) / len(shares)
+    return "win" if mean > 0.5 else "loss" if mean < 0.5 else "tie"
 
 
 def tally(outcomes: list[str]) -> dict:
@@ -83,23 +118,34 @@ def bootstrap_ci(outcomes: list[str], resamples: int = 2000, level: float = 0.95
 
 def pairwise(prompts: list[str], answers_a: list[str], answers_b: list[str], chat, template: str,
              definition: str, *, workers: int = 8, resamples: int = 2000, level: float = 0.95,
-             seed: int = 0, progress=None) -> dict:
-    """Judge every pair in both orders; the report has the tally, the interval and every item."""
+             seed: int = 0, progress=None, weigh=None) -> dict:
+    """Judge every pair in both orders; the report has the tally, the interval and every item,
+    and with `weigh` the balanced reading under `balanced`."""
     def one(i: int) -> dict:
-        item = judge_pair(chat, template, definition, prompts[i], answers_a[i], answers_b[i])
+        item = judge_pair(chat, template, definition, prompts[i], answers_a[i], answers_b[i],
+                          weigh)
         if progress:
             progress()
         return {"prompt": prompts[i], "a": answers_a[i], "b": answers_b[i], **item}
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         items = list(pool.map(one, range(len(prompts))))
-    outcomes = [item["outcome"] for item in items]
+    report = {**summarise(items, "outcome", resamples, level, seed), "level": level}
+    if weigh:
+        report["balanced"] = summarise(items, "balanced", resamples, level, seed)
+    return report | {"items": items}
+
+
+def summarise(items: list[dict], key: str = "outcome", resamples: int = 2000,
+              level: float = 0.95, seed: int = 0) -> dict:
+    """The tally and the bootstrap interval of the items' outcomes under `key`."""
+    outcomes = [item[key] for item in items]
     ci = bootstrap_ci(outcomes, resamples, level, seed)
-    return {**tally(outcomes), "ci": list(ci) if ci else None, "level": level, "items": items}
+    return {**tally(outcomes), "ci": list(ci) if ci else None}
 
 
 def length_controlled(items: list[dict], tolerance: float = 0.2, resamples: int = 2000,
-                      level: float = 0.95, seed: int = 0) -> dict:
+                      level: float = 0.95, seed: int = 0, key: str = "outcome") -> dict:
     """The win rate over the pairs whose two answers are within `tolerance` of each other's length
     (words; the longer at most 1 + tolerance times the shorter): a judge that prefers longer
     answers cannot make a win here out of length alone."""
@@ -107,9 +153,8 @@ def length_controlled(items: list[dict], tolerance: float = 0.2, resamples: int 
         a, b = len(item["a"].split()), len(item["b"].split())
         return max(a, b) <= (1 + tolerance) * min(a, b) if min(a, b) else a == b
 
-    outcomes = [item["outcome"] for item in items if close(item)]
-    ci = bootstrap_ci(outcomes, resamples, level, seed)
-    return {**tally(outcomes), "ci": list(ci) if ci else None, "tolerance": tolerance}
+    kept = [item for item in items if close(item)]
+    return {**summarise(kept, key, resamples, level, seed), "tolerance": tolerance}
 
 
 def report_dir(home: Path, kind: str) -> Path:
@@ -140,8 +185,12 @@ def markdown(kind: str, report: dict) -> str:
 def headline(report: dict) -> dict:
     """The scalar results of any report kind (its per-item lists left out)."""
     skip = {"items", "a", "b", "model", "data", "judge", "level"}
-    return {k: v for k, v in report.items()
-            if k == "ci" or (k not in skip and not isinstance(v, (dict, list)))}
+    out = {k: v for k, v in report.items()
+           if k == "ci" or (k not in skip and not isinstance(v, (dict, list)))}
+    if "balanced" in report:
+        out |= {f"balanced_{k}": report["balanced"][k]
+                for k in ("win", "loss", "tie", "unreadable", "win_rate", "ci")}
+    return out
 
 
 def _fmt(value) -> str:

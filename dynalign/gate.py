@@ -4,7 +4,9 @@ The round's own process measures (learner/gate_eval.py writes `gate.json` beside
 this module only decides, from those numbers and `[learn.gate]`, so every rule is testable with
 hand-made reports. A candidate is promoted only if
 1. the judge gave at least `min_judged` consistent pairwise judgments against the active version
-   (a judge that cannot tell, like the 135M model judging itself, cannot vouch for anything),
+   (a judge that cannot tell, like the 135M model judging itself, cannot vouch for anything);
+   with `reading = "balanced"` and a judge that weighs its verdicts, the balanced reading's
+   (dynalign/evaluate.py) decided pairs count instead,
 2. its win rate is at least `min_win_rate`,
 3. no capability score (IFEval prompt-level strict, math, multiple choice) fell by more than
    `max_drop` from the active version's, and
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 DRIFT_ACTIONS = ("flag", "reject", "rollback")
 CAPABILITY_KEYS = {"ifeval": "prompt_strict", "math": "accuracy", "mc": "accuracy"}
+READINGS = ("both_orders", "balanced")
 
 
 @dataclass
@@ -42,8 +45,11 @@ def decide(gate, report: dict) -> Decision:
 
 
 def _pairwise(gate, pair: dict, failures: list, notes: list) -> None:
+    how = ""
+    if gate.reading == "balanced" and "balanced" in pair:
+        pair, how = pair["balanced"], "balanced over both orders: "
     judged, n = pair.get("judged", 0), pair.get("n", 0)
-    counts = (f"{pair.get('win', 0)} wins, {pair.get('loss', 0)} losses, {pair.get('tie', 0)} ties,"
+    counts = (f"{how}{pair.get('win', 0)} wins, {pair.get('loss', 0)} losses, {pair.get('tie', 0)} ties,"
               f" {pair.get('inconsistent', 0)} inconsistent, {pair.get('unreadable', 0)} unreadable")
     if judged < gate.min_judged:
         failures.append(f"the judge was consistent on {judged} of {n} pairs ({counts}); "

@@ -16,7 +16,7 @@ from pathlib import Path
 from dynalign import prompts as paper
 from dynalign.config import LearnConfig, PromptsConfig
 from dynalign.errors import ConfigError
-from dynalign.gate import DRIFT_ACTIONS
+from dynalign.gate import DRIFT_ACTIONS, READINGS
 
 REWARDS = ("self", "rule", "judge")
 SELF_SCORES = ("expected", "greedy")
@@ -70,6 +70,9 @@ def check_learn(learn: LearnConfig) -> None:
 
 
 def check_gate(gate) -> None:
+    if gate.reading not in READINGS:
+        raise ConfigError(f"learn.gate.reading must be one of {', '.join(READINGS)}; "
+                          f"got {gate.reading!r}")
     if gate.on_drift not in DRIFT_ACTIONS:
         raise ConfigError(f"learn.gate.on_drift must be one of {', '.join(DRIFT_ACTIONS)}; "
                           f"got {gate.on_drift!r}")

@@ -66,15 +66,12 @@ def before_training(model, tokenizer, items: GateItems, cfg, has_parent: bool) -
 
 def after_training(model, tokenizer, items: GateItems, cfg, before: dict,
                    steps: list[dict]) -> dict:
-    from dynalign.evaluate import pairwise
     from learner.judge import open_judge
 
     start = time.perf_counter()
     candidate = answer_side(model, tokenizer, items, cfg)
     judge = open_judge(cfg.eval.judge, cfg)
-    pair = pairwise(items.prompts, candidate["answers"], before["active"]["answers"], judge.chat,
-                    cfg.prompts.pairwise, cfg.prompts.ca_definition, workers=judge.workers,
-                    resamples=cfg.eval.bootstrap, level=cfg.eval.level, seed=cfg.eval.seed)
+    pair = judge.pairwise(cfg, items.prompts, candidate["answers"], before["active"]["answers"])
     return {"pairwise": pair, "capabilities": capabilities(items, before["active"], candidate),
             "drift": drift(model, tokenizer, items, cfg, candidate, before, steps),
             "judge": judge.label,

@@ -5,7 +5,8 @@ judge, `dynalign judge score | check`) opens its judge here from an EndpointConf
 is configured the same way everywhere. A local judge is a frozen causal LM read with the paper's
 prompts: a 0-5 score as the expected value of the digit tokens' probabilities (or the greedy
 digit, `reading = "greedy"`), batched, by the same code that reads self-rewards
-(learner/self_reward.py), and a pairwise verdict by greedy decoding. Why in-process by default
+(learner/self_reward.py), and a pairwise verdict by greedy decoding with the probabilities of
+"A" and "B" beside it (the balanced reading, dynalign/evaluate.py). Why in-process by default
 on a CPU: two cores cannot hold a second engine beside the serving one and the learner.
 """
 
@@ -30,6 +31,18 @@ class Judge:
     chat: object  # (messages, seed=None) -> str
     reward: object  # TRL reward: (prompts, completions, **kwargs) -> list[float]
     workers: int  # concurrent chat calls worth making
+    weigh: object = None  # (messages) -> (verdict text, {"A": p, "B": p}); local judges only
+
+    def pairwise(self, cfg, prompts: list[str], answers_a: list[str], answers_b: list[str],
+                 progress=None) -> dict:
+        """A vs B with the configured pairwise prompt and bootstrap (dynalign/evaluate.py), with
+        the balanced reading when this judge can weigh its verdicts."""
+        from dynalign.evaluate import pairwise
+
+        return pairwise(prompts, answers_a, answers_b, self.chat, cfg.prompts.pairwise,
+                        cfg.prompts.ca_definition, workers=self.workers,
+                        resamples=cfg.eval.bootstrap, level=cfg.eval.level, seed=cfg.eval.seed,
+                        progress=progress, weigh=self.weigh)
 
 
 def open_judge(endpoint, cfg, reading: str = "expected", batch_size: int = 4) -> Judge:
@@ -38,7 +51,7 @@ def open_judge(endpoint, cfg, reading: str = "expected", batch_size: int = 4) ->
     if endpoint.url == LOCAL:
         local = LocalJudge(endpoint.model, resolve(endpoint.model, cfg.home), cfg.learn, reading,
                            batch_size, endpoint.max_tokens, template, definition)
-        return Judge(local.label, local.chat, local.reward, workers=1)
+        return Judge(local.label, local.chat, local.reward, workers=1, weigh=local.weigh)
     remote = Endpoint.from_config("judge", endpoint, cfg.generate, cfg.gateway_url)
     return Judge(f"{remote.model} at {remote.url}", remote.chat,
                  JudgeReward(remote, template, definition), workers=cfg.eval.concurrency)
@@ -59,20 +72,35 @@ class LocalJudge:
                                  max_new_tokens, reads_policy=False)
         self.reward.__name__ = "judge_reward"
         self.reward.bind(self.model)
+        self.verdict_ids = verdict_ids(self.tokenizer)
 
     def chat(self, messages: list[dict], seed: int | None = None) -> str:
-        """The greedy answer. Its first token is read from one forward over the cached prefix
-        (pairwise verdicts are one token: "A", "B", "tie"); only when that token alone is not a
-        verdict does the answer go on to full greedy decoding."""
+        return self.weigh(messages)[0]
+
+    def weigh(self, messages: list[dict]) -> tuple[str, dict]:
+        """The greedy answer, and the probabilities of the verdict tokens "A" and "B" at its
+        first token. That first token comes from one forward over the cached prefix (pairwise
+        verdicts are one token: "A", "B", "tie"); only when it alone is not a verdict does the
+        answer go on to full greedy decoding."""
         from dynalign.evaluate import parse_verdict
         from learner.reading import answer, chat_ids, next_token_logits
 
         row = chat_ids(self.tokenizer, messages)
-        first = next_token_logits(self.model, [row], self.reward.prefix_cache).argmax(-1).item()
-        text = self.tokenizer.decode([first], skip_special_tokens=True)
-        if parse_verdict(text) is not None:
-            return text
-        return answer(self.model, self.tokenizer, [messages], self.max_new_tokens)[0]
+        logits = next_token_logits(self.model, [row], self.reward.prefix_cache)[0]
+        probs = logits.softmax(-1)
+        weights = {v: probs[self.verdict_ids[v]].item() for v in ("A", "B")}
+        text = self.tokenizer.decode([logits.argmax().item()], skip_special_tokens=True)
+        if parse_verdict(text) is None:
+            text = answer(self.model, self.tokenizer, [messages], self.max_new_tokens)[0]
+        return text, weights
+
+
+def verdict_ids(tokenizer) -> dict[str, int]:
+    """The token of "A" and of "B" as the first token of an answer."""
+    ids = {v: tokenizer.encode(v, add_special_tokens=False) for v in ("A", "B")}
+    if any(len(i) != 1 for i in ids.values()):
+        raise ModelError(f"local judge: its tokenizer splits a verdict letter ({ids})")
+    return {v: i[0] for v, i in ids.items()}
 
 
 @functools.lru_cache(maxsize=2)

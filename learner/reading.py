@@ -19,16 +19,43 @@ from learner.precision import frozen_weights_in
 
 
 class PrefixCache:
-    """The KV of the last common prefix, for a model whose weights do not change."""
+    """The KV of the last prefix, for a model whose weights do not change. A new prefix reuses
+    the part it shares with the last one (cropped) and runs only the rest: single-row calls,
+    like pairwise verdicts, still share the judge prompt's fixed beginning."""
 
     def __init__(self):
         self.ids: tuple[int, ...] = ()
         self.kv = None
 
     def get(self, model, prefix: list[int]):
-        if tuple(prefix) != self.ids:
-            self.ids, self.kv = tuple(prefix), _prefix_kv(model, prefix)
+        prefix = tuple(prefix)
+        if prefix == self.ids:
+            return self.kv
+        keep = _shared_length(self.ids, prefix)
+        if self.kv is None or keep == 0:
+            self.kv = _prefix_kv(model, list(prefix))
+        else:
+            self.ids = ()  # until extended: an interrupted extension leaves no stale prefix
+            drop = self.kv.get_seq_length() - keep
+            if drop:
+                self.kv.crop(-drop)  # the last `drop` tokens
+            self.kv = _extend_kv(model, self.kv, list(prefix[keep:]))
+        self.ids = prefix
         return self.kv
+
+
+def _shared_length(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _extend_kv(model, kv, ids: list[int]):
+    if not ids:
+        return kv
+    return model(input_ids=torch.tensor([ids], device=_device(model)), past_key_values=kv,
+                 use_cache=True).past_key_values
 
 
 @torch.no_grad()

@@ -94,6 +94,8 @@ def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
     report = json.loads((cfg.home / "rounds" / f"{round_id:04d}" / "gate.json").read_text())
     judged = [item for item in report["pairwise"]["items"] if not item["identical"]]
     assert all(len(item["raw"]) == 2 for item in judged)  # asked in both orders
+    assert all(0.0 <= share <= 1.0 for item in judged for share in item["a_share"])
+    assert report["pairwise"]["balanced"]["n"] == 2  # a local judge weighs its verdicts too
 
 
 def test_the_alignment_benchmark_runs_end_to_end(tmp_path):
@@ -113,7 +115,9 @@ def test_the_alignment_benchmark_runs_end_to_end(tmp_path):
     assert result["eval"]["judge"] == f"{MODEL} (local, float32)"
     assert result["eval"]["pairwise"]["n"] == 2 and result["eval"]["ifeval"]["prompts"] == 2
     assert "length_controlled" in result["eval"] and len(result["eval"]["examples"]) == 2
-    assert "CA win rate, trained vs base" in out.with_suffix(".md").read_text()
+    assert set(result["eval"]["length_controlled"]) == {"outcome", "balanced"}
+    assert result["eval"]["pointwise"]["n"] == 2
+    assert "CA win rate, balanced over both orders" in out.with_suffix(".md").read_text()
 
 
 def test_a_round_whose_judge_gives_no_digit_fails_at_step_one_saying_why(json_server, capsys):

@@ -7,8 +7,9 @@ import pytest
 
 from dynalign.config import GateConfig, load_config
 from dynalign.errors import ConfigError
-from dynalign.evaluate import (bootstrap_ci, judge_pair, length_controlled, markdown, outcome,
-                               pairwise, parse_verdict, tally, write_report)
+from dynalign.evaluate import (a_share, balanced_outcome, bootstrap_ci, headline, judge_pair,
+                               length_controlled, markdown, outcome, pairwise, parse_verdict,
+                               tally, write_report)
 from dynalign.gate import decide, drift_flags, last_good
 from dynalign.rounds import check_learn
 
@@ -106,6 +107,38 @@ def test_pairwise_report_and_files(tmp_path):
     assert "items" not in markdown("pairwise", report)
 
 
+def _first_biased_weigher(word: str, bias: float = 0.3):
+    """A judge that prefers the response containing `word` by 0.1 of probability, and whichever
+    is shown first by `bias` more: its greedy verdict is always "A"."""
+    def weigh(messages):
+        text = messages[0]["content"]
+        first = text.split("Response A\n\n", 1)[1].split("Response B\n\n", 1)[0]
+        lean = 0.1 if word in first else -0.1
+        p_a = 0.5 + bias + lean
+        return "A", {"A": p_a * 0.9, "B": (1 - p_a) * 0.9}
+    return weigh
+
+
+def test_a_position_biased_judge_is_inconsistent_but_its_balanced_reading_still_tells():
+    weigh = _first_biased_weigher("kind")
+    report = pairwise(["p1", "p2", "p3"], ["kind a", "curt b", "same"], ["curt a", "kind b", "same"],
+                      None, "Response A\n\n[Response A]\nResponse B\n\n[Response B]", "def",
+                      workers=1, resamples=200, weigh=weigh)
+    assert [i["outcome"] for i in report["items"]] == ["inconsistent", "inconsistent", "tie"]
+    assert report["judged"] == 1  # the paper's rule: the bias leaves only the identical pair
+    assert [i["balanced"] for i in report["items"]] == ["win", "loss", "tie"]
+    assert report["items"][0]["a_share"] == pytest.approx([0.9, 0.3])
+    assert report["balanced"]["win_rate"] == pytest.approx(1 / 3)
+    assert headline(report)["balanced_win_rate"] == pytest.approx(1 / 3)
+    assert length_controlled(report["items"], key="balanced")["win"] == 1
+
+
+def test_balanced_reading_edges():
+    assert a_share({"A": 0.03, "B": 0.02}, True) is None  # the judge was not answering A or B
+    assert a_share({"A": 0.3, "B": 0.1}, False) == pytest.approx(0.25)  # A shown second is "B"
+    assert balanced_outcome([0.6, None]) == "unreadable" and balanced_outcome([0.7, 0.3]) == "tie"
+
+
 # the gate's decisions
 
 def _report(win=6, loss=1, tie=0, inconsistent=1, ifeval=(0.5, 0.5), drift=None):
@@ -116,6 +149,17 @@ def _report(win=6, loss=1, tie=0, inconsistent=1, ifeval=(0.5, 0.5), drift=None)
             "capabilities": {"ifeval": {"active": {"prompt_strict": ifeval[0]},
                                         "candidate": {"prompt_strict": ifeval[1]}}},
             "drift": drift or {"top_share": 0.1, "kl": 0.05, "length_ratio": 1.1}}
+
+
+def test_a_balanced_gate_reads_the_balanced_tally_when_the_judge_weighed():
+    biased = _report(win=0, loss=0, tie=0, inconsistent=8)  # a first-position-biased judge
+    biased["pairwise"]["balanced"] = _report(win=6, loss=2, inconsistent=0)["pairwise"]
+    assert not decide(GateConfig(), biased).promote  # the paper's rule: it cannot tell
+    d = decide(GateConfig(reading="balanced"), biased)
+    assert d.promote and d.reasons[0].startswith("win rate 0.75 >= 0.5 (balanced over both "
+                                                 "orders: 6 wins, 2 losses")
+    unweighed = _report(win=0, loss=0, tie=0, inconsistent=8)  # an endpoint judge: no balanced
+    assert not decide(GateConfig(reading="balanced"), unweighed).promote
 
 
 def test_gate_promotes_a_better_candidate_and_says_why():
@@ -175,6 +219,7 @@ def test_last_good_walks_back_the_active_versions_lineage():
 
 @pytest.mark.parametrize("key, value, message", [
     ("on_drift", "ignore", "learn.gate.on_drift must be one of flag, reject, rollback"),
+    ("reading", "greedy", "learn.gate.reading must be one of both_orders, balanced"),
     ("min_win_rate", 1.5, "learn.gate.min_win_rate must be between 0 and 1"),
     ("max_length_ratio", 0.5, "learn.gate.max_length_ratio must be at least 1"),
     ("prompts", 0, "learn.gate.prompts must be at least 1"),

@@ -34,14 +34,26 @@ def test_shared_prefix_logits_equal_each_row_run_alone(model, cached):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_the_cache_keeps_the_prefix_only_while_it_is_the_same(model):
+def test_the_cache_keeps_the_prefix_and_reuses_what_a_new_one_shares(model):
     cache = PrefixCache()
     next_token_logits(model, ROWS, cache)
     first = cache.kv
     next_token_logits(model, ROWS[:2], cache)  # same common prefix [1, 2, 3, 4]
     assert cache.kv is first and cache.ids == (1, 2, 3, 4)
-    next_token_logits(model, [[1, 2, 6], [1, 2, 7]], cache)
-    assert cache.kv is not first and cache.ids == (1, 2)
+    rows = [[1, 2, 6, 5], [1, 2, 6, 7]]  # shares [1, 2] with the cached prefix: cropped, extended
+    got = next_token_logits(model, rows, cache)
+    assert cache.ids == (1, 2, 6) and cache.kv.get_seq_length() == 3
+    assert cache.kv is first  # the same cache, cropped to [1, 2] and extended: not recomputed
+    torch.testing.assert_close(got, torch.stack([alone(model, r) for r in rows]), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_single_rows_share_the_beginning_of_the_last_one(model):
+    cache = PrefixCache()
+    for row in ([1, 2, 3, 4, 5], [1, 2, 3, 9, 9, 9], [1, 2, 3, 4, 5]):
+        got = next_token_logits(model, [row], cache)
+        torch.testing.assert_close(got[0], alone(model, row), rtol=1e-4, atol=1e-5)
+        assert cache.ids == tuple(row[:-1])
 
 
 def test_a_training_model_is_read_in_eval_mode_and_left_training(model):
