@@ -265,7 +265,6 @@ def markdown(out: dict) -> str:
 def _readings(ev: dict) -> list[tuple[str, dict]]:
     """(label, tally) of every win-rate reading the evaluation has."""
     pair, lc = ev["pairwise"], ev["length_controlled"]
-    lc = lc if "outcome" in lc else {"outcome": lc}  # results written before the balanced reading
     rows = [("CA win rate, both orders (the paper's rule)", pair),
             ("  same, pairs within 20 % length", lc["outcome"])]
     if "balanced" in pair:
