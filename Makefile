@@ -16,7 +16,8 @@ PUNKT := $(VENV)/nltk_data/tokenizers/punkt_tab/README
 # selenium is given both paths, so nothing is downloaded at test time.
 BROWSER := /usr/bin/chromium /usr/bin/chromedriver
 
-.PHONY: install eval-data model serve test test-unit test-integration bench bench-learn bench-align clean
+.PHONY: install eval-data model serve test test-unit test-integration bench bench-learn \
+	bench-align bench-gpu gpu-bundle clean
 
 install: $(STAMP) $(PUNKT)
 
@@ -62,8 +63,12 @@ model: install
 serve: model
 	$(VENV)/bin/dynalign serve
 
+# Two pytest-xdist workers, a test file at a time each (files share their servers): most of the
+# suite waits on engines and learner processes, so two at once fit 2 cores (TEST_WORKERS=0: one).
+TEST_WORKERS ?= 2
 test: model $(BROWSER)
-	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) -m pytest tests -q
+	DYNALIGN_TEST_MODEL=$${DYNALIGN_HOME:-$(CURDIR)/state}/model $(PY) -m pytest tests -q \
+		--durations=30 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 test-unit: install
 	$(PY) -m pytest tests/unit -q
@@ -87,6 +92,32 @@ bench-align: model
 	$(PY) bench/align.py --experiment a --steps 8 --completion-tokens 128 --lr 2e-4
 	$(PY) bench/align.py --experiment b --steps 3 --prompts-per-step 2 --generations 4 \
 		--completion-tokens 64 --lr 2e-4 --heldout 40 --ifeval 20
+
+# GPU evidence (docs/gpu.md): the refresh step on Qwen2.5-1.5B's architecture and the gpt-oss-20b
+# profile's learner side, random weights, one CUDA GPU (aimed at under 8 min; exit 1 without CUDA)
+bench-gpu: install
+	$(PY) bench/gpu.py --out bench/results
+
+# What bench/gpu.py needs on a GPU machine that has torch, transformers, peft and accelerate but
+# no internet, into bench/device/ (git-ignored; carry it over): the wheels of TRL and of what
+# dynalign's config and seed reader import (tomli-w, rapidfuzz), pinned to this venv's versions,
+# for CPython 3.12 on Linux x86-64 (GPU_PYTHON to change it), and Qwen2.5's tokenizer (from the
+# prepared qwen2.5-coder-1.5b: `dynalign model prepare` fetches it, ~1.1 GB, if it is missing).
+GPU_PYTHON ?= 3.12
+GPU_BUNDLE := bench/device
+QWEN_DIR = $${DYNALIGN_HOME:-$(CURDIR)/state}/models/qwen2.5-coder-1.5b
+GPU_PINS = $(PY) -c 'from importlib.metadata import version as v; \
+	print(*(f"{p}=={v(p)}" for p in ("trl", "tomli-w", "rapidfuzz")))'
+gpu-bundle: install
+	$(VENV)/bin/dynalign model prepare qwen2.5-coder-1.5b
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/wheels $(GPU_BUNDLE)/tokenizer
+	$(PIP) download -q --no-deps --only-binary :all: --implementation cp \
+		--python-version $(GPU_PYTHON) --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_BUNDLE)/wheels \
+		$$($(GPU_PINS)) $(QUIET)
+	cd $(QWEN_DIR) && cp tokenizer.json tokenizer_config.json chat_template.jinja LICENSE NOTICE \
+		$(CURDIR)/$(GPU_BUNDLE)/tokenizer/
+	@du -sh $(GPU_BUNDLE) && ls $(GPU_BUNDLE)/wheels
 
 clean:
 	rm -rf $(VENV) build *.egg-info

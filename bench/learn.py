@@ -62,7 +62,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _results import write_results  # bench/ is the script's folder: first on sys.path
+from _results import preamble, write_results  # bench/ is the script's folder: first on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("generation", "scoring", "ref_logprobs", "update", "step")
@@ -100,17 +100,27 @@ def parse_args() -> argparse.Namespace:
 def load(args):
     """The config ('ours', with the workload forced) and the model path."""
     from dynalign.config import load_config
-    from dynalign.rounds import check_learn
     config = args.config or (str(REPO / "dynalign.toml") if (REPO / "dynalign.toml").exists()
                              else None)
     cfg = load_config(config, {f"learn.{k}": v for k, v in WORKLOAD.items()} | {
         "learn.max_completion_tokens": args.tokens, "learn.max_steps": args.steps + 1,
         "learn.reward": "self", "learn.threads": args.threads})
-    check_learn(cfg.learn)
     path = args.model_path or cfg.model_path
     if not (Path(path) / "config.json").exists():
         sys.exit(f"error: no model at {path}: run `dynalign model prepare` or pass --model-path")
     return cfg, path
+
+
+def trl_defaults(learn):
+    """`learn` with TRL's GRPOConfig defaults for the settings the paper changes (TRL_DEFAULTS),
+    all but the KL estimator: grpo_config() pins that one, so `trl_kl` sets it on the trainer."""
+    return dataclasses.replace(learn, **{k: v for k, v in TRL_DEFAULTS.items()
+                                         if k != "use_bias_correction_kl"})
+
+
+def trl_kl(trainer) -> None:
+    """TRL's default KL estimator on a built trainer (compute_loss reads it from the args)."""
+    trainer.args.use_bias_correction_kl = TRL_DEFAULTS["use_bias_correction_kl"]
 
 
 class CpuPhases:
@@ -352,12 +362,7 @@ def bench(args) -> dict:
     logging.disable_progress_bar()
     cfg, path = load(args)
     ours = cfg.learn
-    trl = dataclasses.replace(ours, **{k: v for k, v in TRL_DEFAULTS.items()
-                                       if k != "use_bias_correction_kl"})
-
-    def trl_kl(trainer):  # grpo_config() pins it to False; compute_loss reads it from args
-        trainer.args.use_bias_correction_kl = TRL_DEFAULTS["use_bias_correction_kl"]
-
+    trl = trl_defaults(ours)
     out = {"workload": {"prompts": 1, "candidates": ours.num_generations,
                         "tokens": ours.max_completion_tokens,
                         "length": "natural (EOS)" if args.natural_length else "exact",
@@ -443,9 +448,7 @@ def summary(out: dict) -> str:
 def main() -> int:
     args = parse_args()
     os.chdir(REPO)  # the config's relative state dir, as the server sees it
-    sys.path.insert(0, str(REPO))
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    preamble()
     warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
     started, load_before = time.perf_counter(), os.getloadavg()
     out = bench(args)

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import write_results  # bench/ is the script's folder: first on sys.path
+from _results import preamble, write_results  # bench/ is the script's folder: first on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("generation", "reference", "scoring", "update")
@@ -160,9 +160,7 @@ def table(out: dict) -> str:
 
 def main() -> int:
     args = parse_args()
-    sys.path.insert(0, str(REPO))
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    preamble()
     if args.one:
         print(json.dumps(one(json.loads(args.one))))
         return 0

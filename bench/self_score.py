@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import write_results  # bench/ is the script's folder: first on sys.path
+from _results import preamble, write_results  # bench/ is the script's folder: first on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("good", "empty", "harmful", "off_topic")
@@ -449,8 +449,7 @@ def summary(out: dict) -> str:
 def main() -> int:
     args = parse_args()
     os.chdir(REPO)  # the config's relative state dir, as the server sees it
-    sys.path.insert(0, str(REPO))
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    preamble()
     started, load_before = time.perf_counter(), os.getloadavg()
     out = bench(args)
     out["wall_s"] = round(time.perf_counter() - started, 1)

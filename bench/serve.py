@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import preamble  # bench/ is the script's folder: first on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["Explain how a hash table works.", "Write a short story about a lighthouse keeper.",
@@ -70,55 +69,29 @@ def model_path(args) -> str:
     return str(prepare(Config(state_dir=str(REPO / "state"))).resolve())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """`dynalign serve --no-ui` in its own session; SIGINT, then SIGKILL, stops its group."""
+    """`dynalign serve --no-ui` in `root` (dynalign/launch.py: the same harness as the live tests),
+    with a fresh admin key; `stop()` returns when every process of its tree is gone, so the next
+    measurement has the CPU to itself."""
 
-    def __init__(self, home: Path, model: str, swap: str):
-        self.home, self.gw_port, self.engine_port = home, free_port(), free_port()
-        home.mkdir(parents=True)
-        toml = home / "dynalign.toml"
-        toml.write_text(f'state_dir = "{home}"\n[model]\npath = "{model}"\n'
-                        f'[engine]\nport = {self.engine_port}\nswap = "{swap}"\nkv_cache_gib = 2\n'
-                        f'[server]\nport = {self.gw_port}\n[ui]\nenabled = false\n')
+    def __init__(self, root: Path, model: str, swap: str):
         from dynalign.config import load_config
-        self.base_name = load_config(toml).model_name
-        self.gateway = f"http://127.0.0.1:{self.gw_port}"
-        self.engine = f"http://127.0.0.1:{self.engine_port}/v1"
+        from dynalign.launch import launch
+
         env = {k: v for k, v in os.environ.items() if k not in (
             "DYNALIGN_HOME", "DYNALIGN_API_KEY", "DYNALIGN_ADMIN_KEY", "VLLM_CPU_KVCACHE_SPACE")}
         env["DYNALIGN_ADMIN_KEY"] = f"bench-{os.urandom(16).hex()}"  # /admin always needs a key
         self.admin_headers = {"Authorization": f"Bearer {env['DYNALIGN_ADMIN_KEY']}"}
-        self.log = home / "serve.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dynalign.cli", "--config", str(toml), "serve", "--no-ui"],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+        self.launched = launch(root, model, swap, env, kv_cache_gib=2)
+        self.home = self.launched.home
+        self.base_name = load_config(self.launched.config).model_name
+        self.gateway = self.launched.url
+        self.engine = f"http://127.0.0.1:{self.launched.engine_port}/v1"
 
     def wait_ready(self, timeout: float = 900) -> None:
-        import httpx
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.gateway}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{self.tail()}")
+        from dynalign.launch import wait_ready
 
-    def tail(self) -> str:
-        logs = [self.log, self.home / "logs" / "engine.log"]
-        return "\n".join("\n".join(p.read_text(errors="replace").splitlines()[-15:])
-                         for p in logs if p.exists())
+        wait_ready(self.launched, timeout)
 
     def admin(self, path: str, body: dict | None = None) -> dict:
         import httpx
@@ -129,41 +102,9 @@ class Server:
         return r.json()
 
     def stop(self) -> None:
-        """SIGINT the group, SIGKILL it after 60 s; then wait until every descendant (the engine
-        runs in a group of its own) is gone, so the next measurement has the CPU to itself."""
-        if self.proc.poll() is None:
-            children = descendants(self.proc.pid)
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            deadline = time.monotonic() + 60
-            while (alive := [p for p in children if Path(f"/proc/{p}").exists()]) \
-                    and time.monotonic() < deadline:
-                time.sleep(0.5)
-            for pid in alive:  # our own descendants that outlived the deadline
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        from dynalign.launch import stop
 
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
+        stop(self.launched, grace=60)
 
 
 async def chat(http, base_url: str, model: str, prompt: str, max_tokens: int) -> dict:
@@ -361,8 +302,7 @@ def summary(out: dict) -> str:
 
 def main() -> int:
     args = parse_args()
-    sys.path.insert(0, str(REPO))
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading bars
+    preamble()
     path = model_path(args)
     with tempfile.TemporaryDirectory(prefix="dynalign-bench-") as tmp:
         out = versus(args, Path(tmp), path) if args.versus else bench(args, Path(tmp), path)

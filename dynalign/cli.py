@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from dynalign.admin_client import admin_request
 from dynalign.catalog import MODELS
 from dynalign.cli_eval import add_parser as add_eval_parser
 from dynalign.cli_judge import add_parser as add_judge_parser
@@ -70,6 +71,8 @@ def _data_parsers(sub) -> None:
     gen.add_argument("--url", help="one endpoint for all three roles (generate.*.url)")
     gen.add_argument("--model", help="one model for all three roles (generate.*.model)")
     gen.add_argument("--seed", type=int, help="generate.seed")
+    gen.add_argument("--concurrency", type=int,
+                     help="attempts in flight at once (generate.concurrency)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     data = sub.add_parser("data", help="check or describe a task-prompt set")
     actions = data.add_subparsers(dest="action", required=True)
@@ -146,7 +149,7 @@ def _overrides(args) -> dict:
                  "ui.enabled": False if args.no_ui else None}
     elif args.command == "generate":
         pairs = {"generate.count": args.count, "generate.out": args.out,
-                 "generate.seed": args.seed}
+                 "generate.seed": args.seed, "generate.concurrency": args.concurrency}
         for role in ("goal_writer", "prompt_writer", "evaluator"):
             pairs |= {f"generate.{role}.url": args.url, f"generate.{role}.model": args.model}
     elif args.command == "eval":
@@ -209,44 +212,6 @@ def adapters_command(cfg, args) -> int:
                    {"force": True} if args.force else None)
     print(json.dumps(admin_request(cfg, *request), indent=2))
     return 0
-
-
-def admin_request(cfg, method: str, path: str, body=None, timeout: float = 600) -> dict:
-    """One call to the running gateway's admin API, with the admin key (server.admin_key_env,
-    else server.admin_key_file: dynalign/keys.py). Every dynalign command that talks to /admin
-    goes through here."""
-    import httpx
-
-    from dynalign.keys import admin_key_path, read_admin_key
-
-    base = f"http://{_client_host(cfg.server.host)}:{cfg.server.port}/admin"
-    key = read_admin_key(cfg)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        response = httpx.request(method, base + path, json=body, headers=headers, timeout=timeout)
-    except httpx.TransportError as e:
-        raise DynalignError(f"cannot reach the gateway at {base}: {e}") from None
-    message = _error_message(response)
-    if response.status_code in (401, 403):
-        raise DynalignError(f"the server refused the admin key ({message}): set "
-                            f"{cfg.server.admin_key_env}, or check {admin_key_path(cfg)}")
-    if response.status_code >= 400:
-        raise DynalignError(message)
-    return response.json()
-
-
-def _client_host(host: str) -> str:
-    """Where a client on this machine reaches a gateway bound to `host`."""
-    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
-
-
-def _error_message(response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    error = body.get("error") if isinstance(body, dict) else body
-    return str(error.get("message") if isinstance(error, dict) else error)
 
 
 if __name__ == "__main__":

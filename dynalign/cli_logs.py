@@ -18,6 +18,7 @@ import sqlite3
 import sys
 from contextlib import closing
 
+from dynalign.erasure import forget
 from dynalign.errors import DynalignError
 
 JSON_COLUMNS = ("messages", "response", "params")
@@ -65,10 +66,7 @@ def delete_command(cfg, args) -> int:
         raise DynalignError(f"--older-than must be 0 or more days, got {args.older_than}")
     with closing(_open(cfg)) as store:
         try:
-            if args.older_than is None:
-                count = store.delete_exchanges(user=args.user)
-            else:
-                count = store.purge_exchanges(args.older_than, user=args.user)
+            count = len(forget(cfg, store, user=args.user, older_than=args.older_than))
         except sqlite3.OperationalError as e:  # locked for too long, read-only, disk full
             raise DynalignError(f"cannot delete from {cfg.db_path}: {e}") from None
     who = f" of user {args.user!r}" if args.user is not None else ""

@@ -12,7 +12,7 @@ import threading
 import time
 import tomllib
 
-from dynalign.cli import admin_request
+from dynalign.admin_client import admin_request
 from dynalign.errors import ConfigError, DynalignError
 from dynalign.rounds import round_view, step_text
 from dynalign.store import ROUND_END
@@ -88,10 +88,9 @@ def rounds_command(cfg, args) -> int:
 
 
 def http_publisher(cfg):
-    def publish(candidate: str, parent, note: str, activate: bool) -> int:
-        body = {"path": candidate, "parent": parent, "note": note, "activate": activate,
-                "source": "round"}
-        return admin_request(cfg, "POST", "/adapters", body)["version"]
+    def publish(candidate: str, parent, note: str, promote: bool) -> int:
+        body = {"path": candidate, "parent": parent, "note": note, "promote": promote}
+        return admin_request(cfg, "POST", "/adapters/publish", body)["version"]
     return publish
 
 

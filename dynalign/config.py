@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tomli_w
 
-from dynalign import catalog, prompts
+from dynalign import catalog, checks, prompts
 from dynalign.errors import ConfigError
 
 DEFAULT_FILE = "dynalign.toml"
@@ -26,42 +26,54 @@ PREPARED_MARKER = "dynalign-prepared.json"  # written into a folder made by `dyn
 
 @dataclass
 class ModelConfig:
-    # a name dynalign prepares (`dynalign model prepare NAME`: "smollm2-135m", "qwen2.5-coder-1.5b"),
-    # a local HF folder or a hub id; "" = the embedded smollm2-135m, prepared into <state>/model
-    path: str = ""
+    """The base model: what the engine serves and the learner trains adapters on."""
+
+    path: str = ""  # a name dynalign prepares (`dynalign model prepare NAME`: "smollm2-135m",
+    #                 "qwen2.5-coder-1.5b"), a local Hugging Face folder or a hub id; "" = the
+    #                 embedded SmolLM2-135M-Instruct, prepared into <state>/model
     name: str = ""  # name the base model is served under; "" = derived from path
-    max_model_len: int = 2048
-    dtype: str = "bfloat16"
+    max_model_len: int = 2048  # context length in tokens (vLLM's --max-model-len)
+    dtype: str = "bfloat16"  # the engine's dtype
 
 
 @dataclass
 class EngineConfig:
-    host: str = "127.0.0.1"  # the engine listens on loopback only: the gateway is the front door
-    port: int = 8001
-    swap: str = "auto"  # "lora" | "merged" | "auto" (merged on CPU, lora on GPU)
-    enforce_eager: bool = True  # CPU: skip the 100 s compile at every start
-    kv_cache_gib: int = 2  # CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
-    gpu_memory_utilization: float = 0.5  # GPU: leave the rest to the learner
-    max_lora_rank: int = 64
-    max_loras: int = 4
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
+    """The vLLM engine: a child process of `dynalign serve`, reached only through the gateway."""
+
+    host: str = "127.0.0.1"  # loopback only: the engine's dev endpoints have no auth, the gateway
+    #                          is the front door
+    port: int = 8001  # the engine's port (the gateway forwards to it)
+    swap: str = "auto"  # how versions are hot-swapped: "lora" | "merged" | "auto" (merged on CPU,
+    #                     lora on GPU)
+    enforce_eager: bool = True  # skip torch.compile (on CPU it recompiles at every start, 100+ s)
+    kv_cache_gib: int = 2  # CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = 0.5  # GPU: the engine's whole share of each GPU (weights,
+    #                                      activations, KV cache); the rest is the learner's
+    max_lora_rank: int = 64  # LoRA mode: largest adapter rank (--max-lora-rank); a larger one is
+    #                          refused when registered
+    max_loras: int = 4  # LoRA mode: adapters in one batch (--max-loras)
+    tensor_parallel_size: int = 1  # multi-GPU serving: --tensor-parallel-size (when > 1)
+    pipeline_parallel_size: int = 1  # multi-GPU serving: --pipeline-parallel-size (when > 1)
     extra_args: list[str] = field(default_factory=list)  # passed verbatim to the vLLM server
-    startup_timeout_s: float = 900.0
+    startup_timeout_s: float = 900.0  # how long `dynalign serve` waits for the engine (seconds)
     # When the engine dies the gateway answers 503 (code engine_restarting), restarts it and puts
     # the active version back. More than max_restarts deaths within restart_window_s stop the
-    # whole service (exit code 1) for a supervisor to take over; 0 never restarts.
-    max_restarts: int = 3
-    restart_window_s: float = 600.0
+    # whole service (exit code 1) for a supervisor to take over.
+    max_restarts: int = 3  # engine deaths restarted within the window; one more stops the service
+    #                        (exit 1); 0 = never restart
+    restart_window_s: float = 600.0  # the window (seconds) in which max_restarts counts deaths
 
 
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
+    """The gateway: the OpenAI-compatible API (/v1), /admin and /health."""
+
+    host: str = "127.0.0.1"  # the gateway's address; not loopback: chat and admin keys required
+    port: int = 8000  # the gateway's port
     max_n: int = 8  # largest `n` a chat request may ask for
-    request_timeout_s: float = 600.0
-    max_body_mb: float = 4.0  # larger request bodies get 413 (128k tokens of text are ~0.5 MiB)
+    request_timeout_s: float = 600.0  # gateway -> engine timeout (seconds)
+    max_body_mb: float = 4.0  # larger request bodies get 413 request_too_large (128k tokens of
+    #                           text are ~0.5 MiB)
     # Keys are never in this file: these name where they are (server/auth.py).
     api_keys_env: str = "DYNALIGN_API_KEY"  # chat keys, comma-separated; unset: open (loopback only)
     admin_key_env: str = "DYNALIGN_ADMIN_KEY"  # the admin key; unset: admin_key_file
@@ -70,62 +82,79 @@ class ServerConfig:
 
 @dataclass
 class UIConfig:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 7860
+    """The Gradio page (the chat and the Operator tab) that `dynalign serve` starts."""
+
+    enabled: bool = True  # start the UI with `dynalign serve`
+    host: str = "127.0.0.1"  # loopback only: the chat UI has no login of its own
+    port: int = 7860  # the UI's port
 
 
 @dataclass
 class PromptsConfig:
     """The paper's prompts (dynalign/prompts.py); replace any, keeping its [placeholders]."""
 
-    ca_definition: str = prompts.CA_DEFINITION
-    goal: str = prompts.GOAL
-    instruction: str = prompts.INSTRUCTION
-    criteria: str = prompts.CRITERIA
-    feedback: str = prompts.FEEDBACK
-    refinement: str = prompts.REFINEMENT
-    system: str = prompts.SYSTEM
-    reward: str = prompts.REWARD
-    pairwise: str = prompts.PAIRWISE  # not from the paper (it does not print its judge prompt)
+    ca_definition: str = prompts.CA_DEFINITION  # the definition of CA (Appendix A, Table 3);
+    #                                             fills [Definition of CA]
+    goal: str = prompts.GOAL  # the goal writer's prompt (Table 3)
+    instruction: str = prompts.INSTRUCTION  # the prompt writer's instruction (Table 3)
+    criteria: str = prompts.CRITERIA  # the predefined criteria (Table 3); fills
+    #                                   [Predefined criteria]
+    feedback: str = prompts.FEEDBACK  # the evaluator's critique prompt (Table 4)
+    refinement: str = prompts.REFINEMENT  # the revision prompt (Table 4)
+    system: str = prompts.SYSTEM  # the CA system prompt for sampling candidates (Table 5)
+    reward: str = prompts.REWARD  # the 0-5 reward prompt: self-reward and judges' scores (Table 5)
+    pairwise: str = prompts.PAIRWISE  # not from the paper (it does not print its judge prompt): the
+    #                                   pairwise judge prompt, with [Definition of CA], [Prompt],
+    #                                   [Response A], [Response B]; asks for "A", "B" or "tie"
 
 
 @dataclass
 class DataConfig:
+    """The task prompts a round replays, and whose held-out split the gate and `dynalign eval`
+    measure on."""
+
     seed: str = ""  # the seed task prompts (JSONL); "" = data/seed.jsonl shipped with dynalign
+    #                 (found next to the source tree: set it for a wheel install)
 
 
 @dataclass
 class EndpointConfig:
-    """One role of the generation pipeline: an OpenAI-compatible endpoint and model."""
+    """An OpenAI-compatible endpoint and model: one role of the generation pipeline, or a judge."""
 
-    url: str = ""  # "" = this dynalign server (server.host:server.port/v1)
-    model: str = "dynalign"  # on a dynalign server, the active version
+    url: str = ""  # "" = this dynalign server (server.host:server.port/v1); for a judge, "local":
+    #                `model` is loaded in the process that needs it
+    model: str = "dynalign"  # model name at that endpoint (on a dynalign server, "dynalign" is the
+    #                          active version); with url "local", a prepared name or a folder
     api_key_env: str = "DYNALIGN_API_KEY"  # environment variable holding the key, if any
     temperature: float = 1.0  # < 0: not sent (reasoning models reject it)
-    max_tokens: int = 256
+    max_tokens: int = 256  # answer length
 
 
 @dataclass
 class GenerateConfig:
     """`dynalign generate`: the paper's goal -> prompt -> critique -> revision loop."""
 
-    count: int = 1000  # accepted prompts wanted in the output file
+    count: int = 1000  # accepted prompts wanted in the output file (the total, across resumes)
     out: str = ""  # JSONL written incrementally; "" = <state>/generated/prompts.jsonl
     max_revisions: int = 3  # critique-and-revise rounds before a prompt is rejected
     max_attempts: int = 0  # attempts per run before giving up; 0 = 5 x the prompts still wanted
-    dedup_threshold: float = 0.7  # reject a prompt whose ROUGE-L to an accepted one is this high
-    check_rules: bool = True  # also hold prompts to `dynalign data check`'s rules before accepting
+    dedup_threshold: float = 0.7  # reject a prompt whose ROUGE-L F1 to an accepted one is this high
+    check_rules: bool = True  # prompts flagged by `dynalign data check` go back for revision too
     goal_context: int = 30  # previous goals kept in the goal writer's conversation
-    goal_followup: str = "Write one more, different from all of the above."  # later turns' ask
-    heldout_every: int = 10  # every 10th accepted prompt goes to the held-out split
-    id_prefix: str = "gen"
+    goal_followup: str = "Write one more, different from all of the above."  # the ask after each
+    #                   previous goal (the paper's goal prompt opens the conversation once)
+    heldout_every: int = 10  # every Nth accepted prompt goes to the held-out split (0: none)
+    id_prefix: str = "gen"  # row ids: gen-00001, gen-00002, ...
     seed: int = 0  # per-request seeds derive from it (endpoints that honour `seed`)
     max_retries: int = 6  # rate limits, 5xx, timeouts: exponential backoff (the openai client's)
-    timeout_s: float = 120.0
-    goal_writer: EndpointConfig = field(default_factory=lambda: EndpointConfig(max_tokens=48))
-    prompt_writer: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.7))
-    evaluator: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0))
+    timeout_s: float = 120.0  # per request (seconds); raise it with concurrency
+    concurrency: int = 1  # attempts in flight at once (a served model batches them: docs/data.md)
+    goal_writer: EndpointConfig = field(  # proposes one goal at a time
+        default_factory=lambda: EndpointConfig(max_tokens=48))
+    prompt_writer: EndpointConfig = field(  # turns a goal into a task prompt, and revises it
+        default_factory=lambda: EndpointConfig(temperature=0.7))
+    evaluator: EndpointConfig = field(  # critiques a prompt: Appropriate or Inappropriate
+        default_factory=lambda: EndpointConfig(temperature=0.0))
 
 
 @dataclass
@@ -134,7 +163,7 @@ class ScheduleConfig:
 
     interval_hours: float = 0.0  # 0 = no interval schedule
     cron: str = ""  # crontab line ("0 3 * * *" = 03:00 daily); wins over interval_hours
-    timezone: str = "UTC"
+    timezone: str = "UTC"  # the zone the cron line (and an interval's phase) is read in
 
 
 @dataclass
@@ -142,12 +171,14 @@ class GateConfig:
     """Before a round's candidate goes live: a quick evaluation in the round's own process, on
     the weights it trained, against the active version (dynalign/gate.py decides)."""
 
-    enabled: bool = True
-    prompts: int = 8  # held-out prompts judged pairwise vs the active version (the first N: fixed)
+    enabled: bool = True  # off: every finished round is promoted, without evaluation
+    prompts: int = 16  # held-out prompts judged pairwise vs the active version (the first N:
+    #                    fixed); also the drift monitors' probe set
     min_win_rate: float = 0.5  # wins / consistent judgments (inconsistent pairs excluded)
     min_judged: int = 4  # fewer consistent judgments than this: the judge cannot tell; reject
-    reading: str = "both_orders"  # the paper's rule | "balanced": P(A), P(B) averaged over both
-    #                               orders (a local judge only; others use both_orders)
+    reading: str = "balanced"  # P(A), P(B) averaged over both orders where the judge gives them
+    #                            (a local judge); an endpoint judge's verdicts: the paper's rule.
+    #                            "both_orders" = the paper's rule always (docs/judge.md)
     ifeval: str = ""  # IFEval input_data.jsonl; "" = data/eval/ifeval_sample.jsonl (our own 14)
     math: str = ""  # AIME/GSM8K-style JSONL; "" = not checked
     mc: str = ""  # GPQA-style CSV; "" = not checked
@@ -166,50 +197,56 @@ class GateConfig:
 class LearnConfig:
     """A refresh round: the paper's self-improving phase (Algorithm 1) with TRL's GRPOTrainer."""
 
-    # prompts
-    prompts: int = 64  # prompts per round: logged user prompts first, the rest from the seed set
+    # which prompts a round trains on
+    prompts: int = 64  # prompts per round: logged user prompts first, the rest replayed from the
+    #                    seed set's train split
     logged_share: float = 0.5  # at most this share of a round's prompts comes from the log
     max_prompt_chars: int = 4000  # longer logged prompts are skipped (and counted)
-    # GRPO, with the paper's settings as defaults (TRL's own defaults differ: see the README)
+    # GRPO, with the paper's settings as defaults (TRL's own defaults differ: see docs/rounds.md)
     num_generations: int = 8  # G, candidates per prompt
     prompts_per_step: int = 4  # 4 prompts x G 8 = 32 completions per step (paper: batch 32)
-    # Sequences per forward/backward pass in the loss, the reference log-probs and self-scoring.
-    # The step's 32 completions are still one optimiser step (gradient accumulation): this only
-    # bounds memory. At most this many: the largest divisor of the step's completions.
-    micro_batch: int = 2
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_completion_tokens: int = 256
-    learning_rate: float = 5e-6
+    micro_batch: int = 2  # sequences per forward/backward pass in the loss, the reference
+    #                       log-probs and self-scoring. The step's 32 completions are still one
+    #                       optimiser step (gradient accumulation): this only bounds memory. At
+    #                       most this many: the largest divisor of the step's completions.
+    temperature: float = 1.0  # candidate sampling (the paper: 1.0)
+    top_p: float = 1.0  # candidate sampling (the paper: 1.0)
+    max_completion_tokens: int = 256  # candidate length in tokens
+    learning_rate: float = 5e-6  # constant (the round stops on convergence, not on a schedule)
     epsilon: float = 0.2  # PPO-style clip
     beta: float = 0.04  # KL to the base model
-    loss_type: str = "grpo"  # TRL's default is "dapo"
-    max_steps: int = 200
+    loss_type: str = "grpo"  # "grpo" | "dapo" | "dr_grpo" | "bnpo" (TRL's); TRL's default is "dapo"
+    max_steps: int = 200  # upper bound on steps
     converge_window: int = 10  # stop when the reward's moving average over this many steps ...
     converge_tolerance: float = 0.05  # ... moved less than this (0-5 scale) over the last window
-    # reward
+    # the reward
     reward: str = "self"  # "self" (the paper) | "rule" | "judge"
-    self_score: str = "expected"  # "expected" (digit probabilities) | "greedy" (the paper's integer)
+    self_score: str = "expected"  # how a 0-5 score is read, for self-reward and a local
+    #                               judge: "expected" (digit probabilities) | "greedy" (the
+    #                               paper's integer)
     rule: str = "brevity"  # rule reward: "brevity" (5 at <= rule_words words) | "keyword"
-    rule_words: int = 12
-    rule_keyword: str = "thanks"
-    judge: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0,
-                                                                        max_tokens=8))
+    rule_words: int = 12  # the brevity rule's word count
+    rule_keyword: str = "thanks"  # the keyword rule's word
+    judge: EndpointConfig = field(  # the judge that scores candidates when reward = "judge"
+        default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=8))
     # adapter and compute
-    lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_rank: int = 16  # a fresh adapter's rank
+    lora_alpha: int = 32  # a fresh adapter's alpha
     from_active: bool = True  # continue from the active adapter (else a fresh one on the base)
-    dtype: str = "float32"  # training: log-probs in bf16 make the KL term noise
-    # generation and self-scoring (no gradients): "auto" = bf16 on a GPU or a CPU with
-    # AVX512-BF16/AMX (measured faster, see the README), else `dtype`; or "bfloat16" | "float32"
-    rollout_dtype: str = "auto"
+    dtype: str = "float32"  # training precision: log-probs in bf16 make the KL term noise;
+    #                         "bfloat16" on a GPU and under accelerate
+    rollout_dtype: str = "auto"  # generation, self-scoring and the gate's answers (no gradients):
+    #                              "auto" = bf16 on a GPU or a CPU with AVX512-BF16/AMX, else
+    #                              `dtype` (bf16 on an AVX2-only CPU measured 3-5x slower:
+    #                              docs/benchmarks.md); or "bfloat16" | "float32"
     threads: int = 1  # CPU: torch threads (the engine keeps the other core)
     nice: int = 10  # the learner process runs at this lower CPU priority, so chats come first
-    seed: int = 0
+    seed: int = 0  # sampling and prompt selection
     use_vllm: bool = False  # GPU: rollouts on TRL's colocated vLLM instead of transformers
-    vllm_gpu_memory_utilization: float = 0.25
+    vllm_gpu_memory_utilization: float = 0.25  # GPU: the colocated vLLM's share (with use_vllm)
     accelerate_config: str = ""  # run the round under `accelerate launch --config_file` this
-    promote: bool = True  # False: register every candidate without activating it
+    promote: bool = True  # activate a finished round's adapter if the gate lets it; false:
+    #                       register every candidate as rejected, without a gate
     gate: GateConfig = field(default_factory=GateConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -218,12 +255,12 @@ class LearnConfig:
 class EvalConfig:
     """`dynalign eval` (and the gate's judge)."""
 
-    judge: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0,
-                                                                        max_tokens=8))
+    judge: EndpointConfig = field(  # the pairwise judge of `dynalign eval` and of the gate
+        default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=8))
     max_tokens: int = 512  # answers of the evaluated versions (greedy)
     concurrency: int = 8  # requests in flight to the server
     bootstrap: int = 2000  # resamples for the win rate's confidence interval
-    level: float = 0.95
+    level: float = 0.95  # the interval's level
     seed: int = 0  # bootstrap and multiple-choice shuffling
 
 
@@ -231,14 +268,23 @@ class EvalConfig:
 class PrivacyConfig:
     """What the exchange log keeps (server/exchange_log.py, dynalign/redact.py)."""
 
-    redact: bool = True  # e-mails, phones, card numbers, IPs, API keys -> [EMAIL] ... before storing
+    redact: bool = True  # e-mails, phones, card numbers, IPs, API keys -> [EMAIL] [PHONE] [CARD]
+    #                      [IP] [KEY] before storing
     retention_days: int = 0  # delete exchanges older than this, daily with `dynalign serve`; 0 = keep
     retention_hour: int = 4  # the hour (UTC, 0-23) of the daily retention run
 
 
 @dataclass
 class Config:
-    state_dir: str = "state"  # DYNALIGN_HOME, when set, wins
+    """One TOML file: `./dynalign.toml`, or `dynalign --config PATH ...`. Every key is optional;
+    an unknown key or a wrong type is an error naming the key, and the whole tree is checked when
+    it loads (dynalign/checks.py). `dynalign config` prints the resolved tree.
+
+    Environment: DYNALIGN_HOME (the state dir), DYNALIGN_API_KEY (chat keys, comma-separated),
+    DYNALIGN_ADMIN_KEY (the admin key; else <state>/admin.key). Keys never go in this file
+    (docs/api.md, "Keys")."""
+
+    state_dir: str = "state"  # the state dir (model, adapters, SQLite, logs); DYNALIGN_HOME wins
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -274,16 +320,41 @@ class Config:
         return self.home / "dynalign.db"
 
     @property
+    def rounds_dir(self) -> Path:
+        return self.home / "rounds"
+
+    def round_dir(self, round_id: int) -> Path:
+        """A round's folder: its prompts, metrics, config, gate report and trained adapter."""
+        return self.rounds_dir / f"{round_id:04d}"
+
+    def adapter_dir(self, version: int) -> Path:
+        """A registered version's own copy of its adapter (it cannot change under the engine)."""
+        return self.home / "adapters" / f"{version:04d}"
+
+    def merged_dir(self, version: int) -> Path:
+        """A version's adapter merged into full weights (merged swap mode)."""
+        return self.home / "merged" / f"{version:04d}"
+
+    @property
     def gateway_url(self) -> str:
-        return f"http://{self.server.host}:{self.server.port}/v1"
+        """Where a client on this machine reaches the gateway (the CLI, the UI, the learner)."""
+        return f"http://{client_host(self.server.host)}:{self.server.port}/v1"
+
+
+def client_host(host: str) -> str:
+    """The address a local client uses for a server bound to `host` (a wildcard is not one)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
-    """The defaults, updated by the TOML file (if any) and then by dotted-key overrides."""
+    """The defaults, updated by the TOML file (if any) and then by dotted-key overrides; checked
+    whole (dynalign/checks.py): one ConfigError names every bad key."""
     data = _read_toml(path)
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return _build(Config(), data, prefix="")
+    cfg = _build(Config(), data, prefix="")
+    checks.check(cfg)
+    return cfg
 
 
 def resolved_toml(cfg: Config) -> str:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DRIFT_ACTIONS = ("flag", "reject", "rollback")
 CAPABILITY_KEYS = {"ifeval": "prompt_strict", "math": "accuracy", "mc": "accuracy"}
-READINGS = ("both_orders", "balanced")
 
 
 @dataclass

@@ -10,6 +10,12 @@ What dynalign adds: with `check_rules`, a prompt the evaluator passes but `dynal
 would flag goes back for revision with the rule broken as its critique. Every attempt is appended
 to `<out>.trace.jsonl` and every accepted prompt to `<out>` as it happens, so a stopped run
 resumes where it was: same goal history, same per-request seeds, same ids.
+
+`generate.concurrency` attempts run at once (threads; each attempt's calls stay in order). A
+served model decodes a batch almost as fast as one sequence, so this multiplies throughput on a
+slow endpoint; goals then see the goals of the attempts finished so far. Once the wanted count
+is reached (or on Ctrl-C), attempts still running stop before their next request, untraced; one
+accepted after the count was reached is traced as surplus, not kept.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +35,7 @@ from dynalign.prompts import RESPONSE_IN_FEEDBACK, fill, goal_clause
 from dynalign.rouge import RougeIndex
 
 _VERDICT = re.compile(r"task prompt is\W*(inappropriate|appropriate)", re.IGNORECASE)
-_LABEL = re.compile(r"^\s*[#*]*\s*(revised\s+)?task\s+prompt\s*[#*]*\s*:\s*[#*]*\s*",
+_LABEL = re.compile(r"^\s*[#*]*\s*(revised\s+)?task\s+prompt\s*[#*]*\s*(:|\n)\s*[#*]*\s*",
                     re.IGNORECASE)
 _QUOTES = "\"'“”‘’`"
 
@@ -42,8 +50,11 @@ def parse_verdict(critique: str) -> bool | None:
 
 
 def clean_prompt(text: str) -> str:
-    """The task prompt alone: without a '#Task Prompt#:' label, wrapping quotes or blank edges."""
+    """The task prompt alone: without a '#Task Prompt#:' label (or one on a line of its own),
+    wrapping quotes, wrapping bold marks or blank edges."""
     text = _LABEL.sub("", text.strip()).strip()
+    if len(text) > 4 and text.startswith("**") and text.endswith("**"):
+        text = text[2:-2].strip()
     if len(text) > 1 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()
     return text
@@ -81,43 +92,80 @@ class Generator:
         self.next_attempt = 1 + max([a["attempt"] for a in attempts + self.rows], default=-1)
         self.index = RougeIndex(row["prompt"] for row in self.rows)
         self.tally = Tally()
+        self.lock = threading.Lock()
+        self.wanted = float("inf")  # set by run(); an attempt accepted beyond it is surplus
+        self.stopping = threading.Event()  # set: running attempts end before their next call
 
     def run(self, count: int, progress: bool = True) -> Tally:
         from tqdm import tqdm
 
         budget = self.gen.max_attempts or 5 * max(count - len(self.rows), 0)
+        self.wanted = count
         with tqdm(total=count, initial=min(len(self.rows), count), unit="prompt",
-                  desc="generate", disable=not progress) as bar:
-            for _ in range(budget):
-                if len(self.rows) >= count:
-                    break
-                bar.update(int(self.attempt()))
-                bar.set_postfix(self.tally.postfix())
+                  desc="generate", disable=not progress) as bar, \
+                ThreadPoolExecutor(self.gen.concurrency) as pool:
+            try:
+                self._attempts(pool, budget, bar)
+            finally:
+                self.stopping.set()  # done, failed or interrupted: no new request starts
         if len(self.rows) < count:
             raise DynalignError(
                 f"gave up after {budget} attempts (generate.max_attempts): {len(self.rows)} of "
                 f"{count} prompts in {self.out}; see why in {self.trace}")
         return self.tally
 
+    def _attempts(self, pool, budget: int, bar) -> None:
+        running: set = set()
+        for _ in range(budget):
+            while len(running) >= self.gen.concurrency:
+                running = self._collect(running, bar)
+            if len(self.rows) >= self.wanted:
+                break
+            running.add(pool.submit(self.attempt))
+        while running:
+            running = self._collect(running, bar)
+
+    def _collect(self, running: set, bar) -> set:
+        """Wait for one attempt to finish (re-raising its error) and show it; the rest."""
+        done, rest = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            bar.update(int(future.result()))
+            bar.set_postfix(self.tally.postfix())
+        return rest
+
     def attempt(self) -> bool:
-        number = self.next_attempt
-        self.next_attempt += 1
-        goal = clean_goal(self.goal_writer.chat(self._goal_messages(), self._seed(number, 0)))
-        record = {"attempt": number, "goal": goal, "rounds": []}
-        prompt = self._write(number, goal) if goal else ""
-        prompt, reason = self._review(number, goal, prompt, record) if prompt else ("", "empty")
+        with self.lock:
+            number = self.next_attempt
+            self.next_attempt += 1
+            messages = self._goal_messages()
+        try:
+            goal = clean_goal(self._ask(self.goal_writer, messages, self._seed(number, 0)))
+            record = {"attempt": number, "goal": goal, "rounds": []}
+            prompt = self._write(number, goal) if goal else ""
+            prompt, reason = self._review(number, goal, prompt, record) if prompt else ("", "empty")
+        except _Stopped:
+            return False
+        with self.lock:
+            self._settle(goal, prompt, reason, record)
+        return record["outcome"] == "accepted"
+
+    def _settle(self, goal: str, prompt: str, reason: str | None, record: dict) -> None:
+        """Accept or reject one finished attempt and trace it (under the lock)."""
         reason = reason or near_duplicate(self.index, self.rows, prompt,
                                           self.gen.dedup_threshold)
-        if reason is None:
-            row = self._accept(number, goal, prompt, record)
+        if reason is None and len(self.rows) >= self.wanted:
+            record.update(outcome="surplus")
+        elif reason is None:
+            row = self._accept(record["attempt"], goal, prompt, record)
             record.update(outcome="accepted", id=row["id"])
+            if len(self.rows) >= self.wanted:
+                self.stopping.set()
         else:
             self.tally.rejected += 1
             record.update(outcome="rejected", reason=reason)
         if goal:
             self.goals.append(goal)
         _append(self.trace, record)
-        return record["outcome"] == "accepted"
 
     def _goal_messages(self) -> list[dict]:
         """The paper's goal prompt, then the previous goals as the writer's own earlier answers,
@@ -132,7 +180,7 @@ class Generator:
 
     def _write(self, number: int, goal: str) -> str:
         ask = fill(self.cfg.prompts.instruction, criteria=self._criteria(goal))
-        return clean_prompt(self.prompt_writer.chat(_user(ask), self._seed(number, 1)))
+        return clean_prompt(self._ask(self.prompt_writer, _user(ask), self._seed(number, 1)))
 
     def _review(self, number: int, goal: str, prompt: str, record: dict):
         """(final prompt, None) once a version is appropriate; else (last version, why not)."""
@@ -140,7 +188,7 @@ class Generator:
         for revision in range(self.gen.max_revisions + 1):
             ask = fill(p.feedback, definition=p.ca_definition, criteria=self._criteria(goal),
                        response=RESPONSE_IN_FEEDBACK, generated_prompt=prompt)
-            critique = self.evaluator.chat(_user(ask), self._seed(number, 2 + 2 * revision))
+            critique = self._ask(self.evaluator, _user(ask), self._seed(number, 2 + 2 * revision))
             verdict = parse_verdict(critique)
             flags = rule_flags(prompt) if self.gen.check_rules else []
             record["rounds"].append({"prompt": prompt, "critique": critique,
@@ -150,7 +198,8 @@ class Generator:
             if revision == self.gen.max_revisions:
                 return prompt, f"not appropriate after {revision} revisions"
             prompt = self._revise(number, goal, prompt, critique, flags, revision)
-            self.tally.revised += 1
+            with self.lock:
+                self.tally.revised += 1
             if not prompt:
                 return prompt, "empty revision"
 
@@ -160,7 +209,7 @@ class Generator:
         ask = fill(self.cfg.prompts.refinement, criteria=self._criteria(goal),
                    generated_prompt=prompt, critique=critique)
         seed = self._seed(number, 3 + 2 * revision)
-        return clean_prompt(self.prompt_writer.chat(_user(ask), seed))
+        return clean_prompt(self._ask(self.prompt_writer, _user(ask), seed))
 
     def _accept(self, number: int, goal: str, prompt: str, record: dict) -> dict:
         n = len(self.rows) + 1
@@ -175,6 +224,11 @@ class Generator:
         self.tally.accepted += 1
         return row
 
+    def _ask(self, endpoint, messages: list[dict], seed: int) -> str:
+        if self.stopping.is_set():
+            raise _Stopped
+        return endpoint.chat(messages, seed)
+
     def _criteria(self, goal: str) -> str:
         return fill(self.cfg.prompts.criteria, goal=goal_clause(goal))
 
@@ -186,6 +240,10 @@ class Generator:
         """A distinct, reproducible seed per request: a hash of (seed, attempt, call)."""
         digest = hashlib.sha256(f"{self.gen.seed}:{attempt}:{call}".encode()).digest()
         return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class _Stopped(Exception):
+    """An attempt ended early: the run has what it wanted, or was interrupted."""
 
 
 def _user(content: str) -> list[dict]:

@@ -15,15 +15,7 @@ from pathlib import Path
 
 from dynalign import prompts as paper
 from dynalign.config import LearnConfig, PromptsConfig
-from dynalign.errors import ConfigError
-from dynalign.gate import DRIFT_ACTIONS, READINGS
 
-REWARDS = ("self", "rule", "judge")
-SELF_SCORES = ("expected", "greedy")
-RULES = ("brevity", "keyword")
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
-DTYPES = ("float32", "bfloat16")
-ROLLOUT_DTYPES = ("auto", *DTYPES)
 
 
 @dataclass
@@ -33,57 +25,18 @@ class Selection:
     seed: int = 0
     skipped_long: int = 0
     duplicates: int = 0
+    heldout_excluded: int = 0  # logged or seed-train prompts equal to a held-out one
     exchanges_upto: int = 0
 
     def summary(self) -> dict:
         return {"prompts": len(self.prompts), "logged": self.logged, "seed": self.seed,
                 "skipped_long": self.skipped_long, "duplicates": self.duplicates,
-                "exchanges_upto": self.exchanges_upto}
+                "heldout_excluded": self.heldout_excluded, "exchanges_upto": self.exchanges_upto}
 
 
 def system_prompt(prompts: PromptsConfig) -> str:
     """The CA system prompt candidates are sampled with, its [Definition of CA] filled in."""
     return paper.fill(prompts.system, definition=prompts.ca_definition)
-
-
-def check_learn(learn: LearnConfig) -> None:
-    """The choices and ranges a round relies on; a bad one is a ConfigError naming the key."""
-    for key, value, allowed in [("reward", learn.reward, REWARDS),
-                                ("self_score", learn.self_score, SELF_SCORES),
-                                ("rule", learn.rule, RULES), ("loss_type", learn.loss_type, LOSS_TYPES),
-                                ("dtype", learn.dtype, DTYPES),
-                                ("rollout_dtype", learn.rollout_dtype, ROLLOUT_DTYPES)]:
-        if value not in allowed:
-            raise ConfigError(f"learn.{key} must be one of {', '.join(allowed)}; got {value!r}")
-    for key in ("prompts", "num_generations", "prompts_per_step", "max_steps",
-                "max_completion_tokens", "converge_window", "lora_rank", "threads", "micro_batch"):
-        if getattr(learn, key) < 1:
-            raise ConfigError(f"learn.{key} must be at least 1")
-    if learn.num_generations < 2:
-        raise ConfigError("learn.num_generations must be at least 2: GRPO compares a group")
-    if learn.accelerate_config and learn.dtype != "bfloat16":
-        raise ConfigError("learn.accelerate_config (DeepSpeed ZeRO-3 / FSDP) trains in bf16: "
-                          "set learn.dtype = \"bfloat16\"")
-    if not 0.0 <= learn.logged_share <= 1.0:
-        raise ConfigError("learn.logged_share must be between 0 and 1")
-    check_gate(learn.gate)
-
-
-def check_gate(gate) -> None:
-    if gate.reading not in READINGS:
-        raise ConfigError(f"learn.gate.reading must be one of {', '.join(READINGS)}; "
-                          f"got {gate.reading!r}")
-    if gate.on_drift not in DRIFT_ACTIONS:
-        raise ConfigError(f"learn.gate.on_drift must be one of {', '.join(DRIFT_ACTIONS)}; "
-                          f"got {gate.on_drift!r}")
-    for key in ("min_win_rate", "max_top_share"):
-        if not 0.0 <= getattr(gate, key) <= 1.0:
-            raise ConfigError(f"learn.gate.{key} must be between 0 and 1")
-    if gate.max_length_ratio < 1.0:
-        raise ConfigError("learn.gate.max_length_ratio must be at least 1 (it bounds both ways)")
-    for key in ("prompts", "min_judged", "max_tokens"):
-        if getattr(gate, key) < 1:
-            raise ConfigError(f"learn.gate.{key} must be at least 1")
 
 
 def last_user_turn(messages) -> str | None:
@@ -101,8 +54,11 @@ def last_user_turn(messages) -> str | None:
 def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnConfig,
                    salt: int = 0) -> Selection:
     """`exchanges`: rows with id and messages, oldest first (already filtered for opt-out and
-    status by the store). The newest logged prompts win when there are more than the share."""
+    status by the store). The newest logged prompts win when there are more than the share.
+    No prompt equal to a held-out one (case and spacing aside) is trained on, whatever its
+    source: the gate and `dynalign eval` measure on those."""
     sel = Selection(exchanges_upto=max((row["id"] for row in exchanges), default=0))
+    heldout = {_key(r["prompt"]) for r in seed_rows if r.get("split") == "heldout"}
     seen: set[str] = set()
     logged = []
     for row in reversed(exchanges):
@@ -111,6 +67,8 @@ def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnCon
             continue
         if len(text) > learn.max_prompt_chars:
             sel.skipped_long += 1
+        elif _key(text) in heldout:
+            sel.heldout_excluded += 1
         elif _key(text) in seen:
             sel.duplicates += 1
         else:
@@ -118,6 +76,8 @@ def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnCon
             logged.append({"prompt": text, "source": "logged", "id": f"exchange-{row['id']}"})
     logged = logged[: int(learn.prompts * learn.logged_share)]
     train = [r for r in seed_rows if r.get("split") == "train" and _key(r["prompt"]) not in seen]
+    sel.heldout_excluded += sum(_key(r["prompt"]) in heldout for r in train)
+    train = [r for r in train if _key(r["prompt"]) not in heldout]
     rng = random.Random(f"{learn.seed}-{salt}")
     replay = rng.sample(train, min(len(train), learn.prompts - len(logged)))
     sel.prompts = logged + [{"prompt": r["prompt"], "source": "seed", "id": r["id"]} for r in replay]

@@ -154,9 +154,15 @@ class Store:
                                                     order_by="id desc", limit=limit))
 
     def delete_exchange(self, exchange_id: int) -> bool:
-        with self.db.conn:
-            return self.db.execute("delete from exchanges where id = ?",
-                                   [exchange_id]).rowcount == 1
+        return bool(self.delete_exchanges(ids=[exchange_id]))
+
+    def existing_exchange_ids(self, ids: list[int]) -> list[int]:
+        """Those of `ids` still in the log."""
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        return [row[0] for row in self.db.execute(
+            f"select id from exchanges where id in ({marks})", [int(i) for i in ids])]
 
     def log_exchanges(self, rows: list[dict]) -> None:
         """Several exchanges in one transaction: all of them are written, or none is."""
@@ -168,24 +174,19 @@ class Store:
         """Every exchange logged for `user`, oldest first (an iterator: exports may be large)."""
         return self.db["exchanges"].rows_where("user = ?", [user], order_by="id")
 
-    def delete_exchanges(self, user: str | None = None, before: str | None = None) -> int:
-        """Delete the exchanges of `user` and/or created before the ISO time `before`; returns
-        how many. Deleted text is overwritten in the file (secure_delete), and the WAL is
-        checkpointed so old copies do not linger there either (as far as readers allow)."""
-        where, params = _delete_filter(user, before)
+    def delete_exchanges(self, user: str | None = None, before: str | None = None,
+                         ids: list[int] | None = None) -> list[int]:
+        """Delete the exchanges of `user`, created before the ISO time `before` and/or with these
+        `ids`; returns the ids deleted. Deleted text is overwritten in the file (secure_delete),
+        and the WAL is checkpointed so old copies do not linger there either (as far as readers
+        allow). Other copies (rounds' prompt lists) are dynalign/erasure.py's job."""
+        where, params = _delete_filter(user, before, ids)
         self.db.execute("pragma secure_delete = on")
         with self.db.conn:
-            count = self.db.execute(f"delete from exchanges where {where}", params).rowcount
+            deleted = [row[0] for row in self.db.execute(
+                f"delete from exchanges where {where} returning id", params).fetchall()]
         self.db.execute("pragma wal_checkpoint(truncate)")
-        return count
-
-    def purge_exchanges(self, days: float, at: dt.datetime | None = None,
-                        user: str | None = None) -> int:
-        """Retention: delete exchanges (of `user`, if given) older than `days` days before `at`
-        (default: now)."""
-        at = at or dt.datetime.now(dt.timezone.utc)
-        cutoff = (at - dt.timedelta(days=days)).isoformat(timespec="milliseconds")
-        return self.delete_exchanges(user=user, before=cutoff)
+        return sorted(deleted)
 
     # adapters
     def add_adapter(self, path: str, *, base_model: str, rank: int, version: int | None = None,
@@ -284,11 +285,16 @@ class Store:
         self.db["schedule"].upsert({"name": name, **fields}, pk="name")
 
 
-def _delete_filter(user: str | None, before: str | None) -> tuple[str, list]:
-    if user is None and before is None:
-        raise ValueError("delete_exchanges needs a user or a time: it never deletes everything")
+def _delete_filter(user: str | None, before: str | None,
+                   ids: list[int] | None) -> tuple[str, list]:
+    if user is None and before is None and ids is None:
+        raise ValueError("delete_exchanges needs a user, a time or ids: it never deletes everything")
     where = [w for w, v in (("user = ?", user), ("created < ?", before)) if v is not None]
-    return " and ".join(where), [v for v in (user, before) if v is not None]
+    params = [v for v in (user, before) if v is not None]
+    if ids is not None:
+        where.append(f"id in ({', '.join('?' * len(ids))})" if ids else "0")
+        params += [int(i) for i in ids]
+    return " and ".join(where), params
 
 
 def _jsonable(value):

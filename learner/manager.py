@@ -32,8 +32,9 @@ from dynalign.errors import RoundError
 from dynalign.gate import Decision, decide, last_good
 from dynalign.dataset import read_rows, seed_path
 from dynalign.memory import check_fits, local_judges
-from dynalign.procs import die_with_parent, preload_tcmalloc
-from dynalign.rounds import check_learn, longest_prompt
+from dynalign.procs import alive, die_with_parent, preload_tcmalloc, signal_group
+from dynalign.checks import check
+from dynalign.rounds import longest_prompt
 from dynalign.store import Store, now
 
 log = logging.getLogger("dynalign.rounds")
@@ -51,7 +52,8 @@ def evaluation_gate(cfg: Config, round_row: dict) -> Decision:
     return decide(cfg.learn.gate, json.loads(path.read_text()))
 
 
-# publish(candidate_dir, parent, note, activate) -> the new version number
+# publish(candidate_dir, parent, note, promote) -> the new version number (Versions.publish,
+# in the server's process or through POST /admin/adapters/publish)
 Publisher = Callable[[str, "int | None", str, bool], int]
 # activate(version or None for the base model): the operator's hot-swap, for drift rollbacks
 Activator = Callable[["int | None"], None]
@@ -63,8 +65,9 @@ def with_overrides(cfg: Config, overrides: dict | None) -> Config:
     for key, value in (overrides or {}).items():
         _set_dotted(nested, key, value)  # "judge.model" reaches [learn.judge]
     learn = _build(cfg.learn, nested, prefix="learn.")
-    check_learn(learn)
-    return dataclasses.replace(cfg, state_dir=str(cfg.home), learn=learn)
+    cfg = dataclasses.replace(cfg, state_dir=str(cfg.home), learn=learn)
+    check(cfg)
+    return cfg
 
 
 def learner_command(cfg: Config, config_path: Path, round_id: int) -> list[str]:
@@ -73,18 +76,6 @@ def learner_command(cfg: Config, config_path: Path, round_id: int) -> list[str]:
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 cfg.learn.accelerate_config, *module]
     return [sys.executable, *module]
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RoundManager:
@@ -115,7 +106,7 @@ class RoundManager:
         self.check_memory(cfg)
         with closing(self.store()) as store:
             round_id = store.open_round(trigger, resolved_toml(cfg), os.getpid())
-            folder = self.cfg.home / "rounds" / f"{round_id:04d}"
+            folder = self.cfg.round_dir(round_id)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "config.toml").write_text(resolved_toml(cfg))
             if overrides:
@@ -179,7 +170,7 @@ class RoundManager:
                     store.update_round(round_id, status="failed",
                                        error=_exit_error(rc, row, folder / "learner.log"))
                 else:
-                    self._publish(store, cfg, row)
+                    self.conclude(store, cfg, row)
             except Exception as e:  # noqa: BLE001 (recorded on the round, see docstring)
                 log.exception("round %s failed", round_id)
                 store.update_round(round_id, status="failed", error=f"{type(e).__name__}: {e}")
@@ -204,7 +195,9 @@ class RoundManager:
         finally:
             self.procs.pop(round_id, None)
 
-    def _publish(self, store: Store, cfg: Config, row: dict) -> None:
+    def conclude(self, store: Store, cfg: Config, row: dict) -> None:
+        """A round whose learner left a candidate: gate it, publish it (served or rejected),
+        and roll back past drift when the gate says so."""
         store.update_round(row["id"], status="evaluating")
         summary = json.loads(row["metrics"] or "{}")
         decision = self.gate(cfg, store.round(row["id"]))
@@ -245,11 +238,8 @@ def _child_setup(nice: int):
 
 
 def _kill_group(pid: int | None) -> None:
-    if pid and alive(pid):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    if alive(pid):
+        signal_group(pid, signal.SIGTERM)
 
 
 def _exit_error(rc: int, row: dict, log_path: Path) -> str:

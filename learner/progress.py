@@ -30,7 +30,8 @@ CLEAR_REFS = "/proc/self/clear_refs"
 
 class PeakMemory:
     """Peak resident memory of this process since the last `reset()` (Linux: VmHWM, reset by
-    writing 5 to /proc/self/clear_refs), and peak CUDA memory when torch uses a GPU."""
+    writing 5 to /proc/self/clear_refs), and peak CUDA memory when torch uses a GPU: allocated
+    (what tensors held) and reserved (what torch's caching allocator held: what the GPU lost)."""
 
     def __init__(self):
         self.resettable = _write(CLEAR_REFS, "5")
@@ -43,12 +44,13 @@ class PeakMemory:
             cuda.reset_peak_memory_stats()
 
     def read(self) -> dict:
-        """{"rss_mb": ..., "cuda_mb": ...}: MiB since the last reset (rss: since start where the
-        kernel cannot reset it)."""
+        """{"rss_mb": ..., "cuda_mb": ..., "cuda_reserved_mb": ...}: MiB since the last reset
+        (rss: since start where the kernel cannot reset it)."""
         out = {"rss_mb": _vm_hwm_mb() if self.resettable else _maxrss_mb()}
         cuda = _cuda()
         if cuda is not None:
             out["cuda_mb"] = round(cuda.max_memory_allocated() / 2**20, 1)
+            out["cuda_reserved_mb"] = round(cuda.max_memory_reserved() / 2**20, 1)
         return out
 
 
@@ -82,7 +84,7 @@ class StepProgress:
         for name, peak in self.peaks.items():
             for kind, mb in peak.items():
                 row[f"peak_{kind}/{name}"] = mb
-        for kind in ("rss_mb", "cuda_mb"):
+        for kind in ("rss_mb", "cuda_mb", "cuda_reserved_mb"):
             values = [p[kind] for p in self.peaks.values() if kind in p]
             if values:
                 row[f"peak_{kind}"] = max(values)

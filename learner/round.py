@@ -25,9 +25,10 @@ from pathlib import Path
 
 from dynalign.config import Config, load_config
 from dynalign.dataset import read_rows, seed_path
+from dynalign.erasure import drop_missing
 from dynalign.errors import DynalignError, RoundError
 from dynalign.grpo import converged
-from dynalign.rounds import check_learn, select_prompts, system_prompt
+from dynalign.rounds import select_prompts, system_prompt
 from dynalign.store import Store
 from learner.progress import StepProgress
 
@@ -35,10 +36,6 @@ STEP_KEYS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "loss":
              "frac_reward_zero_std": "frac_reward_zero_std",
              "completions/mean_length": "completion_length", "entropy": "entropy",
              "learning_rate": "learning_rate", "clip_ratio/region_mean": "clip_ratio"}
-
-
-def round_dir(cfg: Config, round_id: int) -> Path:
-    return cfg.home / "rounds" / f"{round_id:04d}"
 
 
 def make_reward(cfg: Config, tokenizer):
@@ -105,15 +102,15 @@ def run_round(cfg: Config, round_id: int) -> dict:
     import torch
 
     learn = cfg.learn
-    check_learn(learn)
     torch.set_num_threads(learn.threads)
     store = Store(cfg.db_path)
-    out = round_dir(cfg, round_id)
+    out = cfg.round_dir(round_id)
     selection = select_prompts(store.training_exchanges(store.consumed_upto()),
                                read_rows(seed_path(cfg)), learn, salt=round_id)
     if not selection.prompts:
         raise RoundError("no prompts to train on: the log has none and the seed set is empty")
     _write_jsonl(out / "prompts.jsonl", selection.prompts)
+    drop_missing(out / "prompts.jsonl", store)  # deleted while it was being selected
     parent = store.active_version() if learn.from_active else None
     store.update_round(round_id, exchanges_upto=selection.exchanges_upto,
                        progress={"phase": "loading", "step": 0, "max_steps": learn.max_steps})

@@ -5,7 +5,7 @@ Two readings of the same prompt, both deterministic (the paper disables sampling
   prompt asks for only that); any other answer scores 0 and is counted as unreadable.
 - "expected": one forward pass; the next-token probabilities of the digit tokens "0".."5",
   renormalised, give the expected score. It always yields a score, is graded (so fewer groups
-  have zero spread), and needs no generation. See the README for which is the default and why.
+  have zero spread), and needs no generation. See docs/rounds.md for which is the default and why.
 """
 
 from __future__ import annotations

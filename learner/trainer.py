@@ -137,9 +137,16 @@ def load_policy(model_path: str, learn, adapter_path: str | None) -> Policy:
         lora = LoraConfig.from_pretrained(adapter_path)
         lora.inference_mode = False
         return Policy(base, lora, load_file(f"{adapter_path}/adapter_model.safetensors"))
-    lora = LoraConfig(r=learn.lora_rank, lora_alpha=learn.lora_alpha, target_modules=TARGETS,
+    return Policy(base, fresh_lora(learn), None)
+
+
+def fresh_lora(learn):
+    """The LoRA config of a new adapter: learn's rank and alpha on TARGETS (those of them that
+    are linear layers of the model: on gpt-oss the experts are 3-D parameters, left alone)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=learn.lora_rank, lora_alpha=learn.lora_alpha, target_modules=TARGETS,
                       lora_dropout=0.0, task_type="CAUSAL_LM")
-    return Policy(base, lora, None)
 
 
 def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str, reward,

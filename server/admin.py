@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Query, Request
 
+from dynalign.erasure import forget
 from dynalign.rounds import round_view
-from server.validate import RequestError
+from server.validate import MAX_ID, MAX_PAGE, MIN_ID, RequestError, read_json, read_object
 from server.versions import Versions, parse_version, public_name
 
 router = APIRouter()
@@ -32,22 +33,37 @@ async def list_adapters(request: Request):
 
 @router.post("/adapters", status_code=201)
 async def register_adapter(request: Request):
-    from server.gateway import read_json
-
-    body = await read_json(request)
-    if not isinstance(body, dict) or not isinstance(body.get("path"), str):
-        raise RequestError("body must be an object with a string 'path'", param="path")
-    parent = body.get("parent")
-    if parent is not None and not isinstance(parent, int):
-        raise RequestError("'parent' must be an integer version", param="parent")
+    body, parent = await _adapter_body(request)
     versions = _versions(request)
-    origin = "round" if body.get("source") == "round" else "registered"
-    row = await versions.register(body["path"], parent=parent, note=str(body.get("note", "")),
-                                  origin=origin)
+    row = await versions.register(body["path"], parent=parent, note=str(body.get("note", "")))
     if body.get("activate"):
         await versions.activate(row["version"])
         row = versions.store.adapter(row["version"])
     return adapter_view(versions, row)
+
+
+@router.post("/adapters/publish", status_code=201)
+async def publish_candidate(request: Request):
+    """A round's candidate with its gate's verdict ({"path", "parent", "note", "promote"}):
+    what a standalone `dynalign learn` calls; the same Versions.publish as in-server rounds."""
+    body, parent = await _adapter_body(request)
+    if not isinstance(body.get("promote"), bool):
+        raise RequestError("'promote' must be true or false (the gate's verdict)", param="promote")
+    versions = _versions(request)
+    version = await versions.publish(body["path"], parent, str(body.get("note", "")),
+                                     body["promote"])
+    return adapter_view(versions, versions.store.adapter(version))
+
+
+async def _adapter_body(request: Request) -> tuple[dict, int | None]:
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+        raise RequestError("body must be an object with a string 'path'", param="path")
+    parent = body.get("parent")
+    if parent is not None and (type(parent) is not int or not 1 <= parent <= MAX_ID):
+        raise RequestError("'parent' must be a version number (a positive integer)",
+                           param="parent")
+    return body, parent
 
 
 @router.get("/adapters/{version}")
@@ -68,8 +84,6 @@ async def get_adapter(version: str, request: Request):
 async def activate_adapter(version: str, request: Request):
     """Promote or roll back to VERSION (or 'base'). A version the gate rejected needs
     {"force": true}: the operator overrides the gate, and the note says so."""
-    from server.gateway import read_object
-
     versions = _versions(request)
     number = parse_version(version)
     force = (await read_object(request, ' such as {"force": true}')).get("force") is True
@@ -89,8 +103,6 @@ async def activate_adapter(version: str, request: Request):
 async def rollback(request: Request):
     """Serve the version the active one was trained from (its parent; none: the base model), or
     {"to": VERSION | "base"}."""
-    from server.gateway import read_object
-
     versions = _versions(request)
     to = (await read_object(request, ' such as {"to": "base"}')).get("to")
     if to is not None:
@@ -114,18 +126,20 @@ async def _activate(versions: Versions, number: int | None) -> dict:
 
 
 @router.get("/exchanges")
-async def recent_exchanges(request: Request, limit: int = 20, q: str = "", user: str = "",
-                           opt_out: bool | None = None, before: int | None = None):
+async def recent_exchanges(request: Request, limit: int = Query(20, ge=1), q: str = "",
+                           user: str = "", opt_out: bool | None = None,
+                           before: int | None = Query(None, ge=MIN_ID, le=MAX_ID)):
     """Logged exchanges, newest first: `q` searches the text, `user`, `opt_out`, and `before`
-    (an id) pages back."""
-    rows = _versions(request).store.exchanges(limit=min(max(limit, 1), 500), search=q,
+    (an id) pages back; `limit` 1 or more, capped at MAX_PAGE."""
+    rows = _versions(request).store.exchanges(limit=min(limit, MAX_PAGE), search=q,
                                               user=user, opt_out=opt_out, before=before)
     return {"data": rows}
 
 
 @router.delete("/exchanges/{exchange_id}")
-async def delete_exchange(exchange_id: int, request: Request):
-    if not _versions(request).store.delete_exchange(exchange_id):
+async def delete_exchange(request: Request, exchange_id: int = Path(ge=MIN_ID, le=MAX_ID)):
+    store = _versions(request).store
+    if not forget(request.app.state.cfg, store, ids=[exchange_id]):
         raise RequestError(f"no exchange with id {exchange_id}", status=404,
                            code="exchange_not_found")
     return {"deleted": exchange_id}

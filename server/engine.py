@@ -7,7 +7,6 @@ of it is the only public door: the engine's dev endpoints (/pause, /collective_r
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import os
 import signal
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from dynalign.config import Config
-from dynalign.procs import die_with_parent, preload_tcmalloc
+from dynalign.procs import die_with_parent, preload_tcmalloc, stop_group
 
 def is_cpu_platform() -> bool:
     try:
@@ -32,9 +31,6 @@ def is_cpu_platform() -> bool:
 
 def swap_mode(cfg: Config) -> str:
     """`auto` picks merged weights on CPU (LoRA serving there is 2.6x slower) and LoRA on GPU."""
-    if cfg.engine.swap not in ("auto", "lora", "merged"):
-        from dynalign.errors import ConfigError
-        raise ConfigError(f"engine.swap must be auto, lora or merged, got {cfg.engine.swap!r}")
     if cfg.engine.swap != "auto":
         return cfg.engine.swap
     return "merged" if is_cpu_platform() else "lora"
@@ -78,8 +74,11 @@ def engine_env(cfg: Config, mode: str) -> dict:
 class EngineProcess:
     """The engine server as a child process in its own process group (stopped as a whole)."""
 
-    def __init__(self, cfg: Config, mode: str):
+    def __init__(self, cfg: Config, mode: str, command: list[str] | None = None):
+        """`command`: what to run instead of vLLM's server (a stand-in that must answer GET
+        /health on the engine's port to count as ready)."""
         self.cfg, self.mode = cfg, mode
+        self.command = command or engine_command(cfg, mode)
         self.url = f"http://{cfg.engine.host}:{cfg.engine.port}"
         self.log_path = cfg.home / "logs" / "engine.log"
         self.proc: subprocess.Popen | None = None
@@ -88,7 +87,7 @@ class EngineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            engine_command(self.cfg, self.mode), env=engine_env(self.cfg, self.mode),
+            self.command, env=engine_env(self.cfg, self.mode),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=die_with_parent)
         log.close()
@@ -120,30 +119,8 @@ class EngineProcess:
     def stop(self, timeout: float = 30) -> None:
         """Stop our process group: the server and its engine-core and worker children, which
         outlive the server if it crashed."""
-        if self.proc is None:
-            return
-        group = self.proc.pid
-        _killpg(group, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout)
-        while _group_alive(group) and time.monotonic() < deadline:
-            time.sleep(0.2)  # orphans in the group are reaped by init, not by us: poll
-        _killpg(group, signal.SIGKILL)
-        self.proc.wait()
-
-
-def _killpg(group: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, sig)
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False
+        if self.proc is not None:
+            stop_group(self.proc, signal.SIGTERM, timeout)
 
 
 class EngineClient:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import httpx
 from fastapi import Depends, FastAPI, Request
@@ -26,7 +27,7 @@ from server.auth import Keys, load_keys, require_admin_key, require_chat_key
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
 from server.supervisor import STREAM_CUT_EVENT, EngineSupervisor, EngineUnavailable
-from server.validate import Limits, RequestError, parse_json, validate_chat
+from server.validate import Limits, RequestError, read_json, validate_chat
 from server.versions import Target, Versions, public_name
 
 VERSION_HEADER = "X-Dynalign-Version"
@@ -43,13 +44,11 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
             app.state.versions = Versions(cfg, mode, EngineClient(engine_url, http), app.state.store)
             await app.state.versions.startup()
             app.state.log = ExchangeLog(cfg.db_path, redact=cfg.privacy.redact)
-            app.state.retention = learning.start_retention(cfg)
             app.state.rounds, app.state.schedule = learning.start(cfg, app.state.versions)
             if on_ready:
                 on_ready(app)
             yield
             learning.stop(app.state.rounds, app.state.schedule)
-            learning.stop_retention(app.state.retention)
             app.state.log.close()
             app.state.store.close()
 
@@ -91,6 +90,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineCallError)
     async def engine_error(request, e: EngineCallError):
+        if await _engine_dead(request.app.state):  # e.g. a swap's /pause as the engine died
+            return _died(request.app.state).response()
         return error_response(502, str(e), "engine_error")
 
     @app.exception_handler(StarletteHTTPException)
@@ -99,7 +100,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def params_error(request, e: RequestValidationError):
-        return error_response(400, f"invalid parameters: {e.errors()}", "invalid_request_error")
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        return error_response(400, f"invalid parameters: {problems}", "invalid_request_error")
 
     @app.exception_handler(EngineUnavailable)
     async def engine_unavailable(request, e: EngineUnavailable):
@@ -107,35 +109,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(httpx.TransportError)
     async def engine_down(request, e: httpx.TransportError):
-        status = request.app.state.engine_status
-        if status is not None and status.state != "up":  # it died under this request
-            return EngineUnavailable(status.state).response()
-        return error_response(503, f"engine unavailable: {e!r}", "engine_unavailable")
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, or 413 past `server.max_body_mb` (refused on its Content-Length before
-    anything is read, when the client sends one)."""
-    limit = int(request.app.state.cfg.server.max_body_mb * 2**20)
-    declared = request.headers.get("content-length", "")
-    if (declared.isdigit() and int(declared) > limit) or len(body := await request.body()) > limit:
-        raise RequestError(f"request body over {request.app.state.cfg.server.max_body_mb:g} MiB "
-                           "(server.max_body_mb)", status=413, code="request_too_large")
-    return body
-
-
-async def read_json(request: Request):
-    return parse_json(await read_body(request))
-
-
-async def read_object(request: Request, what: str, required: bool = False) -> dict:
-    """A JSON object body (`what` names it in the error); an empty body is {} unless required."""
-    if not required and not (await read_body(request)).strip():
-        return {}
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise RequestError(f"body must be a JSON object{what}")
-    return body
+        return _died(request.app.state).response()  # it died under this request, most likely
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -182,29 +156,60 @@ def _opt_out(request: Request, body: dict) -> bool:
     return header or body.get("store") is False
 
 
+@dataclass
+class Exchange:
+    """One chat on its way through the gateway, until it is handed to the log writer (once:
+    a stream hands itself over at its [DONE], and the end of the response finds it done)."""
+
+    body: dict
+    client_id: str
+    user: str | None
+    model_served: str
+    version: int | None
+    opt_out: bool
+    stream: bool
+    epoch: int  # the weights' epoch it started under (merged mode swaps in place)
+    start: float = field(default_factory=time.perf_counter)
+    ttft_ms: float | None = None
+    handed_over: bool = False
+
+    def finish(self, state, status: str, content: bytes = b"", events=None):
+        """Hand it to the log writer, once; returns the future of its commit (None if done)."""
+        if self.handed_over:
+            return None
+        self.handed_over = True
+        return state.log.submit({
+            "body": self.body, "client_id": self.client_id, "user": self.user,
+            "model_served": self.model_served, "version": self.version, "opt_out": self.opt_out,
+            "stream": self.stream, "ttft_ms": self.ttft_ms,
+            "latency_ms": (time.perf_counter() - self.start) * 1000,
+            "mixed_versions": self.epoch != state.versions.weights_epoch,
+            "status": status, "content": content, "events": events})
+
+
 async def forward_chat(request: Request, body: dict, target: Target):
     state = request.app.state
     payload = {k: v for k, v in body.items() if k != "store"}
     payload["model"] = target.engine_model
-    record = {"body": body, "client_id": request.headers.get("x-client-id") or request.client.host,
-              "user": request.headers.get("x-dynalign-user"), "model_served": target.public_name,
-              "version": target.version, "opt_out": _opt_out(request, body),
-              "stream": bool(body.get("stream")), "start": time.perf_counter(),
-              "epoch": state.versions.weights_epoch}
+    record = Exchange(body, request.headers.get("x-client-id") or request.client.host,
+                      request.headers.get("x-dynalign-user"), target.public_name, target.version,
+                      _opt_out(request, body), bool(body.get("stream")),
+                      state.versions.weights_epoch)
     rename = (f'"model":"{target.engine_model}"'.encode(), f'"model":"{target.public_name}"'.encode())
     url = f"{state.engine_url}/v1/chat/completions"
-    if record["stream"]:
+    if record.stream:
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return await _stream(state, url, payload, record, rename, wants_usage)
     response = await _post_unless_client_leaves(request, url, payload)
     if response is None:
-        _finish(state, record, status="aborted", content=b"{}")
+        record.finish(state, status="aborted", content=b"{}")
         return Response(status_code=499)
     if response.status_code != 200:
+        await _unless_engine_died(state, response.status_code)
         return Response(response.content, response.status_code, media_type="application/json")
     content = response.content.replace(*rename)
-    await state.log.committed(_finish(state, record, status="ok", content=content))  # kill -9 safe
+    await state.log.committed(record.finish(state, status="ok", content=content))  # kill -9 safe
     return Response(content, media_type="application/json",
                     headers={VERSION_HEADER: target.public_name})
 
@@ -232,40 +237,61 @@ async def _stream(state, url, payload, record, rename, wants_usage):
     if response.status_code != 200:
         content = await response.aread()
         await response.aclose()
+        await _unless_engine_died(state, response.status_code)
         return Response(content, response.status_code, media_type="application/json")
 
     async def events():
         events, status, buffer = [], "aborted", b""
         try:
             async for raw in response.aiter_raw():
-                if "ttft_ms" not in record:
-                    record["ttft_ms"] = (time.perf_counter() - record["start"]) * 1000
+                if record.ttft_ms is None:
+                    record.ttft_ms = (time.perf_counter() - record.start) * 1000
                 buffer += raw
                 *complete, buffer = buffer.split(b"\n\n")
                 for event in complete:
+                    if _is_error_event(event):  # vLLM reports a failure in-band, then [DONE]
+                        status = "error"
+                        if await _engine_dead(state):
+                            yield STREAM_CUT_EVENT
+                            return
                     events.append(event)
-                    if event.strip() == b"data: [DONE]":
+                    if event.strip() == b"data: [DONE]" and status != "error":
                         # everything is delivered: the openai client hangs up on reading [DONE],
                         # possibly before the engine's stream ends, and that is not an abort
                         status = "ok"  # logged and committed before [DONE] goes out: kill -9 safe
-                        await state.log.committed(_finish(state, record, "ok", events=events))
+                        await state.log.committed(record.finish(state, "ok", events=events))
                     if wants_usage or b'"choices":[]' not in event:
                         yield event.replace(*rename) + b"\n\n"
-            status = "ok"
+            if status != "error":
+                status = "ok"
         except httpx.TransportError:  # the engine died mid-answer: say so in-band, then end
             yield STREAM_CUT_EVENT
         finally:
             await response.aclose()
-            _finish(state, record, status=status, events=events)
+            record.finish(state, status=status, events=events)
 
     return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={VERSION_HEADER: record["model_served"]})
+                             headers={VERSION_HEADER: record.model_served})
 
 
-def _finish(state, record: dict, status: str, content: bytes = b"", events=None):
-    """Hand the exchange to the log writer, once; returns the future of its commit."""
-    if "start" not in record:
-        return None  # handed over already (a stream's [DONE])
-    record["latency_ms"] = (time.perf_counter() - record.pop("start")) * 1000
-    record["mixed_versions"] = record.pop("epoch") != state.versions.weights_epoch
-    return state.log.submit({**record, "status": status, "content": content, "events": events})
+def _is_error_event(event: bytes) -> bool:
+    return event.startswith(b'data: {"error"') or event.startswith(b'data: {"object":"error"')
+
+
+async def _engine_dead(state) -> bool:
+    """After the engine failed a request: is the engine itself gone? (When its core process dies,
+    vLLM answers the requests in flight with a 500, or an error event in a stream, before its
+    API server exits; its /health then answers 503, or nothing.)"""
+    return not await state.versions.engine.healthy()
+
+
+async def _unless_engine_died(state, status_code: int) -> None:
+    """A 5xx from the engine because it died is the documented 503 with Retry-After."""
+    if status_code >= 500 and await _engine_dead(state):
+        raise _died(state)
+
+
+def _died(state) -> EngineUnavailable:
+    """The 503 for a request the engine's death failed: restarting, unless the service gave up."""
+    status = state.engine_status
+    return EngineUnavailable(status.state if status and status.state != "up" else "restarting")

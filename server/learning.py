@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from dynalign.config import Config
-from dynalign.errors import ConfigError
+from dynalign.erasure import forget
 from dynalign.rounds import round_view
+from dynalign.schedule_spec import spec_from
+from server.validate import MAX_ID, MAX_PAGE, MIN_ID, read_object
 from server.versions import Versions
 
 router = APIRouter()
@@ -30,7 +32,8 @@ log = logging.getLogger("dynalign.retention")
 
 def start(cfg: Config, versions: Versions):
     """The round manager (publishing through `versions`, the operator's hot-swap path) and the
-    refresh schedule. Rounds left open by a previous gateway are failed first."""
+    refresh schedule, whose scheduler also runs retention. Rounds left open by a previous
+    gateway are failed first."""
     from learner.manager import RoundManager
     from learner.schedule import Schedule
 
@@ -40,6 +43,7 @@ def start(cfg: Config, versions: Versions):
     rounds.recover()
     schedule = Schedule(cfg, rounds.trigger)
     schedule.start()
+    add_retention(cfg, schedule.scheduler)
     return rounds, schedule
 
 
@@ -48,28 +52,18 @@ def stop(rounds, schedule) -> None:
     rounds.shutdown()
 
 
-def start_retention(cfg: Config):
-    """[privacy] retention_days > 0: a daily job (at retention_hour UTC, and once now, catching
-    up on a day missed while down) deletes logged exchanges older than that. None when off."""
-    from apscheduler.schedulers.background import BackgroundScheduler
+def add_retention(cfg: Config, scheduler) -> bool:
+    """[privacy] retention_days > 0: a daily job on `scheduler` (at retention_hour UTC, and once
+    now, catching up on a day missed while down) deletes logged exchanges older than that."""
     from apscheduler.triggers.cron import CronTrigger
 
     if cfg.privacy.retention_days <= 0:
-        return None
-    if not 0 <= cfg.privacy.retention_hour <= 23:
-        raise ConfigError(f"privacy.retention_hour must be 0-23, got {cfg.privacy.retention_hour}")
-    scheduler = BackgroundScheduler(timezone="UTC")
+        return False
     trigger = CronTrigger(hour=cfg.privacy.retention_hour, timezone="UTC")
     scheduler.add_job(purge_old_exchanges, trigger, args=[cfg], id="retention", coalesce=True,
                       max_instances=1, misfire_grace_time=None)
     scheduler.add_job(purge_old_exchanges, args=[cfg], id="retention-now", max_instances=1)
-    scheduler.start()
-    return scheduler
-
-
-def stop_retention(scheduler) -> None:
-    if scheduler is not None:
-        scheduler.shutdown(wait=False)
+    return True
 
 
 def purge_old_exchanges(cfg: Config) -> int:
@@ -78,7 +72,7 @@ def purge_old_exchanges(cfg: Config) -> int:
     from dynalign.store import Store
 
     with closing(Store(cfg.db_path)) as store:
-        count = store.purge_exchanges(cfg.privacy.retention_days)
+        count = len(forget(cfg, store, older_than=cfg.privacy.retention_days))
     log.warning("retention: deleted %d exchange(s) older than %s days", count,
                 cfg.privacy.retention_days)
     return count
@@ -86,17 +80,9 @@ def purge_old_exchanges(cfg: Config) -> int:
 
 def versions_publisher(versions: Versions, loop: asyncio.AbstractEventLoop):
     """Register a round's candidate and activate it (or mark it rejected), on the app's loop."""
-    async def publish(candidate: str, parent, note: str, activate: bool) -> int:
-        row = await versions.register(candidate, parent=parent, note=note, origin="round")
-        if activate:
-            await versions.activate(row["version"])
-        else:
-            versions.store.set_adapter_status(row["version"], "rejected", note=note)
-        return row["version"]
-
-    def run(candidate, parent, note, activate) -> int:
-        return asyncio.run_coroutine_threadsafe(publish(candidate, parent, note, activate),
-                                                loop).result()
+    def run(candidate, parent, note, promote) -> int:
+        return asyncio.run_coroutine_threadsafe(
+            versions.publish(candidate, parent, note, promote), loop).result()
     return run
 
 
@@ -109,8 +95,6 @@ def versions_activator(versions: Versions, loop: asyncio.AbstractEventLoop):
 
 @router.post("/refresh", status_code=202)
 async def refresh(request: Request):
-    from server.gateway import read_object
-
     overrides = await read_object(request, ' of [learn] overrides, e.g. {"max_steps": 2, '
                                   '"prompts": 2}')
     row = await asyncio.to_thread(request.app.state.rounds.trigger, "operator", overrides)
@@ -118,22 +102,23 @@ async def refresh(request: Request):
 
 
 @router.get("/rounds")
-async def list_rounds(request: Request, limit: int = 20, steps: bool = False):
-    """The newest `limit` rounds; with steps=true each also carries its per-step metrics."""
-    store, home = request.app.state.store, request.app.state.cfg.home
-    rows = store.rounds(limit=min(max(limit, 1), 500))
-    views = [round_view(r, home / "rounds" / f"{r['id']:04d}" if steps else None) for r in rows]
+async def list_rounds(request: Request, limit: int = Query(20, ge=1), steps: bool = False):
+    """The newest `limit` rounds (capped at MAX_PAGE); with steps=true each also carries its
+    per-step metrics."""
+    store, cfg = request.app.state.store, request.app.state.cfg
+    rows = store.rounds(limit=min(limit, MAX_PAGE))
+    views = [round_view(r, cfg.round_dir(r["id"]) if steps else None) for r in rows]
     return {"data": views, "schedule": request.app.state.schedule.info()}
 
 
 @router.get("/rounds/{round_id}")
-async def get_round(round_id: int, request: Request):
-    folder = request.app.state.cfg.home / "rounds" / f"{round_id:04d}"
-    return round_view(request.app.state.store.round(round_id), folder)
+async def get_round(request: Request, round_id: int = Path(ge=MIN_ID, le=MAX_ID)):
+    cfg = request.app.state.cfg
+    return round_view(request.app.state.store.round(round_id), cfg.round_dir(round_id))
 
 
 @router.post("/rounds/{round_id}/cancel")
-async def cancel_round(round_id: int, request: Request):
+async def cancel_round(request: Request, round_id: int = Path(ge=MIN_ID, le=MAX_ID)):
     row = await asyncio.to_thread(request.app.state.rounds.cancel, round_id)
     return round_view(row)
 
@@ -147,9 +132,6 @@ async def schedule(request: Request):
 async def set_schedule(request: Request):
     """{"interval_hours": H} | {"cron": "m h dom mon dow"} (+ "timezone") | {"off": true}: kept
     across restarts until DELETE /admin/schedule goes back to the config file's."""
-    from learner.schedule import spec_from
-    from server.gateway import read_object
-
     body = await read_object(request, ', e.g. {"interval_hours": 6}', required=True)
     spec = spec_from(body)
     return await asyncio.to_thread(request.app.state.schedule.set, spec)

@@ -1,4 +1,5 @@
-"""Checks on a chat-completions request body before anything reaches the engine.
+"""Checks on request bodies before anything reaches the engine: reading them (size limit, strict
+JSON; the gateway's and the admin routers'), and a chat-completions body's fields.
 
 Pure Python, no engine needed. Each failure is a `RequestError` that the gateway turns into an
 OpenAI-style error body. The engine re-checks what needs the tokenizer (prompt length).
@@ -9,8 +10,34 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot exist (and overflows a query)
+MIN_ID = -(2**63)  # SQLite's smallest: ids in between that name no row are a 404, not a 400
+MAX_PAGE = 500  # the most rows one admin listing returns; a larger `limit` is capped to it
+
+# What a chat request may carry. vLLM ignores fields it does not know (it only logs them), so a
+# client sending `best_of` or `functions` would silently get something else than it asked for:
+# anything outside this list is a 400 naming it. OpenAI's chat fields that vLLM honours, our
+# `store` (opt-out), and vLLM's sampling extras passed through on purpose (docs/api.md).
+OPENAI_FIELDS = frozenset({
+    "messages", "model", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs",
+    "top_logprobs", "max_tokens", "max_completion_tokens", "n", "response_format", "seed", "stop",
+    "stream", "stream_options", "temperature", "top_p", "tools", "tool_choice",
+    "parallel_tool_calls", "user", "reasoning_effort", "store"})
+VLLM_EXTRAS = frozenset({
+    "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
+    "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
+    "bad_words", "allowed_token_ids", "prompt_logprobs", "structured_outputs",
+    "chat_template_kwargs", "add_generation_prompt", "continue_final_message", "echo",
+    "truncate_prompt_tokens"})
+CHAT_FIELDS = OPENAI_FIELDS | VLLM_EXTRAS
+INSTEAD = {"best_of": "sample n answers and choose yourself", "functions": "use 'tools'",
+           "function_call": "use 'tool_choice'"}
 
 
 class RequestError(Exception):
@@ -54,10 +81,23 @@ def _no_constant(name: str):
 def validate_chat(body, limits: Limits) -> None:
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
+    _check_fields(body)
     _check_messages(body.get("messages"))
     _check_model(body)
     _check_sampling(body, limits)
     _check_logprobs(body, limits)
+
+
+def _check_fields(body: dict) -> None:
+    unknown = sorted(set(body) - CHAT_FIELDS)
+    if unknown:
+        hint = "; ".join(f"{k}: {INSTEAD[k]}" for k in unknown if k in INSTEAD)
+        raise RequestError(
+            f"unsupported parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)}: this server does not honour "
+            f"{'them' if len(unknown) > 1 else 'it'}{f' ({hint})' if hint else ''}; "
+            "docs/api.md lists the fields a chat request takes", param=unknown[0],
+            code="unsupported_parameter")
 
 
 def _check_messages(messages) -> None:
@@ -171,3 +211,29 @@ def _check_stop(stop) -> None:
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 16:
         raise RequestError("'stop' must be a string or an array of at most 16 strings",
                            param="stop")
+
+
+# request bodies (the gateway's and the admin routers')
+async def read_body(request: Request) -> bytes:
+    """The request body, or 413 past `server.max_body_mb` (refused on its Content-Length before
+    anything is read, when the client sends one)."""
+    limit = int(request.app.state.cfg.server.max_body_mb * 2**20)
+    declared = request.headers.get("content-length", "")
+    if (declared.isdigit() and int(declared) > limit) or len(body := await request.body()) > limit:
+        raise RequestError(f"request body over {request.app.state.cfg.server.max_body_mb:g} MiB "
+                           "(server.max_body_mb)", status=413, code="request_too_large")
+    return body
+
+
+async def read_json(request: Request):
+    return parse_json(await read_body(request))
+
+
+async def read_object(request: Request, what: str, required: bool = False) -> dict:
+    """A JSON object body (`what` names it in the error); an empty body is {} unless required."""
+    if not required and not (await read_body(request)).strip():
+        return {}
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise RequestError(f"body must be a JSON object{what}")
+    return body

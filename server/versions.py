@@ -1,6 +1,6 @@
 """Which adapter version answers, and how a version gets into the engine (hot-swap).
 
-Two ways, one switch (`engine.swap`):
+Two strategies, one switch (`engine.swap`), chosen once (Versions.swap):
 - lora: every version is a LoRA adapter loaded into the engine under its own name (dynalign-vN).
   Activating one loads it, then flips the alias; requests already running keep their adapter.
   Several versions (and the base model) can be served side by side.
@@ -22,7 +22,7 @@ from dynalign.config import Config
 from dynalign.store import Store
 from server import adapters
 from server.engine import EngineCallError, EngineClient
-from server.validate import RequestError
+from server.validate import MAX_ID, RequestError
 
 ALIAS = "dynalign"
 VERSION_NAME = re.compile(r"^dynalign-v(\d+)$")
@@ -44,31 +44,32 @@ def parse_version(text: str) -> int | None:
     if text == "base":
         return None
     m = re.fullmatch(r"(?:dynalign-)?v?(\d+)", text)
-    if not m:
+    if not m or int(m.group(1)) > MAX_ID:
         raise RequestError(f"not a version: {text!r}", status=404, code="version_not_found")
     return int(m.group(1))
 
 
 class Versions:
+    """The active version, registration and activation; how a version reaches the engine is the
+    swap strategy's (LoraSwap or MergedSwap), chosen once from the mode."""
+
     def __init__(self, cfg: Config, mode: str, engine: EngineClient, store: Store):
         self.cfg, self.mode, self.engine, self.store = cfg, mode, engine, store
         self.active: int | None = None
-        self.weights_epoch = 0  # merged mode: bumped at every in-place weight reload
-        self.open = asyncio.Event()  # cleared while merged weights are being swapped
-        self.open.set()
         self.lock = asyncio.Lock()  # one registration or activation at a time
-        self.loaded: set[int] = set()
-        self.load_lock = asyncio.Lock()  # concurrent first requests for a version load it once
+        self.swap = (MergedSwap if mode == "merged" else LoraSwap)(self)
+
+    @property
+    def weights_epoch(self) -> int:
+        """Bumped at every in-place weight reload (merged mode): a request that saw it change
+        ran on mixed versions."""
+        return self.swap.epoch
 
     async def startup(self) -> None:
         """Put the version the store says is active into the engine."""
         version = self.store.active_version()
         if version is not None:
-            if self.mode == "merged":
-                await self._ensure_merged(version)
-                await self.engine.reload_weights(str(self.weights_dir(version)))
-            else:
-                await self._ensure_loaded(version)
+            await self.swap.install(version)
         self.active = version
 
     async def reopen(self, wait_ready) -> None:
@@ -77,22 +78,16 @@ class Versions:
         Registrations and activations wait (the lock) until it is there."""
         async with self.lock:
             await asyncio.to_thread(wait_ready)
-            self.loaded.clear()  # the new engine holds no adapter yet
+            self.swap.forget()  # the new engine holds nothing of ours yet
             await self.startup()
 
     def base_names(self) -> set[str]:
         return {self.cfg.model_name, self.cfg.model_path, Path(self.cfg.model_path).name}
 
     async def resolve(self, requested: str | None) -> Target:
-        await self.open.wait()
+        await self.swap.wait_open()
         version = self._requested_version(requested)
-        if self.mode == "merged" and version != self.active:
-            raise RequestError(
-                f"model {requested!r} is not servable now: with engine.swap = 'merged' only the "
-                f"active version ({public_name(self.cfg, self.active)}) is served",
-                status=404, code="model_not_found")
-        if self.mode == "lora" and version is not None:
-            await self._ensure_loaded(version)
+        await self.swap.serve(requested, version)
         return self._target(version)
 
     def _requested_version(self, requested: str | None) -> int | None:
@@ -111,31 +106,27 @@ class Versions:
 
     def _target(self, version: int | None) -> Target:
         name = public_name(self.cfg, version)
-        engine_model = name if self.mode == "lora" else self.cfg.model_name
-        return Target(engine_model=engine_model, public_name=name, version=version)
+        return Target(engine_model=self.swap.engine_model(name), public_name=name,
+                      version=version)
 
     def servable(self) -> list[Target]:
-        if self.mode == "merged":
-            return [self._target(self.active)]
-        versions = [r["version"] for r in self.store.adapters() if r["status"] != "rejected"]
-        return [self._target(None)] + [self._target(v) for v in versions]
+        return [self._target(v) for v in self.swap.servable()]
 
     # registration and activation
     async def register(self, source: str, parent: int | None = None, note: str = "",
                        origin: str = "registered") -> dict:
         async with self.lock:
-            max_rank = self.cfg.engine.max_lora_rank if self.mode == "lora" else None
-            config = adapters.check_adapter(source, self.cfg.model_path, self.base_names(), max_rank)
+            config = adapters.check_adapter(source, self.cfg.model_path, self.base_names(),
+                                            self.swap.max_rank)
             if parent is not None:
                 self.store.adapter(parent)
             version = self.store.next_version()
-            target = self.cfg.home / "adapters" / f"{version:04d}"
-            folders = [target, self.weights_dir(version)]
+            target = self.cfg.adapter_dir(version)
+            folders = [target, self.cfg.merged_dir(version)]
             _remove(folders)  # left by a registration that died half-way: never registered
             try:
                 await asyncio.to_thread(adapters.copy_adapter, source, target)
-                if self.mode == "merged":
-                    await self._ensure_merged(version, target)
+                await self.swap.prepare(version, target)
                 self.store.add_adapter(str(target), version=version, parent=parent, note=note,
                                        base_model=self.cfg.model_name, rank=config["r"],
                                        source=origin)
@@ -144,59 +135,149 @@ class Versions:
                 raise
             return self.store.adapter(version)
 
+    async def publish(self, candidate: str, parent: int | None, note: str, promote: bool) -> int:
+        """A round's candidate, after its gate: registered (origin "round"), then served if the
+        gate promoted it, else marked `rejected` (activating it then needs force). The one way a
+        round publishes: the in-server manager calls it, a standalone learner through
+        POST /admin/adapters/publish."""
+        row = await self.register(candidate, parent=parent, note=note, origin="round")
+        if promote:
+            await self.activate(row["version"])
+        else:
+            self.store.set_adapter_status(row["version"], "rejected", note=note)
+        return row["version"]
+
     async def activate(self, version: int | None) -> None:
         async with self.lock:
             if version is not None:
                 self.store.adapter(version)
-            if self.mode == "lora":
-                if version is not None:
-                    await self._ensure_loaded(version)
-                self._flip(version)
-            else:
-                await self._swap_weights(version)
+            await self.swap.switch(version)
 
-    async def _swap_weights(self, version: int | None) -> None:
-        if version is not None:
-            await self._ensure_merged(version)
-        self.open.clear()
-        try:
-            await self._reload_or_restore(version)
-            self._flip(version)
-        finally:
-            self.open.set()
-
-    async def _reload_or_restore(self, version: int | None) -> None:
-        """A reload that fails half-way may leave mixed weights: put the active ones back."""
-        self.weights_epoch += 1
-        try:
-            await self.engine.reload_weights(str(self.weights_dir(version)))
-        except EngineCallError:
-            await self.engine.reload_weights(str(self.weights_dir(self.active)))
-            raise
-
-    def _flip(self, version: int | None) -> None:
+    def flip(self, version: int | None) -> None:
+        """The active version is now `version` (the strategy calls it once the engine has it)."""
         self.store.set_active(version)
         self.active = version
 
-    def weights_dir(self, version: int | None) -> Path:
-        if version is None:
-            return Path(self.cfg.model_path)
-        return self.cfg.home / "merged" / f"{version:04d}"
 
-    async def _ensure_merged(self, version: int, adapter_dir: Path | None = None) -> None:
-        target = self.weights_dir(version)
-        if not target.exists():
-            source = adapter_dir or Path(self.store.adapter(version)["path"])
-            await asyncio.to_thread(adapters.merge_adapter, self.cfg.model_path, source, target)
+class LoraSwap:
+    """Every version is a LoRA adapter the engine holds under its own name (dynalign-vN), loaded
+    on first use; activating loads it, then flips the alias. Versions are served side by side."""
+
+    epoch = 0  # the weights never change under a request
+
+    def __init__(self, versions: Versions):
+        self.versions, self.cfg = versions, versions.cfg
+        self.max_rank = self.cfg.engine.max_lora_rank
+        self.loaded: set[int] = set()
+        self.load_lock = asyncio.Lock()  # concurrent first requests for a version load it once
+
+    async def install(self, version: int) -> None:
+        await self._ensure_loaded(version)
+
+    def forget(self) -> None:
+        self.loaded.clear()
+
+    async def wait_open(self) -> None:
+        pass
+
+    async def serve(self, requested: str | None, version: int | None) -> None:
+        if version is not None:
+            await self._ensure_loaded(version)
+
+    def engine_model(self, name: str) -> str:
+        return name
+
+    def servable(self) -> list[int | None]:
+        store = self.versions.store
+        return [None] + [r["version"] for r in store.adapters() if r["status"] != "rejected"]
+
+    async def prepare(self, version: int, adapter_dir: Path) -> None:
+        pass  # loaded when first served or activated
+
+    async def switch(self, version: int | None) -> None:
+        if version is not None:
+            await self._ensure_loaded(version)
+        self.versions.flip(version)
 
     async def _ensure_loaded(self, version: int) -> None:
         if version in self.loaded:
             return
         async with self.load_lock:
             if version not in self.loaded:
-                path = self.store.adapter(version)["path"]
-                await self.engine.load_lora(public_name(self.cfg, version), path)
+                path = self.versions.store.adapter(version)["path"]
+                await self.versions.engine.load_lora(public_name(self.cfg, version), path)
                 self.loaded.add(version)
+
+
+class MergedSwap:
+    """Each version's adapter is merged into full weights at registration; activating reloads
+    the engine's weights in place. Only the active version is servable."""
+
+    max_rank = None  # merging takes any rank
+
+    def __init__(self, versions: Versions):
+        self.versions, self.cfg = versions, versions.cfg
+        self.epoch = 0
+        self.open = asyncio.Event()  # cleared while the weights are being swapped
+        self.open.set()
+
+    async def install(self, version: int) -> None:
+        await self._ensure_merged(version)
+        await self.versions.engine.reload_weights(str(self.weights_dir(version)))
+
+    def forget(self) -> None:
+        pass  # a new engine starts from the base weights; install() reloads the active ones
+
+    async def wait_open(self) -> None:
+        await self.open.wait()
+
+    async def serve(self, requested: str | None, version: int | None) -> None:
+        active = self.versions.active
+        if version != active:
+            raise RequestError(
+                f"model {requested!r} is not servable now: with engine.swap = 'merged' only the "
+                f"active version ({public_name(self.cfg, active)}) is served",
+                status=404, code="model_not_found")
+
+    def engine_model(self, name: str) -> str:
+        return self.cfg.model_name
+
+    def servable(self) -> list[int | None]:
+        return [self.versions.active]
+
+    async def prepare(self, version: int, adapter_dir: Path) -> None:
+        await self._ensure_merged(version, adapter_dir)
+
+    async def switch(self, version: int | None) -> None:
+        if version is not None:
+            await self._ensure_merged(version)
+        self.open.clear()
+        try:
+            await self._reload_or_restore(version)
+            self.versions.flip(version)
+        finally:
+            self.open.set()
+
+    async def _reload_or_restore(self, version: int | None) -> None:
+        """A reload that fails half-way may leave mixed weights: put the active ones back."""
+        self.epoch += 1
+        engine = self.versions.engine
+        try:
+            await engine.reload_weights(str(self.weights_dir(version)))
+        except EngineCallError:
+            await engine.reload_weights(str(self.weights_dir(self.versions.active)))
+            raise
+
+    def weights_dir(self, version: int | None) -> Path:
+        if version is None:
+            return Path(self.cfg.model_path)
+        return self.cfg.merged_dir(version)
+
+    async def _ensure_merged(self, version: int, adapter_dir: Path | None = None) -> None:
+        target = self.weights_dir(version)
+        if not target.exists():
+            source = adapter_dir or Path(self.versions.store.adapter(version)["path"])
+            await asyncio.to_thread(adapters.merge_adapter, self.cfg.model_path, source, target)
 
 
 def _remove(folders: list[Path]) -> None:

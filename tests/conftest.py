@@ -4,10 +4,19 @@
 judge: each POST is answered by `respond(path, headers, body) -> (status, payload, headers)`."""
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers), each worker's vLLM engines compute on a
+    core of their own: vLLM's automatic binding would put every engine on core 0."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and (os.cpu_count() or 1) > 1:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(int(worker[2:]) % os.cpu_count()))
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ work in ui/console_actions.py.
 from __future__ import annotations
 
 from ui import console_views as views
-from ui.console_api import Admin
+from dynalign.admin_client import Admin
 
 DEFAULT_OVERRIDES = "{}"
 POLL_S = 2.0

@@ -1,4 +1,4 @@
-"""What the operator console's buttons do: admin API calls (ui/console_api.py) turned into the
+"""What the operator console's buttons do: admin API calls (dynalign/admin_client.py) turned into the
 values its components show (ui/console_views.py). No gradio here: each action returns plain
 values, messages included; an API error becomes a message, never a traceback.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from ui import console_views as views
-from ui.console_api import Admin, AdminError
+from dynalign.admin_client import Admin, AdminError
 
 REJECTED_HINT = " Tick \"Force\" to activate it anyway."
 PLOT_ROUNDS = 10  # rounds in the reward plot

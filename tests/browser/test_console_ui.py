@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 
-from helpers.browser import ChatPage
+from helpers.browser import OPT_OUT, ChatPage
 from helpers.live_server import run_server
 
 pytestmark = pytest.mark.slow
@@ -117,9 +117,27 @@ def test_b_right_key_shows_the_adapters_and_the_active_version(console, ui_serve
     console.shot("active-version", "adapters")
 
 
+def chat_in_the_ui(console: Console, text: str, opt_out: bool) -> None:
+    """Send `text` from the Chat tab (the opt-out box ticked or not) and wait for its answer."""
+    console.click(CHAT_TAB)
+    if console.opt_out.is_selected() != opt_out:
+        console.click(OPT_OUT)
+    console.type(text)
+    console.press_enter()
+    console.wait_for_user_message(text)
+    console.wait_idle()
+    console.click(OPERATOR_TAB)
+
+
 def test_c_refresh_now_shows_progress_and_publishes_a_version(console, ui_server):
+    """Also: of two chats sent from the UI, the opted-out one never reaches the round's prompts
+    and the other does (logged_share 1, so the round takes every logged prompt it may)."""
+    kept, private = (f"Plan a {w} for a school garden ({uuid.uuid4().hex[:8]})"
+                     for w in ("harvest day", "seed swap"))
+    chat_in_the_ui(console, kept, opt_out=False)
+    chat_in_the_ui(console, private, opt_out=True)
     logged_in(console)
-    console.fill("refresh-overrides", json.dumps(OVERRIDES))
+    console.fill("refresh-overrides", json.dumps({**OVERRIDES, "prompts": 2, "logged_share": 1.0}))
     console.click(css("refresh-now"))
     console.shows("refresh-message", "round 1")
     console.shows("round-progress", "round 1: status")
@@ -130,6 +148,8 @@ def test_c_refresh_now_shows_progress_and_publishes_a_version(console, ui_server
         in console.text("round-progress"), "round 1 to be promoted and shown in the table")
     served = ui_server.active()
     assert served != ui_server.base_name
+    trained = (ui_server.home / "rounds" / "0001" / "prompts.jsonl").read_text()
+    assert json.dumps(kept) in trained and private not in trained
     console.shows("active-version", served)
     assert "→" in console.text("adapters-table")  # the round's reward, first -> last step
     console.shot("active-version", "adapters_after_round")

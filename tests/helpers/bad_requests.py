@@ -104,6 +104,9 @@ BAD_FIELDS = [
                                    "max_tokens": 4}),
     chat("20k-messages", {"messages": [{"role": "user", "content": "hi"}] * 20_000,
                           "max_tokens": 4}),
+    chat("best-of-not-honoured", words="'best_of'", best_of=2),
+    chat("unknown-extra-field", words="'frobnicate'", frobnicate={"a": [1, 2]}),
+    chat("functions-not-honoured", words="tools", functions=[{"name": "f"}]),
 ]
 
 
@@ -133,6 +136,11 @@ BAD_ADMIN = [
     register("register-missing-parent", lambda d: d["good"], status=(404, 404), parent=99),
     Bad("register-body-not-json", "POST", "/admin/adapters", b"{path:"),
     activate("activate-missing-version", "99"),
+    activate("activate-version-beyond-sqlite", "99999999999999999999999"),
+    Bad("adapter-version-beyond-sqlite", "GET", "/admin/adapters/99999999999999999999999",
+        status=(404, 404)),
+    register("register-parent-beyond-sqlite", lambda d: d["good"], words="parent",
+             parent=10**30),
     activate("activate-negative-version", "-1"),
     activate("activate-float-version", "1.0"),
     activate("activate-encoded-traversal", "%2e%2e%2f%2e%2e%2fetc"),
@@ -147,6 +155,13 @@ BAD_ADMIN = [
     Bad("schedule-bad-cron", "PUT", "/admin/schedule", {"cron": "not a cron"}),
     Bad("schedule-hours-a-string", "PUT", "/admin/schedule", {"interval_hours": "six"}),
     Bad("exchanges-limit-not-int", "GET", "/admin/exchanges?limit=abc"),
+    Bad("exchanges-limit-negative", "GET", "/admin/exchanges?limit=-5", words="limit"),
+    Bad("exchanges-limit-zero", "GET", "/admin/exchanges?limit=0", words="limit"),
+    Bad("exchanges-before-beyond-sqlite", "GET", "/admin/exchanges?before=" + "9" * 25),
+    Bad("rounds-limit-negative", "GET", "/admin/rounds?limit=-1", words="limit"),
+    Bad("round-beyond-sqlite", "GET", "/admin/rounds/" + "9" * 25),
+    Bad("cancel-round-beyond-sqlite", "POST", "/admin/rounds/" + "9" * 25 + "/cancel"),
+    Bad("delete-exchange-beyond-sqlite", "DELETE", "/admin/exchanges/" + "9" * 25),
     Bad("exchanges-opt-out-maybe", "GET", "/admin/exchanges?opt_out=maybe"),
     Bad("delete-exchange-not-int", "DELETE", "/admin/exchanges/abc"),
     Bad("delete-missing-exchange", "DELETE", "/admin/exchanges/999999", status=(404, 404)),
@@ -194,5 +209,4 @@ ODD_BUT_VALID = {
     "escaped-surrogate-pair-emoji": with_content('"smile \\ud83d\\ude00"'),
     "prompt-logprobs-with-n-2": raw({"messages": HI, "max_tokens": 2, "n": 2,
                                       "prompt_logprobs": 1}),
-    "unknown-extra-field": raw({"messages": HI, "max_tokens": 2, "frobnicate": {"a": [1, 2]}}),
 }

@@ -11,13 +11,11 @@ The base model is $DYNALIGN_TEST_MODEL when set, else the embedded model prepare
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,17 +23,11 @@ import openai
 import psutil
 import pytest
 
+from dynalign import launch
 from dynalign.config import Config, ModelConfig
+from dynalign.launch import free_port  # noqa: F401  (for tests that need a port of their own)
 
 REPO = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT_S = 900  # the engine takes ~30-80 s idle; far more on a busy 2-core machine
-STOP_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
@@ -51,33 +43,17 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 
 
 @dataclass
-class StopResult:
-    sigint_stopped: bool  # the gateway process exited on SIGINT alone, before the deadline
-    returncode: int | None
-    seconds: float
-    survivors: list[str] = field(default_factory=list)  # processes of its tree still alive after
+class Server(launch.Launched):
+    """A started server (dynalign/launch.py: proc, root, home, ports, tree), with what tests ask
+    of it."""
 
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    mode: str
-    port: int
-    engine_port: int
-    home: Path
-    model_path: str
-    output_path: Path
-    ui_port: int | None = None  # the Gradio UI's port; None: started with --no-ui
+    mode: str = ""
+    model_path: str = ""
     admin_key: str | None = None  # its admin key: DYNALIGN_ADMIN_KEY, or the <state>/admin.key it made
     api_key: str | None = None  # DYNALIGN_API_KEY (chat keys, comma-separated); None: chat is open
-    tree: list[psutil.Process] = field(default_factory=list)
-    stopped: StopResult | None = None
+    stopped: launch.Stopped | None = None
 
     # addresses and clients
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     @property
     def ui_url(self) -> str:
         assert self.ui_port is not None, "this server was started without the UI"
@@ -129,19 +105,33 @@ class Server:
 
     def engine_running_requests(self) -> float | None:
         """vLLM's gauge of requests running in the engine (None if it cannot be read)."""
+        return self.engine_metric("vllm:num_requests_running")
+
+    def engine_metric(self, name: str) -> float | None:
+        """The sum of one of vLLM's metrics over its labels (None if it cannot be read)."""
         try:
             text = httpx.get(f"http://127.0.0.1:{self.engine_port}/metrics", timeout=10).text
         except httpx.HTTPError:
             return None
         values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                  if line.startswith("vllm:num_requests_running")]
+                  if line.startswith((name + "{", name + " "))]
         return sum(values) if values else None
 
     wait_for = staticmethod(wait_for)
 
     def refresh_tree(self) -> None:
         """Re-read its process tree (after the engine was restarted), for stop() to check."""
-        self.tree = _tree(self.proc)
+        self.tree = [self.proc.pid, *launch.descendants(self.proc.pid)]
+
+    def processes(self) -> list[psutil.Process]:
+        """Its process tree as last read (the gateway first), those still there."""
+        found = []
+        for pid in self.tree:
+            try:
+                found.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        return found
 
     # the SQLite log
     def query(self, sql: str, params=()) -> list[dict]:
@@ -165,59 +155,14 @@ class Server:
 
     # life cycle
     def output(self, lines: int = 40) -> str:
-        text = self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
-        engine_log = self.home / "logs" / "engine.log"
-        engine = engine_log.read_text(errors="replace") if engine_log.exists() else ""
-        tail = lambda t: "\n".join(t.splitlines()[-lines:])  # noqa: E731
-        report = f"--- dynalign serve output ---\n{tail(text)}\n--- engine.log ---\n{tail(engine)}"
-        ui_log = self.home / "logs" / "ui.log"
-        if self.ui_port is not None and ui_log.exists():
-            report += f"\n--- ui.log ---\n{tail(ui_log.read_text(errors='replace'))}"
-        return report
+        return self.tail(lines)
 
-    def stop(self) -> StopResult:
+    def stop(self) -> launch.Stopped:
         """Ctrl-C: SIGINT to the gateway's process group, wait, then kill what of ours is left."""
-        if self.stopped is not None:
-            return self.stopped
-        start = time.monotonic()
-        sigint_stopped = False
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-                sigint_stopped = True
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        seconds = time.monotonic() - start
-        # The engine runs in a process group of its own: give its processes a moment to exit
-        # after the gateway is gone, then kill (by pid, all of them ours) what is still alive.
-        _, alive = psutil.wait_procs(self.tree, timeout=15)
-        alive = [p for p in alive if _really_alive(p)]
-        survivors = [_describe(p) for p in alive]
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=10)
-        self.stopped = StopResult(sigint_stopped, self.proc.returncode, seconds, survivors)
-        print(f"\n[{self.mode} server] stopped: {self.stopped}")
+        if self.stopped is None:
+            self.stopped = launch.stop(self)
+            print(f"\n[{self.mode} server] stopped: {self.stopped}")
         return self.stopped
-
-
-def _really_alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _describe(p: psutil.Process) -> str:
-    try:
-        return f"{p.pid} {' '.join(p.cmdline())[:120]}"
-    except psutil.Error:
-        return str(p.pid)
 
 
 def server_env(admin_key: str | None = None, api_key: str | None = None) -> dict:
@@ -237,77 +182,38 @@ def server_env(admin_key: str | None = None, api_key: str | None = None) -> dict
 
 def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
                  admin_key: str | None = None, engine_settings: str = "",
-                 api_key: str | None = None) -> Server:
+                 api_key: str | None = None, settings: str = "") -> Server:
     """`dynalign serve` in `root`, ready: its /health answers (and its UI's page, with `ui`);
     its admin key is `admin_key` (DYNALIGN_ADMIN_KEY), else the <state>/admin.key it creates;
     with `api_key` (DYNALIGN_API_KEY) its chat API asks for a key; `engine_settings`: more TOML
-    lines of its [engine] section ("max_restarts = 1\n")."""
-    home = root / "state"
-    port, engine_port = free_port(), free_port()
-    ui_port = free_port() if ui else None
-    ui_section = (f'[ui]\nenabled = true\nhost = "127.0.0.1"\nport = {ui_port}\n\n' if ui
-                  else '[ui]\nenabled = false\n\n')
-    config = root / "dynalign.toml"
-    config.write_text(
-        f'state_dir = "{home}"\n\n'
-        f'[model]\npath = "{model_path}"\n\n'
-        f'[engine]\nport = {engine_port}\nswap = "{mode}"\nkv_cache_gib = 1\n{engine_settings}\n'
-        f'[server]\nport = {port}\n\n'
-        f'{ui_section}'
-        # Rounds on these servers test training and publishing; the gate (which would reject
-        # nearly everything a 135M judge sees) is switched on by the tests that test it.
-        f'[learn.gate]\nenabled = false\n')
-    output_path = root / "serve.out"
-    with open(output_path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dynalign.cli", "--config", str(config), "serve",
-             *([] if ui else ["--no-ui"])],
-            cwd=root, env=server_env(admin_key, api_key), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Server(proc, mode, port, engine_port, home, model_path, output_path, ui_port,
-                    admin_key=admin_key, api_key=api_key)
-    started = time.monotonic()
+    lines of its [engine] section ("max_restarts = 1\n"); `settings`: more TOML sections at the
+    end ("[privacy]\nretention_days = 30\n"). A state dir already in `root/state` is used."""
+    # Rounds on these servers test training and publishing; the gate (which would reject
+    # nearly everything a 135M judge sees) is switched on by the tests that test it.
+    started = launch.launch(root, model_path, mode, server_env(admin_key, api_key), ui=ui,
+                            engine=engine_settings,
+                            extra=f"[learn.gate]\nenabled = false\n\n{settings}")
+    server = Server(started.proc, root, started.port, started.engine_port, started.ui_port,
+                    mode=mode, model_path=model_path, admin_key=admin_key, api_key=api_key)
+    t0 = time.monotonic()
     try:
-        def answers(url: str):
-            def ready() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(
-                        f"dynalign serve exited with {proc.returncode}\n{server.output()}")
-                try:
-                    return httpx.get(url, timeout=5).status_code == 200
-                except httpx.HTTPError:
-                    return False
-            return ready
-        wait_for(answers(f"{server.url}/health"), STARTUP_TIMEOUT_S, f"{mode} server /health",
-                 interval=0.5)
-        server.admin_key = admin_key or (home / "admin.key").read_text().strip()
-        if ui:
-            wait_for(answers(f"{server.ui_url}/"), STARTUP_TIMEOUT_S, f"{mode} server's UI page",
-                     interval=0.5)
+        launch.wait_ready(server)
+        server.admin_key = admin_key or (server.home / "admin.key").read_text().strip()
     except BaseException:
-        server.tree = _tree(proc)
         server.stop()
         raise
-    server.tree = _tree(proc)
-    print(f"\n[{mode} server] up in {time.monotonic() - started:.1f} s on port {port}"
-          f"{f' (UI on port {ui_port})' if ui else ''} ({len(server.tree) - 1} child processes)")
+    print(f"\n[{mode} server] up in {time.monotonic() - t0:.1f} s on port {server.port}"
+          f"{f' (UI on port {server.ui_port})' if ui else ''} ({len(server.tree) - 1} child processes)")
     return server
 
 
-def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(proc.pid)
-        return [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 def run_server(tmp_path_factory, model_path: str, mode: str, ui: bool = False,
-               admin_key: str | None = None, api_key: str | None = None):
+               admin_key: str | None = None, api_key: str | None = None,
+               root: Path | None = None, settings: str = ""):
     """A fixture body: yield a started server, then stop it and check that SIGINT stopped all of it."""
     name = f"{mode}-ui-server" if ui else f"{mode}-server"
-    server = start_server(tmp_path_factory.mktemp(name), model_path, mode, ui=ui,
-                          admin_key=admin_key, api_key=api_key)
+    server = start_server(root or tmp_path_factory.mktemp(name), model_path, mode, ui=ui,
+                          admin_key=admin_key, api_key=api_key, settings=settings)
     try:
         yield server
     finally:
@@ -336,8 +242,4 @@ def resolve_base_model(tmp_path_factory) -> str:
 
 def gone(pid: int) -> bool:
     """The process has ended (or is a zombie nobody has reaped yet)."""
-    try:
-        p = psutil.Process(pid)
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    return not launch.running(pid)

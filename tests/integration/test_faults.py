@@ -159,11 +159,12 @@ def test_a_killed_gateway_restarts_on_the_same_version_and_lost_no_exchange(
     last_user = tag()
     greedy(server, last_user, stream=True)  # read to its end, then at once:
     server.refresh_tree()
+    children = server.processes()[1:]
     os.killpg(server.proc.pid, signal.SIGKILL)  # the gateway's own group: only the gateway
     server.proc.wait(60)
     load.finish()
     completed = [user for _, user, _ in load.done] + [last_user]
-    _, alive = psutil.wait_procs(server.tree[1:], timeout=60)
+    _, alive = psutil.wait_procs(children, timeout=60)
     alive = [p for p in alive if not gone(p.pid)]
     assert not alive, f"the engine outlived the killed gateway: {alive}"
 

@@ -10,6 +10,7 @@ recovering. (chmod cannot make a file read-only for root, which these tests run 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from contextlib import closing
@@ -18,8 +19,10 @@ import psutil
 import pytest
 
 from dynalign.store import Store
+from helpers.live_server import run_server
 
 pytestmark = pytest.mark.slow
+OLD, RECENT = "retention-40-days-old", "retention-recent"
 
 SECRET = ("My e-mail is jo.doe@example.com, phone +44 20 7946 0958, card 4111 1111 1111 1111, "
           "server 192.168.10.20, key sk-proj-abcdEFGH1234ijklMNOP5678. Say OK.")
@@ -38,6 +41,28 @@ def chat(server, user: str, stream: bool = False, **kwargs) -> str:
         return create(**args).choices[0].message.content
     return "".join(c.choices[0].delta.content or "" for c in create(stream=True, **args)
                    if c.choices)
+
+
+@pytest.fixture(scope="module")
+def merged(base_model, tmp_path_factory):
+    """This module's server keeps 30 days of log (privacy.retention_days) over a state dir that
+    already holds a 40-day-old exchange and a recent one: `dynalign serve` must start retention."""
+    root = tmp_path_factory.mktemp("retention-server")
+    (root / "state").mkdir()
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)
+    with closing(Store(root / "state" / "dynalign.db")) as store:
+        for user, created in ((OLD, old.isoformat(timespec="milliseconds")), (RECENT, None)):
+            row = {"user": user, "messages": [{"role": "user", "content": "hi"}],
+                   "response": "ok", "status": "ok", "opt_out": 0}
+            store.log_exchange({**row, "created": created} if created else row)
+    yield from run_server(tmp_path_factory, base_model, "merged", root=root,
+                          settings="[privacy]\nretention_days = 30\n")
+
+
+def test_serve_runs_retention_from_the_start_deleting_only_what_is_too_old(merged):
+    merged.wait_for(lambda: not merged.rows_for(OLD), 120, "retention to delete the old row",
+                    interval=0.5)
+    assert len(merged.rows_for(RECENT)) == 1
 
 
 def test_stored_text_is_redacted_and_nothing_raw_reaches_the_files(merged):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import tomllib
 import uuid
 from pathlib import Path
@@ -26,6 +25,7 @@ import psutil
 import pytest
 
 from dynalign.dataset import SEED_FILE, read_rows
+from dynalign.launch import free_port
 from dynalign.rewards import WORD, brevity
 from helpers.live_server import gone
 
@@ -112,10 +112,10 @@ def chat(server, text: str, headers: dict | None = None, max_tokens: int = 16, *
         extra_headers={"X-Dynalign-User": tag(), **(headers or {})}, **kwargs)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def state_files(server) -> list[Path]:
+    """Every file under the state dir except weights (> 64 MB; they hold no text)."""
+    return [p for p in server.home.rglob("*") if p.is_file() and p.stat().st_size < 64 << 20]
+
 
 
 # 1. a round from the admin API to a served version
@@ -218,11 +218,14 @@ def test_refresh_round_trains_publishes_and_serves_the_new_version(merged, opena
 def test_rounds_train_on_new_logged_prompts_but_never_opted_out_ones(merged):
     normal = f"In one sentence, what is a lighthouse keeper {uuid.uuid4().hex[:8]} doing at dawn?"
     private = f"In one sentence, what is a baker {uuid.uuid4().hex[:8]} doing at dawn?"
-    users = [tag(), tag()]
+    heldout = next(r["prompt"] for r in read_rows(SEED_FILE) if r["split"] == "heldout")
+    users = [tag(), tag(), tag()]
     assert chat(merged, normal, {"X-Dynalign-User": users[0]}).choices[0].message.content
     assert chat(merged, private, {"X-Dynalign-User": users[1], "X-Dynalign-Opt-Out": "1"})
+    assert chat(merged, f" {heldout.upper()} ", {"X-Dynalign-User": users[2]})  # pasted
     [normal_row] = merged.wait_rows(users[0])
     [private_row] = merged.wait_rows(users[1])
+    merged.wait_rows(users[2])
     assert normal_row["opt_out"] == 0 and private_row["opt_out"] == 1  # both logged; one opted out
 
     # logged_share 1: every logged prompt since the last round may be taken (up to `prompts`)
@@ -233,6 +236,8 @@ def test_rounds_train_on_new_logged_prompts_but_never_opted_out_ones(merged):
     texts = [p["prompt"] for p in prompts]
     assert {"prompt": normal, "source": "logged", "id": f"exchange-{normal_row['id']}"} in prompts
     assert private not in texts
+    assert not {" ".join(t.lower().split()) for t in texts} & {" ".join(heldout.lower().split())}
+    assert first["summary"]["selection"]["heldout_excluded"] >= 1
     assert first["exchanges_upto"] >= normal_row["id"]
     assert first["summary"]["selection"]["logged"] >= 1
 
@@ -250,6 +255,13 @@ def test_rounds_train_on_new_logged_prompts_but_never_opted_out_ones(merged):
     logged_ids = [int(p["id"].removeprefix("exchange-")) for p in prompts if p["source"] == "logged"]
     assert logged_ids and min(logged_ids) > first["exchanges_upto"]
     assert second["exchanges_upto"] >= fresh_row["id"] > first["exchanges_upto"]
+
+    # deleting a user's data deletes every copy: the log's rows and the rounds' prompt lists
+    assert any(normal.encode() in p.read_bytes() for p in state_files(merged))
+    deleted = merged.cli("logs", "delete", "--user", users[0], timeout=120)
+    assert deleted.returncode == 0 and "deleted 1 exchange(s)" in deleted.stdout, deleted.stderr
+    assert [p for p in state_files(merged) if normal.encode() in p.read_bytes()] == []
+    assert fresh in (folder(merged, second["id"]) / "prompts.jsonl").read_text()  # others kept
 
 
 # 3. bad input
@@ -378,6 +390,32 @@ def test_cli_refresh_waits_for_the_round_and_rounds_lists_and_shows_it(merged):
     assert too_big.returncode == 1, too_big
     assert "learn.prompts_per_step (now 512)" in too_big.stderr and "GiB" in too_big.stderr
     assert merged.query("select max(id) as id from rounds")[0]["id"] == all_ids[0]
+
+
+def test_a_standalone_learner_publishes_through_the_gate_like_the_server(merged):
+    """`dynalign learn` (a round in its own process) with a gate that cannot pass (2 consistent
+    judgments needed of 1 probe prompt): its candidate is registered `rejected`, as an in-server
+    round's would be, so activating it needs force; the active version stays."""
+    active = merged.active()
+    result = merged.cli("learn", "--max-steps", "1", "--prompts", "1", "--reward", "rule",
+                        "--set", "num_generations=4", "--set", "prompts_per_step=1",
+                        "--set", "max_completion_tokens=16", "--set", "gate.enabled=true",
+                        "--set", "gate.prompts=1", "--set", "gate.limit=1",
+                        "--set", "gate.max_tokens=8", "--set", "gate.min_judged=2")
+    print(f"\n$ dynalign learn ...\n{result.stdout}{result.stderr[-2000:]}")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert "rejected" in last, last
+    round_id = int(last.split(":")[0].removeprefix("round "))
+    row = view(merged, round_id)
+    assert row["status"] == "rejected" and row["trigger"] == "cli"
+    [version] = [r for r in adapters(merged)["data"] if r["version"] == row["adapter_version"]]
+    assert version["status"] == "rejected" and version["source"] == "round", version
+    assert "needed" in version["note"], version["note"]
+    refused = merged.post(f"/admin/adapters/{version['version']}/activate")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "adapter_rejected"
+    assert merged.active() == active
 
 
 # 7. a round learns

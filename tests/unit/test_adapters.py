@@ -8,49 +8,20 @@ import pytest
 from safetensors.numpy import save_file
 
 from dynalign.errors import AdapterError
+from helpers.tiny_lora import BASE_CONFIG, SHAPES, lora_key as _key, lora_tensors as _tensors
+from helpers.tiny_lora import write_adapter, write_base
 from server.adapters import check_adapter, copy_adapter, module_shapes
 
-BASE_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
-               "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 2}
 BASE_NAMES = {"tiny-base", "tiny-base-served"}
-# (in, out) for this config: head_dim 16, kv width 32
-SHAPES = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64),
-          "gate_proj": (64, 128), "up_proj": (64, 128), "down_proj": (128, 64)}
 
 
 @pytest.fixture
 def base(tmp_path):
-    path = tmp_path / "tiny-base"
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(BASE_CONFIG))
-    return path
-
-
-def _key(layer, module, ab):
-    group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-    return f"base_model.model.model.layers.{layer}.{group}.{module}.lora_{ab}.weight"
-
-
-def _tensors(rank=8, modules=("q_proj", "v_proj"), layers=(0, 1), shapes=SHAPES):
-    out = {}
-    for layer in layers:
-        for m in modules:
-            fan_in, fan_out = shapes[m]
-            out[_key(layer, m, "A")] = np.zeros((rank, fan_in), dtype=np.float32)
-            out[_key(layer, m, "B")] = np.zeros((fan_out, rank), dtype=np.float32)
-    return out
+    return write_base(tmp_path / "tiny-base")
 
 
 def _adapter(tmp_path, name="adapter", *, config=None, tensors=None, rank=8):
-    path = tmp_path / name
-    path.mkdir()
-    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 16, "base_model_name_or_path": "tiny-base",
-           "target_modules": ["q_proj", "v_proj"]}
-    cfg.update(config or {})
-    (path / "adapter_config.json").write_text(json.dumps(cfg))
-    save_file(_tensors(rank=rank) if tensors is None else tensors,
-              str(path / "adapter_model.safetensors"))
-    return path
+    return write_adapter(tmp_path / name, config=config, tensors=tensors, rank=rank)
 
 
 def test_module_shapes_for_fake_config():

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from dynalign import cli
 from dynalign.config import Config, ServerConfig, UIConfig
 from dynalign.errors import ConfigError
-from server.auth import is_loopback, load_keys, prepare_keys, ui_env
+from server.auth import is_loopback, load_keys, matches, prepare_keys, ui_env
 from server.engine import engine_command, engine_env
 from server.gateway import create_app
 
@@ -52,10 +52,14 @@ def test_a_missing_or_wrong_key_gets_401(monkeypatch, method, path, header):
 
 @pytest.mark.parametrize("key", CHAT_KEYS.split(","))
 def test_every_chat_key_opens_chat(monkeypatch, key):
-    response = make_client(monkeypatch).post("/v1/chat/completions", headers=bearer(key),
-                                              content=b"{not json")
+    client = make_client(monkeypatch)
+    response = client.post("/v1/chat/completions", headers=bearer(key), content=b"{not json")
     assert response.status_code == 400  # past the key check, stopped by the body check
     assert "invalid JSON" in response.json()["error"]["message"]
+    # the keys were loaded: the same request without a key, or with another, is refused
+    assert client.post("/v1/chat/completions", content=b"{not json").status_code == 401
+    assert client.post("/v1/chat/completions", headers=bearer(key + "x"),
+                       content=b"{not json").status_code == 401
 
 
 @pytest.mark.parametrize("key", CHAT_KEYS.split(","))
@@ -89,7 +93,11 @@ def test_without_chat_keys_chat_is_open_but_admin_is_closed(monkeypatch):
 def test_keys_are_kept_as_digests_only(monkeypatch):
     monkeypatch.setenv("DYNALIGN_API_KEY", CHAT_KEYS)
     monkeypatch.setenv("DYNALIGN_ADMIN_KEY", ADMIN)
-    assert_no_key_in(repr(load_keys(Config())))
+    keys = load_keys(Config())
+    assert_no_key_in(repr(keys))
+    assert all(matches(k, keys.chat) for k in CHAT_KEYS.split(","))  # loaded, as digests
+    assert matches(ADMIN, (keys.admin,)) and not matches(ADMIN, keys.chat)
+    assert not matches("chat-key-three", keys.chat) and not matches("", keys.chat)
 
 
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.2", True),

@@ -1,13 +1,13 @@
 """The `dynalign` command as a user runs it: a subprocess, exit codes, stderr."""
 
 import json
-import socket
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 from dynalign.cli import build_parser
+from dynalign.launch import free_port
 
 
 def _run(*args, timeout=60):
@@ -15,11 +15,6 @@ def _run(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "dynalign.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_help():
@@ -69,7 +64,7 @@ def test_unknown_key_exits_1_naming_it(tmp_path):
 
 
 def test_adapters_list_without_gateway(tmp_path):
-    port = _free_port()
+    port = free_port()
     (tmp_path / "dynalign.toml").write_text(f"[server]\nport = {port}\n")
     out = _run("adapters", "list", timeout=30)
     assert out.returncode == 1
@@ -123,7 +118,7 @@ def test_data_stats_writes_numbers_and_plots(tmp_path):
 
 def test_generate_against_an_unreachable_endpoint_fails_clearly(tmp_path):
     (tmp_path / "c.toml").write_text("[generate]\nmax_retries = 1\n")
-    out = _run("--config", "c.toml", "generate", "--count", "1", "--url", f"http://127.0.0.1:{_free_port()}/v1",
+    out = _run("--config", "c.toml", "generate", "--count", "1", "--url", f"http://127.0.0.1:{free_port()}/v1",
                "--out", "g.jsonl", "--no-progress")
     assert out.returncode == 1
     assert "error: goal_writer (dynalign at http://127.0.0.1:" in out.stderr
@@ -212,7 +207,7 @@ def test_progress_line():
 
 
 def test_refresh_and_rounds_without_gateway(tmp_path):
-    port = _free_port()
+    port = free_port()
     (tmp_path / "c.toml").write_text(f"[server]\nport = {port}\n")
     out = _run("--config", "c.toml", "refresh", "--max-steps", "1", timeout=30)
     assert out.returncode == 1

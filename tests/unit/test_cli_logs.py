@@ -8,11 +8,14 @@ import sys
 import time
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from dynalign.config import load_config
+from dynalign.erasure import cutoff
 from dynalign.errors import ConfigError
 from dynalign.store import Store
-from server.learning import start_retention, stop_retention
+from learner.schedule import Schedule
+from server.learning import add_retention
 
 DAY = dt.timedelta(days=1)
 
@@ -102,17 +105,21 @@ def test_no_log_yet_is_a_clear_error():
     assert not load_config().db_path.exists()  # nothing created by looking
 
 
-def test_purge_exchanges_at_a_given_time(store):
+def test_delete_before_a_cutoff_at_a_given_time(store):
     at = dt.datetime.now(dt.timezone.utc) + 20 * DAY
-    assert store.purge_exchanges(50, at=at) == 2  # the 40-day-old ones are 60 days old then
+    assert len(store.delete_exchanges(before=cutoff(50, at=at))) == 2  # 40 days old: 60 then
     assert _texts(store) == ["alice two", "nobody"]
     with pytest.raises(ValueError):
         store.delete_exchanges()  # never everything
 
 
 def test_retention_runs_at_start_and_daily_at_its_hour(store):
+    """On the refresh schedule's scheduler: the service's one APScheduler."""
     cfg = load_config(overrides={"privacy.retention_days": 30, "privacy.retention_hour": 5})
-    scheduler = start_retention(cfg)
+    schedule = Schedule(cfg, lambda trigger: {"id": 0})
+    assert schedule.start() is None  # no refresh schedule: the scheduler runs all the same
+    scheduler = schedule.scheduler
+    assert add_retention(cfg, scheduler) is True
     try:
         deadline = time.monotonic() + 30
         while _texts(store) != ["alice two", "nobody"]:
@@ -121,11 +128,13 @@ def test_retention_runs_at_start_and_daily_at_its_hour(store):
         daily = scheduler.get_job("retention").next_run_time
         assert (daily.hour, daily.minute) == (5, 0) and daily.utcoffset() == dt.timedelta(0)
     finally:
-        stop_retention(scheduler)
+        schedule.stop()
+    assert not scheduler.running
 
 
 def test_retention_off_and_a_bad_hour():
-    assert start_retention(load_config()) is None  # retention_days = 0: keep forever
-    cfg = load_config(overrides={"privacy.retention_days": 7, "privacy.retention_hour": 24})
-    with pytest.raises(ConfigError, match="retention_hour"):
-        start_retention(cfg)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    assert add_retention(load_config(), scheduler) is False  # retention_days = 0: keep forever
+    assert scheduler.get_jobs() == []
+    with pytest.raises(ConfigError, match="privacy.retention_hour must be between 0 and 23"):
+        load_config(overrides={"privacy.retention_days": 7, "privacy.retention_hour": 24})

@@ -1,5 +1,8 @@
 """dynalign.config: defaults, TOML loading, strict keys and types, overrides, round-trip."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +158,59 @@ def test_a_sections_own_defaults_survive_setting_some_of_its_keys(tmp_path):
     assert cfg.generate.evaluator.temperature == 0.0
     assert (cfg.generate.goal_writer.model, cfg.generate.goal_writer.max_tokens) == ("m", 48)
     assert cfg.generate.prompt_writer.temperature == 0.7
+
+
+BAD = '''
+[server]
+max_body_mb = -1
+
+[learn]
+reward = "vibes"
+num_generations = 1
+
+[learn.gate]
+on_drift = "explode"
+
+[learn.schedule]
+cron = "not a cron"
+
+[privacy]
+retention_hour = 24
+'''
+NAMED = ("server.max_body_mb must be above 0", "learn.reward must be one of self, rule, judge",
+         "learn.num_generations must be at least 2", "learn.gate.on_drift must be one of",
+         "learn.schedule: ", "privacy.retention_hour must be between 0 and 23")
+
+
+def test_every_bad_key_is_named_in_one_error_when_the_config_loads(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert all(words in str(e.value) for words in NAMED), str(e.value)
+    with pytest.raises(ConfigError, match="learn.schedule: .*Mars/Olympus"):
+        load_config(overrides={"learn.schedule.interval_hours": 6,
+                               "learn.schedule.timezone": "Mars/Olympus"})
+
+
+def test_dynalign_serve_with_a_bad_config_exits_1_before_starting_anything(tmp_path):
+    path = tmp_path / "bad.toml"
+    # a model folder that does not exist: were the config not checked first, serve would stop
+    # there (exit 1 too, but naming no key), never reaching an engine
+    path.write_text(f'state_dir = "{tmp_path / "state"}"\n[model]\npath = "{tmp_path / "none"}"\n'
+                    + BAD)
+    env = {k: v for k, v in os.environ.items() if k != "DYNALIGN_HOME"}
+    out = subprocess.run([sys.executable, "-m", "dynalign.cli", "--config", str(path), "serve"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert out.returncode == 1, out.stderr
+    assert all(words in out.stderr for words in NAMED) and "Traceback" not in out.stderr
+    assert not (tmp_path / "state" / "logs").exists()  # no engine was started, nor its log
+
+
+@pytest.mark.parametrize("host, url", [("0.0.0.0", "http://127.0.0.1:8000/v1"),
+                                       ("::", "http://[::1]:8000/v1"),
+                                       ("10.1.2.3", "http://10.1.2.3:8000/v1")])
+def test_the_gateway_url_is_where_a_local_client_reaches_the_bound_host(host, url):
+    """The CLI, the UI and the learner all use it: a wildcard bind is not an address to call."""
+    assert load_config(overrides={"server.host": host}).gateway_url == url

@@ -11,7 +11,6 @@ from dynalign.evaluate import (a_share, balanced_outcome, bootstrap_ci, headline
                                length_controlled, markdown, outcome, pairwise, parse_verdict,
                                tally, write_report)
 from dynalign.gate import decide, drift_flags, last_good
-from dynalign.rounds import check_learn
 
 
 @pytest.mark.parametrize("text, verdict", [
@@ -154,12 +153,12 @@ def _report(win=6, loss=1, tie=0, inconsistent=1, ifeval=(0.5, 0.5), drift=None)
 def test_a_balanced_gate_reads_the_balanced_tally_when_the_judge_weighed():
     biased = _report(win=0, loss=0, tie=0, inconsistent=8)  # a first-position-biased judge
     biased["pairwise"]["balanced"] = _report(win=6, loss=2, inconsistent=0)["pairwise"]
-    assert not decide(GateConfig(), biased).promote  # the paper's rule: it cannot tell
-    d = decide(GateConfig(reading="balanced"), biased)
+    assert not decide(GateConfig(reading="both_orders"), biased).promote  # cannot tell
+    d = decide(GateConfig(), biased)  # the default reads the balanced tally where there is one
     assert d.promote and d.reasons[0].startswith("win rate 0.75 >= 0.5 (balanced over both "
                                                  "orders: 6 wins, 2 losses")
     unweighed = _report(win=0, loss=0, tie=0, inconsistent=8)  # an endpoint judge: no balanced
-    assert not decide(GateConfig(reading="balanced"), unweighed).promote
+    assert not decide(GateConfig(), unweighed).promote
 
 
 def test_gate_promotes_a_better_candidate_and_says_why():
@@ -226,4 +225,4 @@ def test_last_good_walks_back_the_active_versions_lineage():
 ])
 def test_bad_gate_settings_are_config_errors(key, value, message):
     with pytest.raises(ConfigError, match=message):
-        check_learn(load_config(None, {f"learn.gate.{key}": value}).learn)
+        load_config(None, {f"learn.gate.{key}": value})

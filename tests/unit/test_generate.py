@@ -3,12 +3,15 @@
 
 import json
 import random
+import threading
 
 import pytest
 
 from dynalign.config import load_config
-from dynalign.errors import DataError, DynalignError
-from dynalign.generate import Generator, clean_goal, clean_prompt, parse_verdict
+
+from dynalign.errors import DataError, DynalignError, EndpointError
+from dynalign.generate import (Generator, clean_goal, clean_prompt,
+                               parse_verdict)
 
 PLACES = ["Lagos", "Oslo", "Lima", "Pune", "Hanoi", "Quito", "Turin", "Perth", "Accra", "Cork",
           "Busan", "Tartu", "Cusco", "Split", "Fez", "Leon"]
@@ -33,6 +36,8 @@ def test_parse_verdict(critique, verdict):
     ("#Task Prompt#: Plan a trip.", "Plan a trip."),
     ("#Revised Task Prompt#:\n\"Plan a trip.\"", "Plan a trip."),
     ("**Task prompt:** Plan a trip.", "Plan a trip."),
+    ("**#Task Prompt#**\n\nSamantha needs a plan.", "Samantha needs a plan."),  # seen from the 1.5B
+    ("**What is John's plan for the fundraiser?**", "What is John's plan for the fundraiser?"),
     ("  Plan a trip.  ", "Plan a trip."),
 ])
 def test_clean_prompt(raw, clean):
@@ -189,3 +194,50 @@ def test_goal_context_keeps_only_the_last_goals(tmp_path):
     assert last[0]["content"] == gen.cfg.prompts.goal
     assert [m["content"] for m in last[1::2]] == gen.goals[1:3]
     assert last[-1]["content"] == gen.cfg.generate.goal_followup
+
+
+def test_concurrent_attempts_overlap_and_keep_exactly_the_wanted_count(tmp_path):
+    """Three evaluators must be inside `chat` at once to pass the barrier: run one at a time, the
+    barrier times out and the run fails. The count is met exactly; extra acceptances are surplus."""
+    barrier = threading.Barrier(3, timeout=10)
+
+    def evaluator(messages, seed):
+        barrier.wait()
+        return _verdict(True)
+
+    gen = _generator(tmp_path, evaluator, concurrency=3)
+    tally = gen.run(4, progress=False)
+    rows = _lines(tmp_path / "out.jsonl")
+    outcomes = [r["outcome"] for r in _lines(tmp_path / "out.trace.jsonl")]
+    assert tally.accepted == len(rows) == 4
+    assert [r["id"] for r in rows] == [f"gen-{i:05d}" for i in range(1, 5)]
+    assert outcomes.count("accepted") == 4 and set(outcomes) <= {"accepted", "surplus"}
+    assert len(outcomes) == 6  # two rounds of three in flight
+
+
+def test_concurrency_below_one_is_a_clear_error():
+    with pytest.raises(DynalignError, match="generate.concurrency must be at least 1"):
+        load_config(overrides={"generate.concurrency": 0})
+
+
+def test_when_one_attempt_fails_the_others_start_no_new_request(tmp_path):
+    """Two attempts in flight; the first one's goal writer fails. The run raises, and the other
+    attempt, whose goal arrives only after that, asks the prompt writer nothing."""
+    calls = []
+
+    def goal(messages, seed):
+        with lock:
+            calls.append(seed)
+            first = len(calls) == 1
+        if first:
+            raise EndpointError("goal_writer: the endpoint is down")
+        assert gen.stopping.wait(10), "the run did not stop after the failure"
+        return _goal(messages, seed)
+
+    lock = threading.Lock()
+    gen = _generator(tmp_path, lambda m, s: _verdict(True), concurrency=2)
+    gen.goal_writer = Scripted(goal)
+    with pytest.raises(EndpointError, match="down"):
+        gen.run(3, progress=False)
+    assert len(calls) in (1, 2)  # the second may have stopped before its goal request
+    assert gen.prompt_writer.calls == [] and gen.evaluator.calls == []

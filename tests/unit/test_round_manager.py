@@ -3,8 +3,11 @@ migrations that added them) and learner.manager's parts that need no learner: pe
 overrides, the learner command line, the default gate, and recovery of rounds left open by a
 manager that died (with real processes standing in for the dead manager and its learner)."""
 
+import asyncio
+import dataclasses
 import json
 import os
+import threading
 import signal
 import sqlite3
 import subprocess
@@ -12,15 +15,19 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dynalign import store as store_mod
 from dynalign.config import load_config
 from dynalign.errors import ConfigError, RoundBusyError, RoundError, UnknownRoundError
 from dynalign.store import Store
-from dynalign.gate import Decision
+from helpers.tiny_lora import write_adapter, write_base
 from learner.manager import (RoundManager, evaluation_gate, flagged_versions, learner_command,
                              with_overrides)
+from server.engine import EngineClient
+from server.learning import versions_activator, versions_publisher
+from server.versions import Versions
 
 WAIT_FOR_STDIN = [sys.executable, "-c", "import sys; sys.stdin.read()"]
 
@@ -186,7 +193,8 @@ def test_with_overrides_pins_an_absolute_state_dir(monkeypatch, tmp_path):
 def test_learner_command(cfg):
     assert learner_command(cfg, Path("/r/0003/config.toml"), 3) == [
         sys.executable, "-m", "learner.round", "/r/0003/config.toml", "--round-id", "3"]
-    accel = load_config(None, {"learn.accelerate_config": "/etc/accel.yaml"})
+    accel = load_config(None, {"learn.accelerate_config": "/etc/accel.yaml",
+                               "learn.dtype": "bfloat16"})
     assert learner_command(accel, Path("/r/0004/config.toml"), 4) == [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "/etc/accel.yaml",
         "-m", "learner.round", "/r/0004/config.toml", "--round-id", "4"]
@@ -274,38 +282,48 @@ def test_cancel_refuses_an_ended_round(cfg, store):
         RoundManager(cfg, _publish).cancel(round_id + 1)
 
 
-def test_a_drift_rollback_rejects_the_candidate_and_serves_the_first_unflagged_ancestor(cfg, store):
+def test_a_drift_rollback_rejects_the_candidate_and_serves_the_first_unflagged_ancestor(
+        tmp_path, json_server):
     """v1 <- v2 (active, promoted while on_drift was "flag", so its round is flagged) <- candidate
-    flagged again with on_drift = "rollback": the candidate is rejected and v1 serves."""
-    store.add_adapter("/a/1", base_model="m", rank=8)
-    store.add_adapter("/a/2", base_model="m", rank=8, parent=1)
-    store.set_active(2)
-    flagged = store.open_round("schedule", "", os.getpid())
-    store.update_round(flagged, status="promoted", adapter_version=2,
-                       metrics={"gate": {"drift_flags": ["KL to the base model 1.5 > 1.0"]}})
-    round_id = store.open_round("schedule", "", os.getpid())
-    store.update_round(round_id, status="evaluating", candidate="/r/adapter",
-                       metrics={"parent": 2})
-    published, activated = [], []
+    flagged again with on_drift = "rollback": the candidate is rejected and v1 serves. Through the
+    server's own publish and activate (Versions, LoRA mode, on a running loop) and the real gate
+    reading the round's gate.json; a stand-in answers vLLM's adapter-loading route."""
+    loads = []
+    engine_url = json_server(lambda path, headers, body: (
+        loads.append(body["lora_name"]) or 200, {}, {})).removesuffix("/v1")
+    cfg = with_overrides(load_config(), {"gate.on_drift": "rollback"})
+    cfg = dataclasses.replace(cfg, state_dir=str(tmp_path / "state"), model=dataclasses.replace(
+        cfg.model, path=str(write_base(tmp_path / "tiny-base"))))
+    store = Store(cfg.db_path)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    versions = Versions(cfg, "lora", EngineClient(engine_url, httpx.AsyncClient()), store)
+    manager = RoundManager(cfg, publish=versions_publisher(versions, loop),
+                           activate=versions_activator(versions, loop))
+    try:
+        publish = versions_publisher(versions, loop)
+        assert publish(str(write_adapter(tmp_path / "a1")), None, "", True) == 1
+        assert publish(str(write_adapter(tmp_path / "a2")), 1, "", True) == 2
+        flagged = store.open_round("schedule", "", os.getpid())
+        store.update_round(flagged, status="promoted", adapter_version=2,
+                           metrics={"gate": {"drift_flags": ["KL to the base model 1.5 > 1.0"]}})
+        candidate = write_adapter(tmp_path / "round" / "adapter")
+        (candidate.parent / "gate.json").write_text(json.dumps({
+            "pairwise": {"n": 16, "judged": 16, "win": 12, "loss": 4, "win_rate": 0.75},
+            "drift": {"kl": cfg.learn.gate.max_kl * 3}}))
+        round_id = store.open_round("schedule", "", os.getpid())
+        store.update_round(round_id, status="running", candidate=str(candidate),
+                           metrics={"parent": 2})
+        manager.conclude(store, cfg, store.round(round_id))
 
-    def publish(candidate, parent, note, activate):
-        version = store.add_adapter(candidate, base_model="m", rank=8, parent=parent, note=note)
-        published.append((version, activate))
-        if not activate:
-            store.set_adapter_status(version, "rejected", note=note)
-        return version
-
-    def drifting(cfg, row):
-        return Decision(False, ["drift: x"], {"drift_flags": ["x"]}, rollback=True)
-
-    def activate(version):
-        activated.append(version)
-        store.set_active(version)
-
-    manager = RoundManager(cfg, publish, activate=activate, gate=drifting)
-    manager._publish(store, cfg, store.round(round_id))
-    row = store.round(round_id)
-    assert published == [(3, False)] and activated == [1] and store.active_version() == 1
-    assert row["status"] == "rejected" and row["adapter_version"] == 3
-    assert json.loads(row["metrics"])["gate"]["rolled_back_to"] == 1
-    assert store.adapter(3)["status"] == "rejected"
+        row = store.round(round_id)
+        gate = json.loads(row["metrics"])["gate"]
+        assert row["status"] == "rejected" and row["adapter_version"] == 3, row
+        assert gate["drift_flags"] and "KL to the base model" in row["error"]
+        assert gate["rolled_back_to"] == 1
+        assert store.adapter(3)["status"] == "rejected"
+        assert store.active_version() == 1 and versions.active == 1  # what the gateway serves
+        assert loads == ["dynalign-v1", "dynalign-v2"]  # the candidate was never loaded
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        store.close()

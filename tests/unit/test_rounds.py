@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from dynalign.config import LearnConfig
+from dynalign.checks import problems
+from dynalign.config import LearnConfig, load_config
 from dynalign.errors import ConfigError
-from dynalign.rounds import check_learn, last_user_turn, progress, round_view, select_prompts
+from dynalign.rounds import last_user_turn, progress, round_view, select_prompts
 from dynalign.store import Store
 
 
@@ -117,7 +118,23 @@ def test_newest_logged_prompts_win_when_capped_by_the_share(store):
     assert _logged(sel) == {"logged prompt 5", "logged prompt 4"}
     assert (sel.logged, sel.seed, len(sel.prompts)) == (2, 2, 4)
     assert sel.summary() == {"prompts": 4, "logged": 2, "seed": 2, "skipped_long": 0,
-                             "duplicates": 0, "exchanges_upto": 6}
+                             "duplicates": 0, "heldout_excluded": 0, "exchanges_upto": 6}
+
+
+def test_heldout_prompts_are_never_trained_on_whatever_their_source(store):
+    """A user pasting a held-out prompt (other case and spacing), and a seed train row that
+    repeats one: both excluded and counted, even with the whole round open to the log."""
+    _log(store, "  HELDOUT prompt   3 ")
+    _log(store, "plan my allotment")
+    seeds = _seeds(train=3, heldout=5) + [{"id": "tr-dup", "prompt": "heldout prompt 4",
+                                            "split": "train"}]
+    sel = select_prompts(store.training_exchanges(0), seeds,
+                         LearnConfig(prompts=10, logged_share=1.0))
+    texts = {" ".join(p["prompt"].lower().split()) for p in sel.prompts}
+    assert not texts & {f"heldout prompt {i}" for i in range(5)}
+    assert _logged(sel) == {"plan my allotment"}
+    assert sel.heldout_excluded == 2 and sel.summary()["heldout_excluded"] == 2
+    assert (sel.logged, sel.seed) == (1, 3)
 
 
 def test_seed_replay_fills_up_from_the_train_split_only():
@@ -148,8 +165,8 @@ def test_exchanges_upto_is_the_newest_id_seen_even_if_unusable(store):
     assert sel.exchanges_upto == last and sel.logged == 1
 
 
-def test_defaults_pass_check_learn():
-    check_learn(LearnConfig())
+def test_defaults_pass_the_config_check():
+    assert problems(load_config()) == []
 
 
 @pytest.mark.parametrize("changes, key", [
@@ -164,9 +181,9 @@ def test_defaults_pass_check_learn():
     ({"logged_share": 1.5}, "learn.logged_share"),
     ({"logged_share": -0.1}, "learn.logged_share"),
 ])
-def test_check_learn_names_the_bad_key(changes, key):
+def test_a_bad_learn_setting_is_named_when_the_config_loads(changes, key):
     with pytest.raises(ConfigError, match=key):
-        check_learn(LearnConfig(**changes))
+        load_config(overrides={f"learn.{k}": v for k, v in changes.items()})
 
 
 def test_progress_eta_from_the_mean_step_time():

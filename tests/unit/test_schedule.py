@@ -14,7 +14,8 @@ import pytest
 from dynalign.config import ScheduleConfig, load_config
 from dynalign.errors import ConfigError, RoundBusyError
 from dynalign.store import Store
-from learner.schedule import Schedule, first_run, make_trigger, next_after, spec_from, spec_of
+from dynalign.schedule_spec import first_run, make_trigger, next_after, spec_from, spec_of
+from learner.schedule import Schedule
 
 T0 = dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -168,11 +169,12 @@ def test_a_missed_firing_runs_once_and_the_interval_keeps_its_phase():
     assert jobs == {"refresh": _h(12), "refresh-missed": _h(7)}  # not 13 h: the phase stays
 
 
-def test_a_bad_cron_saves_nothing():
-    cfg = _cfg(cron="61 * * * *")
-    with pytest.raises(ConfigError):
-        Schedule(cfg, lambda trigger: {"id": 0}).start(at=T0)
-    assert _state(cfg) is None
+def test_a_bad_cron_or_timezone_fails_when_the_config_loads_and_saves_nothing():
+    with pytest.raises(ConfigError, match="learn.schedule: .*61"):
+        _cfg(cron="61 * * * *")
+    with pytest.raises(ConfigError, match="learn.schedule: .*Mars/Olympus"):
+        _cfg(interval_hours=6, timezone="Mars/Olympus")
+    assert _state(load_config()) is None
 
 
 # an operator's schedule (the console, PUT /admin/schedule)

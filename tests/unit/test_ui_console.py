@@ -8,7 +8,7 @@ import pytest
 
 from ui import console_actions as act
 from ui import console_views as views
-from ui.console_api import WRONG_KEY, Admin, AdminError, admin_url
+from dynalign.admin_client import WRONG_KEY, Admin, AdminError, admin_url
 
 ROUNDS = [
     {"id": 1, "status": "promoted", "adapter_version": 1, "progress": {},

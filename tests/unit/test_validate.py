@@ -183,3 +183,28 @@ def test_parse_json_refuses_what_cannot_be_forwarded(raw, words):
 def test_parse_json_keeps_a_surrogate_pair_and_nul():
     assert parse_json(b'{"c": "\\ud83d\\ude00 \\u0000"}') == {"c": "\U0001F600 \x00"}
 
+
+
+@pytest.mark.parametrize("field, words", [
+    ("best_of", "sample n answers"), ("functions", "use 'tools'"), ("service_tier", ""),
+    ("kv_transfer_params", ""), ("chat_template", "")])
+def test_fields_the_server_does_not_honour_are_refused_by_name(field, words):
+    err = _reject(_body(**{field: 2}))
+    assert err.param == field and err.code == "unsupported_parameter"
+    assert f"'{field}'" in err.message and words in err.message
+
+
+def test_several_unknown_fields_are_named_together():
+    err = _reject(_body(best_of=2, audio={}))
+    assert "parameters 'audio', 'best_of'" in err.message and err.param == "audio"
+
+
+def test_every_field_passed_through_is_one_vllm_honours():
+    """The allow-list cannot drift from the engine: each field (but our own `store`) is a field
+    of the installed vLLM's chat request, so none reaches it only to be ignored."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from server.validate import CHAT_FIELDS
+
+    assert CHAT_FIELDS - {"store"} <= set(ChatCompletionRequest.model_fields)
+    validate_chat(_body(top_k=5, min_p=0.1, ignore_eos=True, store=False), LIMITS)

@@ -1,19 +1,22 @@
-"""The operator console's client for the gateway's admin API (HTTP only, through httpx).
+"""The one client of the gateway's admin API (HTTP only, through httpx): the `dynalign` commands
+and the operator console both call through `Admin`.
 
-Every call takes the admin key given at login; an API error (OpenAI-style
-``{"error": {"message", "code"}}``) or a failed connection is raised as `AdminError`, whose
-text is what the console shows. The key is sent as a bearer token and never put in a message.
+Every call takes one admin key; an API error (OpenAI-style ``{"error": {"message", "code"}}``)
+or a failed connection is raised as `AdminError`, whose text is what a person is shown (the CLI
+prints it, the console displays it). The key is sent as a bearer token and never put in a message.
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from dynalign.errors import DynalignError
+
 TIMEOUT_S = 30
 WRONG_KEY = "wrong admin key"
 
 
-class AdminError(Exception):
+class AdminError(DynalignError):
     """An admin call that failed: its HTTP status (0: no answer), error code and message."""
 
     def __init__(self, message: str, status: int = 0, code: str | None = None):
@@ -40,22 +43,23 @@ def error_of(status: int, body) -> AdminError:
 class Admin:
     """The admin API as seen with one key."""
 
-    def __init__(self, api_url: str, key: str, transport=None):
+    def __init__(self, api_url: str, key: str, transport=None, timeout: float = TIMEOUT_S):
         self.root = admin_url(api_url)
         self.key = key or ""
-        self.transport = transport
+        self.transport, self.timeout = transport, timeout
 
     def call(self, method: str, path: str, json=None, params=None):
         """The decoded JSON answer of METHOD /admin/PATH, or AdminError."""
         import httpx
 
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        with httpx.Client(timeout=TIMEOUT_S, transport=self.transport) as client:
+        with httpx.Client(timeout=self.timeout, transport=self.transport) as client:
             try:
                 r = client.request(method, self.root + path, json=json, params=params,
                                    headers=headers)
             except httpx.HTTPError as exc:
-                raise AdminError(f"the gateway did not answer: {type(exc).__name__}") from exc
+                raise AdminError(f"cannot reach the gateway at {self.root}: "
+                                 f"{type(exc).__name__}: {exc}") from None
         body = _json(r)
         if r.status_code >= 400:
             raise error_of(r.status_code, body)
@@ -108,3 +112,20 @@ def _json(response):
     if "json" not in response.headers.get("content-type", ""):
         return response.text
     return response.json()
+
+
+# the CLI's calls: the gateway of a config, its admin key
+def admin_request(cfg, method: str, path: str, body=None, timeout: float = 600) -> dict:
+    """One call to this config's gateway's admin API, with the admin
+    key (server.admin_key_env, else server.admin_key_file: dynalign/keys.py). Every dynalign
+    command that talks to /admin goes through here."""
+    from dynalign.keys import admin_key_path, read_admin_key
+
+    try:
+        return Admin(cfg.gateway_url, read_admin_key(cfg), timeout=timeout).call(method, path, json=body)
+    except AdminError as e:
+        if e.status in (401, 403):
+            raise DynalignError(f"the server refused the admin key ({e.message}): set "
+                                f"{cfg.server.admin_key_env}, or check {admin_key_path(cfg)}"
+                                ) from None
+        raise

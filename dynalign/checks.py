@@ -1,0 +1,111 @@
+"""The whole config checked once, when it is loaded (`load_config` calls `check`): typed choices,
+ranges, the schedule's cron line and timezone parsed, and the rules that tie keys together.
+One ConfigError lists every bad key, so `dynalign serve` stops before it starts anything and a
+round's overrides are refused when they are sent, never when the round gets to them.
+
+What depends on the machine or the environment (free memory, keys in the environment, a model
+folder) is checked where it is used, not here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dynalign.errors import ConfigError
+from dynalign.schedule_spec import make_trigger, spec_of
+
+REWARDS = ("self", "rule", "judge")
+SELF_SCORES = ("expected", "greedy")
+RULES = ("brevity", "keyword")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+DTYPES = ("float32", "bfloat16")
+ROLLOUT_DTYPES = ("auto", *DTYPES)
+MODEL_DTYPES = ("auto", "bfloat16", "float16", "float32")
+SWAPS = ("auto", "lora", "merged")
+DRIFT_ACTIONS = ("flag", "reject", "rollback")
+READINGS = ("both_orders", "balanced")
+
+CHOICES = {
+    "model.dtype": MODEL_DTYPES, "engine.swap": SWAPS, "learn.reward": REWARDS,
+    "learn.self_score": SELF_SCORES, "learn.rule": RULES, "learn.loss_type": LOSS_TYPES,
+    "learn.dtype": DTYPES, "learn.rollout_dtype": ROLLOUT_DTYPES,
+    "learn.gate.on_drift": DRIFT_ACTIONS, "learn.gate.reading": READINGS}
+AT_LEAST = {  # key: smallest allowed value
+    "model.max_model_len": 1, "engine.kv_cache_gib": 1, "engine.max_lora_rank": 1,
+    "engine.max_loras": 1, "engine.tensor_parallel_size": 1, "engine.pipeline_parallel_size": 1,
+    "engine.max_restarts": 0, "server.max_n": 1, "generate.count": 1, "generate.max_revisions": 0,
+    "generate.max_attempts": 0, "generate.goal_context": 0, "generate.heldout_every": 0,
+    "generate.max_retries": 0, "generate.concurrency": 1, "learn.prompts": 1,
+    "learn.max_prompt_chars": 1, "learn.num_generations": 2, "learn.prompts_per_step": 1,
+    "learn.micro_batch": 1, "learn.max_completion_tokens": 1, "learn.max_steps": 1,
+    "learn.converge_window": 1, "learn.lora_rank": 1, "learn.lora_alpha": 1, "learn.threads": 1,
+    "learn.rule_words": 1, "learn.gate.prompts": 1, "learn.gate.min_judged": 1,
+    "learn.gate.max_tokens": 1, "learn.gate.limit": 0, "learn.gate.max_length_ratio": 1.0,
+    "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1,
+    "learn.converge_tolerance": 0.0, "learn.gate.max_kl": 0.0, "privacy.retention_days": 0}
+ABOVE = (  # must be above 0
+    "engine.startup_timeout_s", "engine.restart_window_s", "server.request_timeout_s",
+    "server.max_body_mb", "generate.timeout_s", "learn.learning_rate")
+BETWEEN = {  # key: (low, high), both allowed
+    "server.port": (1, 65535), "engine.port": (1, 65535), "ui.port": (1, 65535),
+    "engine.gpu_memory_utilization": (0.0, 1.0), "learn.vllm_gpu_memory_utilization": (0.0, 1.0),
+    "learn.logged_share": (0.0, 1.0), "learn.temperature": (0.0, 2.0), "learn.top_p": (0.0, 1.0),
+    "learn.epsilon": (0.0, 1.0), "learn.beta": (0.0, 10.0), "learn.nice": (0, 19),
+    "learn.gate.min_win_rate": (0.0, 1.0), "learn.gate.max_top_share": (0.0, 1.0),
+    "learn.gate.max_drop": (0.0, 1.0), "generate.dedup_threshold": (0.0, 1.0),
+    "eval.level": (0.5, 0.999), "privacy.retention_hour": (0, 23)}
+
+
+def check(cfg) -> None:
+    """Raise one ConfigError naming every bad key of `cfg` (a loaded Config)."""
+    bad = problems(cfg)
+    if bad:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(bad))
+
+
+def problems(cfg) -> list[str]:
+    out = [f"{k} must be one of {', '.join(allowed)}; got {_get(cfg, k)!r}"
+           for k, allowed in CHOICES.items() if _get(cfg, k) not in allowed]
+    out += [f"{k} must be at least {low:g}; got {_get(cfg, k)!r}"
+            for k, low in AT_LEAST.items() if _get(cfg, k) < low]
+    out += [f"{k} must be above 0; got {_get(cfg, k)!r}" for k in ABOVE if _get(cfg, k) <= 0]
+    out += [f"{k} must be between {low:g} and {high:g}; got {_get(cfg, k)!r}"
+            for k, (low, high) in BETWEEN.items() if not low <= _get(cfg, k) <= high]
+    return out + _schedule(cfg) + _together(cfg)
+
+
+def _schedule(cfg) -> list[str]:
+    schedule = cfg.learn.schedule
+    if schedule.interval_hours < 0:
+        return [f"learn.schedule.interval_hours must be 0 (off) or above; "
+                f"got {schedule.interval_hours!r}"]
+    spec = spec_of(schedule)
+    if spec is None:
+        return []
+    try:
+        make_trigger(spec, dt.datetime.now(dt.timezone.utc))
+    except ConfigError as e:
+        return [f"learn.schedule: {e}"]
+    return []
+
+
+def _together(cfg) -> list[str]:
+    """Rules over several keys."""
+    learn, out = cfg.learn, []
+    if learn.accelerate_config and learn.dtype != "bfloat16":
+        out.append('learn.accelerate_config (DeepSpeed ZeRO-3 / FSDP) trains in bf16: set '
+                   'learn.dtype = "bfloat16"')
+    for role in ("goal_writer", "prompt_writer", "evaluator"):
+        if getattr(cfg.generate, role).max_tokens < 1:
+            out.append(f"generate.{role}.max_tokens must be at least 1")
+    for name, endpoint in (("learn.judge", learn.judge), ("eval.judge", cfg.eval.judge)):
+        if endpoint.max_tokens < 1:
+            out.append(f"{name}.max_tokens must be at least 1")
+    return out
+
+
+def _get(cfg, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
