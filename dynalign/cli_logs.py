@@ -6,7 +6,8 @@ waits for it, and keeps what it could not write in memory meanwhile). The user i
 field of a chat request, or its `X-Dynalign-User` header.
 
   dynalign logs export --user ID [--out FILE]   JSONL, oldest first: the rows as stored (already
-                                                redacted), messages/response/params as JSON
+                                                redacted), messages/response/params as JSON, and
+                                                `feedback`: the ratings given to each answer
   dynalign logs delete --user ID                every exchange of that user
   dynalign logs delete --older-than DAYS        retention by hand ([privacy] retention_days)
 """
@@ -48,6 +49,7 @@ def export_command(cfg, args) -> int:
     try:
         with closing(_open(cfg)) as store:
             for row in _read(store.user_exchanges(args.user)):
+                row["feedback"] = store.feedback(row["id"])  # every rating given, oldest first
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
     finally:

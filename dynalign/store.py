@@ -1,4 +1,4 @@
-"""The SQLite store: chat exchanges, adapter versions, refresh rounds.
+"""The SQLite store: chat exchanges, users' feedback on them, adapter versions, refresh rounds.
 
 sqlite-utils over one file in WAL mode. The schema grows only through the append-only list of named
 migrations below; each runs once and is recorded in `_migrations`. Never edit a migration that has
@@ -99,6 +99,19 @@ def m007_exchanges_user_index(db):
     db["exchanges"].create_index(["user"])
 
 
+@migration
+def m008_feedback(db):
+    """Ratings of answers (POST /v1/feedback): every rating is kept, the latest one per exchange
+    counts. An exchange is found by the completion id its client received."""
+    db["exchanges"].add_column("completion_id", str)
+    db["exchanges"].create_index(["completion_id"])
+    db["feedback"].create(
+        {"id": int, "exchange_id": int, "created": str, "rating": int, "comment": str,
+         "user": str},
+        pk="id", foreign_keys=[("exchange_id", "exchanges", "id")])
+    db["feedback"].create_index(["exchange_id"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -153,6 +166,26 @@ class Store:
         return list(self.db["exchanges"].rows_where(" and ".join(where) or None, params,
                                                     order_by="id desc", limit=limit))
 
+    def exchange_by_completion(self, completion_id: str) -> dict | None:
+        """The exchange whose response carried this chat completion id (the newest, if several)."""
+        rows = list(self.db["exchanges"].rows_where(
+            "completion_id = ?", [completion_id], order_by="id desc", limit=1))
+        return rows[0] if rows else None
+
+    # feedback
+    def add_feedback(self, exchange_id: int, rating: int, comment: str | None = None,
+                     user: str | None = None) -> dict:
+        """Record a rating of an exchange's answer (earlier ones are kept: the latest counts)."""
+        row = {"exchange_id": exchange_id, "created": now(), "rating": rating,
+               "comment": comment, "user": user}
+        row["id"] = self.db["feedback"].insert(row).last_pk
+        return row
+
+    def feedback(self, exchange_id: int) -> list[dict]:
+        """Every rating given to an exchange, oldest first (the last one counts)."""
+        return list(self.db["feedback"].rows_where("exchange_id = ?", [exchange_id],
+                                                   order_by="id"))
+
     def delete_exchange(self, exchange_id: int) -> bool:
         return bool(self.delete_exchanges(ids=[exchange_id]))
 
@@ -185,6 +218,9 @@ class Store:
         with self.db.conn:
             deleted = [row[0] for row in self.db.execute(
                 f"delete from exchanges where {where} returning id", params).fetchall()]
+            if deleted:  # their feedback goes with them (comments are user text too)
+                self.db.execute("delete from feedback where exchange_id not in "
+                                "(select id from exchanges)")
         self.db.execute("pragma wal_checkpoint(truncate)")
         return sorted(deleted)
 

@@ -175,6 +175,7 @@ def to_row(record: dict, redact_text: bool = False) -> dict:
         "completion_tokens": result["usage"].get("completion_tokens"),
         "latency_ms": record["latency_ms"], "ttft_ms": record.get("ttft_ms"),
         "opt_out": int(record["opt_out"]), "status": record["status"],
+        "completion_id": result.get("id"),  # what the client got: POST /v1/feedback names it
     }
 
 
@@ -182,7 +183,7 @@ def parse_completion(content: bytes) -> dict:
     data = json.loads(content)
     choices = [{"index": c["index"], "content": (c.get("message") or {}).get("content"),
                 "finish_reason": c.get("finish_reason")} for c in data.get("choices", [])]
-    return {"choices": choices, "usage": data.get("usage") or {}}
+    return {"choices": choices, "usage": data.get("usage") or {}, "id": data.get("id")}
 
 
 def parse_stream(events: list[bytes]) -> dict:
@@ -190,16 +191,18 @@ def parse_stream(events: list[bytes]) -> dict:
     texts: dict[int, list[str]] = {}
     finish: dict[int, str] = {}
     usage: dict = {}
+    completion_id = None
     for event in events:
         for line in event.split(b"\n"):
             if not line.startswith(b"data: {"):
                 continue
             chunk = json.loads(line[6:])
             usage = chunk.get("usage") or usage
+            completion_id = completion_id or chunk.get("id")
             for c in chunk.get("choices", []):
                 texts.setdefault(c["index"], []).append((c.get("delta") or {}).get("content") or "")
                 if c.get("finish_reason"):
                     finish[c["index"]] = c["finish_reason"]
     choices = [{"index": i, "content": "".join(parts), "finish_reason": finish.get(i)}
                for i, parts in sorted(texts.items())]
-    return {"choices": choices, "usage": usage}
+    return {"choices": choices, "usage": usage, "id": completion_id}

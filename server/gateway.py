@@ -22,7 +22,7 @@ from dynalign.config import Config
 from dynalign.errors import (DynalignError, RoundBusyError, RoundError, UnknownRoundError,
                              UnknownVersionError)
 from dynalign.store import Store
-from server import learning
+from server import admin, feedback, learning
 from server.auth import Keys, load_keys, require_admin_key, require_chat_key
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
@@ -61,10 +61,9 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
     app.state.limits = Limits(cfg.server.max_n, cfg.model.max_model_len, mode == "lora")
     _add_error_handlers(app)
     _add_routes(app)
-    from server.admin import router as admin_router
-    from server.learning import router as rounds_router
-    app.include_router(admin_router, prefix="/admin", dependencies=[Depends(require_admin_key)])
-    app.include_router(rounds_router, prefix="/admin", dependencies=[Depends(require_admin_key)])
+    app.include_router(feedback.router, dependencies=[Depends(require_chat_key)])
+    app.include_router(admin.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
+    app.include_router(learning.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
     return app
 
 

@@ -88,6 +88,33 @@ def validate_chat(body, limits: Limits) -> None:
     _check_logprobs(body, limits)
 
 
+FEEDBACK_FIELDS = frozenset({"id", "rating", "comment", "user"})
+MAX_COMMENT = 4000  # characters: a comment is a remark on one answer, not a document
+MAX_USER = 256
+
+
+def validate_feedback(body) -> dict:
+    """A POST /v1/feedback body: {"id": completion id, "rating": 1 | -1, "comment"?, "user"?}."""
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    unknown = sorted(set(body) - FEEDBACK_FIELDS)
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r}: feedback takes id, rating, comment "
+                           "and user", param=unknown[0], code="unsupported_parameter")
+    if not isinstance(body.get("id"), str) or not 0 < len(body["id"]) <= MAX_USER:
+        raise RequestError("'id' must be the chat completion's id (a non-empty string)",
+                           param="id")
+    if _typed(body, "rating", int) not in (1, -1):
+        raise RequestError(f"'rating' must be 1 (thumbs up) or -1 (thumbs down), got "
+                           f"{body.get('rating')!r}", param="rating")
+    for key, limit in (("comment", MAX_COMMENT), ("user", MAX_USER)):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            raise RequestError(f"'{key}' must be a string of at most {limit} characters",
+                               param=key)
+    return body
+
+
 def _check_fields(body: dict) -> None:
     unknown = sorted(set(body) - CHAT_FIELDS)
     if unknown:

@@ -196,6 +196,44 @@ def test_opt_out_is_logged(merged, how, expected):
     assert row["opt_out"] == expected
 
 
+# 4b. feedback: a rating of one answer, named by the completion id its client received
+def test_feedback_rates_an_answer_by_the_id_its_client_received(merged, openai_error):
+    user, stream_user = tag(), tag()
+    answer = greedy(merged, user=user)
+    chunks = list(merged.client().chat.completions.create(
+        model="dynalign", messages=GREEDY_MESSAGES, max_tokens=8, stream=True,
+        extra_headers={"X-Dynalign-User": stream_user}))
+    [row], [streamed] = merged.rows_for(user), merged.rows_for(stream_user)
+    client = merged.client()  # the documented way from the openai client: its generic post
+    record = client.post("/feedback", cast_to=object, body={
+        "id": answer.id, "rating": -1, "comment": "wrong, mail me at ann@example.com"})
+    assert record["exchange_id"] == row["id"] and record["rating"] == -1, record
+    assert record["version"] == row["version"] and record["model"] == row["model_served"]
+    assert record["user"] == user  # the exchange's user when the rating names none
+    assert "ann@example.com" not in record["comment"] and "[EMAIL]" in record["comment"]
+
+    def rate(body):
+        return httpx.post(f"{merged.url}/v1/feedback", json=body, timeout=60)
+
+    changed = rate({"id": answer.id, "rating": 1, "user": "ann"})
+    assert changed.status_code == 200 and changed.json()["rating"] == 1, changed.text
+    history = merged.query("select rating, user from feedback where exchange_id = ? order by id",
+                           (row["id"],))
+    assert history == [{"rating": -1, "user": user}, {"rating": 1, "user": "ann"}]  # all kept
+    by_stream = rate({"id": chunks[0].id, "rating": 1})  # every chunk carries the id
+    assert by_stream.status_code == 200 and by_stream.json()["exchange_id"] == streamed["id"]
+
+    count = merged.query("select count(*) as n from feedback")[0]["n"]
+    unknown = rate({"id": "chatcmpl-never-served", "rating": 1})
+    assert unknown.status_code == 404 and openai_error(unknown)["code"] == "not_found"
+    for body, param in (({"id": answer.id, "rating": 3}, "rating"),
+                        ({"id": answer.id, "rating": 1, "comment": "x" * 5000}, "comment"),
+                        ({"rating": 1}, "id")):
+        bad = rate(body)
+        assert bad.status_code == 400 and openai_error(bad)["param"] == param, bad.text
+    assert merged.query("select count(*) as n from feedback")[0]["n"] == count  # nothing stored
+
+
 # 5. bad input
 BAD_REQUESTS = {
     "invalid-json": (b'{"messages": [', 400),

@@ -58,6 +58,17 @@ def test_export_a_users_exchanges_as_jsonl(store, tmp_path):
     assert rows[0]["response"][0]["content"] == "answer to alice one"
     assert rows[0]["params"] == {"max_tokens": 8} and rows[0]["user"] == "alice"
     assert {"id", "created", "opt_out", "status"} <= set(rows[0])
+    assert rows[0]["feedback"] == [] and rows[1]["feedback"] == []
+
+
+def test_export_carries_each_answers_feedback(store, tmp_path):
+    [two, one] = [r["id"] for r in store.exchanges(user="alice")]
+    store.add_feedback(one, 1, "useful", "alice")
+    store.add_feedback(one, -1, "on second thought, wrong", "alice")
+    rows = [json.loads(line) for line in _run("export", "--user", "alice").stdout.splitlines()]
+    assert [(f["rating"], f["comment"]) for f in rows[0]["feedback"]] == [
+        (1, "useful"), (-1, "on second thought, wrong")]
+    assert rows[1]["id"] == two and rows[1]["feedback"] == []
 
 
 def test_export_to_stdout_and_of_an_unknown_user(store):
@@ -69,6 +80,8 @@ def test_export_to_stdout_and_of_an_unknown_user(store):
 
 
 def test_delete_a_user_leaves_no_trace_in_the_files(store):
+    store.add_feedback(store.exchanges(user="alice")[0]["id"], -1, "alice remarks", "alice")
+    store.db.execute("pragma wal_checkpoint(truncate)")
     out = _run("delete", "--user", "alice")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "deleted 2 exchange(s) of user 'alice'"
@@ -76,6 +89,7 @@ def test_delete_a_user_leaves_no_trace_in_the_files(store):
     home = load_config().home
     stored = b"".join(p.read_bytes() for p in home.glob("dynalign.db*"))
     assert b"alice one" not in stored and b"alice two" not in stored  # secure_delete
+    assert b"alice remarks" not in stored  # her feedback went with her exchanges
     assert b"bob one" in stored
 
 

@@ -55,8 +55,8 @@ def test_parse_stream_events_with_several_lines_and_blank_separators():
 
 
 def test_parse_stream_empty_and_done_only():
-    assert parse_stream([b"data: [DONE]"]) == {"choices": [], "usage": {}}
-    assert parse_stream([]) == {"choices": [], "usage": {}}
+    assert parse_stream([b"data: [DONE]"]) == {"choices": [], "usage": {}, "id": None}
+    assert parse_stream([]) == {"choices": [], "usage": {}, "id": None}
 
 
 def test_parse_completion():
@@ -72,11 +72,13 @@ def test_parse_completion():
     assert result["choices"] == [{"index": 0, "content": "Hi", "finish_reason": "stop"},
                                  {"index": 1, "content": "Yo", "finish_reason": "length"}]
     assert result["usage"]["completion_tokens"] == 2
+    assert result["id"] == "x"
 
 
 def test_parse_completion_without_usage():
     result = parse_completion(b'{"choices": [{"index": 0, "message": null, "finish_reason": null}]}')
-    assert result == {"choices": [{"index": 0, "content": None, "finish_reason": None}], "usage": {}}
+    assert result == {"choices": [{"index": 0, "content": None, "finish_reason": None}],
+                      "usage": {}, "id": None}
 
 
 def _record(**extra):
@@ -97,6 +99,7 @@ def test_to_row_streamed():
     assert row["user"] == "alice" and row["model_requested"] == "dynalign-v2"
     assert row["prompt_tokens"] == 9 and row["completion_tokens"] == 5
     assert row["stream"] == 1 and row["mixed_versions"] == 0 and row["opt_out"] == 0
+    assert row["completion_id"] == "c"  # the id the client's chunks carried: feedback names it
 
 
 def test_exchange_log_writes_to_sqlite(tmp_path):

@@ -191,3 +191,25 @@ def test_exchanges_filter_and_delete(tmp_path):
     assert store.delete_exchange(ids[1]) is True and store.delete_exchange(ids[1]) is False
     assert [r["id"] for r in store.exchanges()] == [ids[2], ids[0]]
     store.close()
+
+
+def test_feedback_history_is_kept_and_found_by_completion_id(store):
+    first = store.log_exchange({"user": "ann", "completion_id": "chatcmpl-1", "status": "ok"})
+    other = store.log_exchange({"user": "bob", "completion_id": "chatcmpl-2", "status": "ok"})
+    assert store.exchange_by_completion("chatcmpl-1")["id"] == first
+    assert store.exchange_by_completion("chatcmpl-3") is None
+    up = store.add_feedback(first, 1, "good", "ann")
+    down = store.add_feedback(first, -1, None, "ann")
+    store.add_feedback(other, 1)
+    assert [(f["id"], f["rating"], f["comment"]) for f in store.feedback(first)] == \
+        [(up["id"], 1, "good"), (down["id"], -1, None)]  # the latest (last) counts
+
+
+def test_deleting_exchanges_deletes_their_feedback(store):
+    ann = store.log_exchange({"user": "ann", "completion_id": "a", "status": "ok"})
+    bob = store.log_exchange({"user": "bob", "completion_id": "b", "status": "ok"})
+    store.add_feedback(ann, -1, "my comment", "ann")
+    store.add_feedback(bob, 1, "his comment", "bob")
+    assert store.delete_exchanges(user="ann") == [ann]
+    assert store.feedback(ann) == []
+    assert [f["comment"] for f in store.db["feedback"].rows] == ["his comment"]

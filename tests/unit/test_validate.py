@@ -2,7 +2,8 @@
 
 import pytest
 
-from server.validate import Limits, RequestError, parse_json, validate_chat
+from server.validate import (MAX_COMMENT, Limits, RequestError, parse_json, validate_chat,
+                             validate_feedback)
 
 LIMITS = Limits(max_n=4, max_model_len=512, lora_enabled=False)
 LORA = Limits(max_n=4, max_model_len=512, lora_enabled=True)
@@ -208,3 +209,35 @@ def test_every_field_passed_through_is_one_vllm_honours():
 
     assert CHAT_FIELDS - {"store"} <= set(ChatCompletionRequest.model_fields)
     validate_chat(_body(top_k=5, min_p=0.1, ignore_eos=True, store=False), LIMITS)
+
+
+def test_feedback_takes_an_id_a_rating_and_optional_comment_and_user():
+    body = {"id": "chatcmpl-1", "rating": -1, "comment": "wrong", "user": "ann"}
+    assert validate_feedback(body) is body
+    assert validate_feedback({"id": "chatcmpl-1", "rating": 1})
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"id": "chatcmpl-1"}, "rating"),
+    ({"id": "chatcmpl-1", "rating": 0}, "rating"),
+    ({"id": "chatcmpl-1", "rating": 5}, "rating"),
+    ({"id": "chatcmpl-1", "rating": True}, "rating"),
+    ({"id": "chatcmpl-1", "rating": 1.0}, "rating"),
+    ({"id": "chatcmpl-1", "rating": "1"}, "rating"),
+    ({"rating": 1}, "id"),
+    ({"id": "", "rating": 1}, "id"),
+    ({"id": 7, "rating": 1}, "id"),
+    ({"id": "chatcmpl-1", "rating": 1, "comment": "x" * (MAX_COMMENT + 1)}, "comment"),
+    ({"id": "chatcmpl-1", "rating": 1, "comment": ["x"]}, "comment"),
+    ({"id": "chatcmpl-1", "rating": 1, "user": 3}, "user"),
+    ({"id": "chatcmpl-1", "rating": 1, "stars": 5}, "stars"),
+])
+def test_malformed_feedback_is_a_400_naming_the_field(body, param):
+    with pytest.raises(RequestError) as e:
+        validate_feedback(body)
+    assert e.value.status == 400 and e.value.param == param, e.value.message
+
+
+def test_feedback_body_must_be_an_object():
+    with pytest.raises(RequestError):
+        validate_feedback([{"id": "chatcmpl-1", "rating": 1}])
