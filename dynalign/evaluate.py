@@ -116,6 +116,25 @@ def bootstrap_ci(outcomes: list[str], resamples: int = 2000, level: float = 0.95
     return rates[int(tail * (resamples - 1))], rates[int((1 - tail) * (resamples - 1))]
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson's score interval for a share of k in n (95 % at z 1.96): unlike k/n +- z*se it stays
+    in [0, 1] and is honest for a handful of ratings; None for n = 0."""
+    if n <= 0:
+        return None
+    p, z2 = k / n, z * z
+    centre, half = p + z2 / (2 * n), z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))
+
+
+def approval(ratings: list[int]) -> dict:
+    """Users' thumbs (1 / -1) on one version's answers: how many, the share up, its interval."""
+    up = sum(1 for r in ratings if r > 0)
+    interval = wilson(up, len(ratings))
+    return {"ratings": len(ratings), "up": up, "down": len(ratings) - up,
+            "approval": up / len(ratings) if ratings else None,
+            "interval": list(interval) if interval else None}
+
+
 def pairwise(prompts: list[str], answers_a: list[str], answers_b: list[str], chat, template: str,
              definition: str, *, workers: int = 8, resamples: int = 2000, level: float = 0.95,
              seed: int = 0, progress=None, weigh=None) -> dict:

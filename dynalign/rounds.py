@@ -3,7 +3,8 @@
 A round's prompts are the user prompts logged since the last finished round (never opted-out
 ones, never failed requests; the last user turn of each conversation; de-duplicated; over-long
 ones skipped and counted), topped up with a replay sample of the seed set's train split. The
-held-out split is never trained on: evaluation uses it.
+held-out split is never trained on: evaluation uses it. Within the logged share, prompts whose
+answer a user rated down come first: that is where the served model is weakest.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ class Selection:
     skipped_long: int = 0
     duplicates: int = 0
     heldout_excluded: int = 0  # logged or seed-train prompts equal to a held-out one
+    rated_down: int = 0  # logged prompts taken first because a user rated their answer down
     exchanges_upto: int = 0
 
     def summary(self) -> dict:
         return {"prompts": len(self.prompts), "logged": self.logged, "seed": self.seed,
                 "skipped_long": self.skipped_long, "duplicates": self.duplicates,
-                "heldout_excluded": self.heldout_excluded, "exchanges_upto": self.exchanges_upto}
+                "heldout_excluded": self.heldout_excluded, "rated_down": self.rated_down,
+                "exchanges_upto": self.exchanges_upto}
 
 
 def system_prompt(prompts: PromptsConfig) -> str:
@@ -53,8 +56,9 @@ def last_user_turn(messages) -> str | None:
 
 def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnConfig,
                    salt: int = 0) -> Selection:
-    """`exchanges`: rows with id and messages, oldest first (already filtered for opt-out and
-    status by the store). The newest logged prompts win when there are more than the share.
+    """`exchanges`: rows with id, messages and (optionally) rating, oldest first (already
+    filtered for opt-out and status by the store). When there are more than the share, those
+    rated down win, then the newest; a row's rating is kept in its prompt (`rating`).
     No prompt equal to a held-out one (case and spacing aside) is trained on, whatever its
     source: the gate and `dynalign eval` measure on those."""
     sel = Selection(exchanges_upto=max((row["id"] for row in exchanges), default=0))
@@ -73,8 +77,12 @@ def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnCon
             sel.duplicates += 1
         else:
             seen.add(_key(text))
-            logged.append({"prompt": text, "source": "logged", "id": f"exchange-{row['id']}"})
+            rating = {"rating": row["rating"]} if row.get("rating") is not None else {}
+            logged.append({"prompt": text, "source": "logged", "id": f"exchange-{row['id']}",
+                           **rating})
+    logged.sort(key=lambda p: p.get("rating") != -1)  # stable: newest first within each
     logged = logged[: int(learn.prompts * learn.logged_share)]
+    sel.rated_down = sum(p.get("rating") == -1 for p in logged)
     train = [r for r in seed_rows if r.get("split") == "train" and _key(r["prompt"]) not in seen]
     sel.heldout_excluded += sum(_key(r["prompt"]) in heldout for r in train)
     train = [r for r in train if _key(r["prompt"]) not in heldout]

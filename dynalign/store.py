@@ -186,6 +186,12 @@ class Store:
         return list(self.db["feedback"].rows_where("exchange_id = ?", [exchange_id],
                                                    order_by="id"))
 
+    def latest_ratings(self) -> list[tuple[int | None, int]]:
+        """(version that answered, its latest rating) for every rated exchange."""
+        return [tuple(r) for r in self.db.execute(
+            "select e.version, f.rating from feedback f join exchanges e on e.id = f.exchange_id "
+            "where f.id in (select max(id) from feedback group by exchange_id)")]
+
     def delete_exchange(self, exchange_id: int) -> bool:
         return bool(self.delete_exchanges(ids=[exchange_id]))
 
@@ -307,10 +313,12 @@ class Store:
         return row[0] or 0
 
     def training_exchanges(self, after: int) -> list[dict]:
-        """Logged exchanges after id `after` that may be trained on: answered, not opted out."""
+        """Logged exchanges after id `after` that may be trained on: answered, not opted out;
+        with `rating`, the latest feedback on the answer (None: not rated)."""
         return list(self.db["exchanges"].rows_where(
             "id > ? and opt_out = 0 and status = 'ok'", [after], order_by="id",
-            select="id, messages"))
+            select="id, messages, (select rating from feedback where exchange_id = exchanges.id "
+                   "order by feedback.id desc limit 1) as rating"))
 
     # the refresh schedule's state
     def schedule_state(self, name: str = "refresh") -> dict | None:

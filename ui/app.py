@@ -4,7 +4,8 @@ It talks to the gateway only through the official ``openai`` client, streams eac
 reply, and writes under every answer which adapter version produced it (the served
 model name the gateway puts in each chunk's ``model`` field, e.g. ``dynalign-v3``).
 A "Don't use my chats for training" box sends ``store: false`` and the
-``X-Dynalign-Opt-Out: 1`` header with each request.
+``X-Dynalign-Opt-Out: 1`` header with each request. Thumbs up / down under an answer
+post a rating of it to ``/v1/feedback``, naming the completion id its stream carried.
 
     python -m ui.app --api-url http://127.0.0.1:8000/v1 --host 127.0.0.1 --port 7860
 
@@ -72,8 +73,8 @@ def opt_out_kwargs(opt_out: bool) -> dict:
 
 
 def _stream(client, model: str, messages: list[dict], opt_out: bool,
-            max_tokens: int) -> Iterator[tuple[str, str]]:
-    """Yield (answer so far, served model name) as the chunks arrive."""
+            max_tokens: int) -> Iterator[tuple[str, str, str | None]]:
+    """Yield (answer so far, served model name, completion id) as the chunks arrive."""
     stream = client.chat.completions.create(model=model, messages=messages, stream=True,
                                             max_tokens=max_tokens, **opt_out_kwargs(opt_out))
     text, served = "", model
@@ -81,40 +82,73 @@ def _stream(client, model: str, messages: list[dict], opt_out: bool,
         served = chunk.model or served
         if chunk.choices and chunk.choices[0].delta.content:
             text += chunk.choices[0].delta.content
-        yield text, served
+        yield text, served, chunk.id
 
 
 def respond(client, model: str, history: list[dict], message: str, opt_out: bool,
-            max_tokens: int = MAX_TOKENS) -> Iterator[list[dict]]:
-    """Send `message` after `history`; yield the history with the user turn, then with the growing answer."""
+            max_tokens: int = MAX_TOKENS, ids: dict | None = None) -> Iterator[list[dict]]:
+    """Send `message` after `history`; yield the history with the user turn, then with the
+    growing answer. `ids` gets the answer's completion id under its index in the history."""
     import openai
 
     history = [*history, _msg("user", message)]
     yield history
     answer: list[dict] = []
     try:
-        for text, served in _stream(client, model, to_openai(history), opt_out, max_tokens):
+        for text, served, completion_id in _stream(client, model, to_openai(history), opt_out,
+                                                   max_tokens):
             answer = [_msg("assistant", text + FOOTER.format(served))]
+            if ids is not None and completion_id:
+                ids[len(history)] = completion_id
             yield history + answer
     except openai.APIError as exc:
         yield history + answer + [_msg("assistant", ERROR_PREFIX + exc.message)]
 
 
 def _chat_handler(client, model: str, max_tokens: int):
-    def chat(message: str, history: list[dict], opt_out: bool):
+    def chat(message: str, history: list[dict], opt_out: bool, ids: dict):
         if not message.strip():
-            yield history, message
+            yield history, message, ids
             return
-        for updated in respond(client, model, history, message, opt_out, max_tokens):
-            yield updated, ""
+        for updated in respond(client, model, history, message, opt_out, max_tokens, ids):
+            yield updated, "", ids
 
     return chat
 
 
-def _wire(gr, handler, box, send, chatbot, opt_out, new) -> None:
-    chat = gr.on([box.submit, send.click], handler, [box, chatbot, opt_out],
-                 [chatbot, box], api_name="chat", concurrency_limit=None)
-    new.click(lambda: ([], ""), None, [chatbot, box], cancels=[chat], api_name="new_conversation")
+def rate(client, ids: dict, index, liked) -> str | None:
+    """A thumb on answer `index`: POST /v1/feedback; an error text, or None when it was stored.
+    Taking a thumb back (`liked` neither True nor False) sends nothing: the last rating stays."""
+    import openai
+
+    if liked not in (True, False):
+        return None
+    if ids.get(index) is None:
+        return "this answer cannot be rated (it has no completion id)"
+    try:
+        client.post("/feedback", cast_to=object,
+                    body={"id": ids[index], "rating": 1 if liked else -1})
+    except openai.APIError as exc:
+        return f"the rating was not stored: {exc.message}"
+    return None
+
+
+def _wire(gr, handler, box, send, chatbot, opt_out, new, ids, client) -> None:
+    chat = gr.on([box.submit, send.click], handler, [box, chatbot, opt_out, ids],
+                 [chatbot, box, ids], api_name="chat", concurrency_limit=None)
+    new.click(lambda: ([], "", {}), None, [chatbot, box, ids], cancels=[chat],
+              api_name="new_conversation")
+
+    def on_like(ids: dict, data):
+        error = rate(client, ids, data.index, data.liked)
+        if error:
+            gr.Warning(error)
+
+    # Gradio passes the event's data to the argument typed gr.LikeData; this module's annotations
+    # are strings (gradio is imported late), so the type is given as an object.
+    on_like.__annotations__ = {"ids": dict, "data": gr.LikeData}
+
+    chatbot.like(on_like, [ids], None, api_name="rate")
 
 
 def build_app(api_url: str, model: str, api_key: str, max_tokens: int = MAX_TOKENS):
@@ -145,7 +179,9 @@ def _chat_tab(gr, client, model: str, max_tokens: int) -> None:
     with gr.Row(equal_height=True):
         opt_out = gr.Checkbox(label=OPT_OUT_LABEL, value=False)
         new = gr.Button("New conversation", variant="secondary")
-    _wire(gr, _chat_handler(client, model, max_tokens), box, send, chatbot, opt_out, new)
+    ids = gr.State({})  # completion id of each answer, by its index in the conversation
+    _wire(gr, _chat_handler(client, model, max_tokens), box, send, chatbot, opt_out, new, ids,
+          client)
 
 
 def main(argv: list[str] | None = None) -> None:

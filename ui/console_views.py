@@ -15,12 +15,12 @@ from dynalign.rounds import last_user_turn, step_text
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "data" / "figures"
 ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "steps",
-                   "reward", "win rate", "IFEval", "note (why rejected)"]
+                   "reward", "win rate", "IFEval", "users' approval", "note (why rejected)"]
 EXCHANGE_COLUMNS = ["id", "created", "user", "opt-out", "version", "last user message",
                     "answer start"]
 # without widths Gradio squeezes short columns until their headers wrap letter by letter
 ADAPTER_WIDTHS = ["80px", "120px", "90px", "170px", "75px", "85px", "65px", "110px", "85px", "75px",
-                  "420px"]
+                  "150px", "420px"]
 EXCHANGE_WIDTHS = ["60px", "170px", "100px", "80px", "130px", "360px", "300px"]
 ANSWER_START = 80
 OPEN_ROUND = ("queued", "running", "evaluating")
@@ -74,8 +74,18 @@ def adapter_rows(adapters: list[dict], rounds: list[dict]) -> list[list]:
         rows.append([a["version"], a.get("name", ""), a.get("status", ""), _time(a.get("created")),
                      "" if a.get("parent") is None else a["parent"], a.get("source") or "",
                      summary.get("steps", ""), reward_text(summary), _fmt(metrics["win_rate"]),
-                     _fmt(metrics["ifeval"]), a.get("note") or ""])
+                     _fmt(metrics["ifeval"]), approval_text(a.get("approval")),
+                     a.get("note") or ""])
     return rows
+
+
+def approval_text(approval: dict | None) -> str:
+    """Users' thumbs on a version: "67 % [21-94] of 3" (share up, its 95 % interval, ratings)."""
+    if not approval or not approval.get("ratings"):
+        return ""
+    low, high = approval["interval"]
+    return (f"{approval['approval']:.0%} [{low * 100:.0f}-{high * 100:.0f}] of "
+            f"{approval['ratings']}").replace("%", " %", 1)
 
 
 def _time(stamp) -> str:
@@ -87,8 +97,12 @@ def _time(stamp) -> str:
 
 
 def active_text(listing: dict) -> str:
-    """The active version, prominently, and the swap mode."""
-    return f"## Active: `{listing.get('active')}`\nswap mode: {listing.get('swap', '?')}"
+    """The active version, prominently, the swap mode and users' approval of that version."""
+    active = listing.get("active")
+    rows = [a for a in listing.get("data", []) if a.get("name") == active]
+    approval = rows[0].get("approval") if rows else listing.get("base_approval")
+    return (f"## Active: `{active}`\nswap mode: {listing.get('swap', '?')}; users' approval: "
+            f"{approval_text(approval) or 'no ratings yet'}")
 
 
 def _eta(seconds) -> str:

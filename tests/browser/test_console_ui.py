@@ -109,6 +109,7 @@ def test_a_wrong_key_is_refused(console):
 def test_b_right_key_shows_the_adapters_and_the_active_version(console, ui_server):
     logged_in(console)
     console.shows("active-version", ui_server.base_name)
+    console.shows("active-version", "users' approval: no ratings yet")
     table = console.driver.find_element(*css("adapters-table"))
     assert table.is_displayed() and "version" in table.text and "status" in table.text
     assert ui_server.active() == ui_server.base_name
@@ -117,8 +118,9 @@ def test_b_right_key_shows_the_adapters_and_the_active_version(console, ui_serve
     console.shot("active-version", "adapters")
 
 
-def chat_in_the_ui(console: Console, text: str, opt_out: bool) -> None:
-    """Send `text` from the Chat tab (the opt-out box ticked or not) and wait for its answer."""
+def chat_in_the_ui(console: Console, text: str, opt_out: bool, thumb: str = "") -> None:
+    """Send `text` from the Chat tab (the opt-out box ticked or not) and wait for its answer;
+    with `thumb` ("Like", "Dislike"), click that thumb under the answer and see it shown as given."""
     console.click(CHAT_TAB)
     if console.opt_out.is_selected() != opt_out:
         console.click(OPT_OUT)
@@ -126,17 +128,28 @@ def chat_in_the_ui(console: Console, text: str, opt_out: bool) -> None:
     console.press_enter()
     console.wait_for_user_message(text)
     console.wait_idle()
+    if thumb:
+        console.click((By.XPATH, f'(//button[@aria-label="{thumb}"])[last()]'))
+        console.wait().until(EC.presence_of_element_located(
+            (By.XPATH, f'//button[@aria-label="{thumb}d"]')), f"the {thumb} shown as given")
     console.click(OPERATOR_TAB)
 
 
 def test_c_refresh_now_shows_progress_and_publishes_a_version(console, ui_server):
     """Also: of two chats sent from the UI, the opted-out one never reaches the round's prompts
-    and the other does (logged_share 1, so the round takes every logged prompt it may)."""
+    and the other does (logged_share 1, so the round takes every logged prompt it may); a thumb
+    down on the other in the UI is stored with the version that answered, moves the console's
+    approval, and goes with the prompt into the round."""
     kept, private = (f"Plan a {w} for a school garden ({uuid.uuid4().hex[:8]})"
                      for w in ("harvest day", "seed swap"))
-    chat_in_the_ui(console, kept, opt_out=False)
+    chat_in_the_ui(console, kept, opt_out=False, thumb="Dislike")
     chat_in_the_ui(console, private, opt_out=True)
+    [rated] = ui_server.query(
+        "select f.rating, e.version, e.model_served from feedback f join exchanges e on "
+        "e.id = f.exchange_id where e.messages like ?", (f"%{kept}%",))
+    assert rated == {"rating": -1, "version": None, "model_served": ui_server.base_name}
     logged_in(console)
+    console.shows("active-version", "users' approval: 0 % [0-79] of 1")  # the base's, moved
     console.fill("refresh-overrides", json.dumps({**OVERRIDES, "prompts": 2, "logged_share": 1.0}))
     console.click(css("refresh-now"))
     console.shows("refresh-message", "round 1")
@@ -150,6 +163,8 @@ def test_c_refresh_now_shows_progress_and_publishes_a_version(console, ui_server
     assert served != ui_server.base_name
     trained = (ui_server.home / "rounds" / "0001" / "prompts.jsonl").read_text()
     assert json.dumps(kept) in trained and private not in trained
+    [row] = [r for r in map(json.loads, trained.splitlines()) if r["prompt"] == kept]
+    assert row["rating"] == -1  # rated down in the UI: taken first, and recorded
     console.shows("active-version", served)
     assert "→" in console.text("adapters-table")  # the round's reward, first -> last step
     console.shot("active-version", "adapters_after_round")

@@ -222,6 +222,8 @@ def test_feedback_rates_an_answer_by_the_id_its_client_received(merged, openai_e
     assert history == [{"rating": -1, "user": user}, {"rating": 1, "user": "ann"}]  # all kept
     by_stream = rate({"id": chunks[0].id, "rating": 1})  # every chunk carries the id
     assert by_stream.status_code == 200 and by_stream.json()["exchange_id"] == streamed["id"]
+    base = merged.get("/admin/adapters").json()["base_approval"]  # the base answered both
+    assert (base["ratings"], base["up"], base["approval"]) == (2, 2, 1.0), base  # latest counts
 
     count = merged.query("select count(*) as n from feedback")[0]["n"]
     unknown = rate({"id": "chatcmpl-never-served", "rating": 1})

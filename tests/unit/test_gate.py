@@ -7,9 +7,9 @@ import pytest
 
 from dynalign.config import GateConfig, load_config
 from dynalign.errors import ConfigError
-from dynalign.evaluate import (a_share, balanced_outcome, bootstrap_ci, headline, judge_pair,
-                               length_controlled, markdown, outcome, pairwise, parse_verdict,
-                               tally, write_report)
+from dynalign.evaluate import (a_share, approval, balanced_outcome, bootstrap_ci, headline,
+                               judge_pair, length_controlled, markdown, outcome, pairwise,
+                               parse_verdict, tally, wilson, write_report)
 from dynalign.gate import decide, drift_flags, last_good
 
 
@@ -226,3 +226,12 @@ def test_last_good_walks_back_the_active_versions_lineage():
 def test_bad_gate_settings_are_config_errors(key, value, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, {f"learn.gate.{key}": value})
+
+
+def test_wilson_interval_matches_known_values_and_stays_in_bounds():
+    low, high = wilson(5, 10)
+    assert abs(low - 0.2366) < 1e-3 and abs(high - 0.7634) < 1e-3  # the textbook example
+    assert wilson(0, 4)[0] == 0.0 and wilson(4, 4)[1] == 1.0 and wilson(0, 0) is None
+    assert approval([1, 1, -1]) == {"ratings": 3, "up": 2, "down": 1, "approval": 2 / 3,
+                                    "interval": list(wilson(2, 3))}
+    assert approval([])["approval"] is None and approval([])["interval"] is None

@@ -51,6 +51,27 @@ def test_opted_out_and_failed_exchanges_are_never_selected(store):
     assert ids == {f"exchange-{keep}", f"exchange-{last}"}
 
 
+def test_prompts_rated_down_come_first_in_the_logged_share_and_keep_their_rating(store):
+    old_down = _log(store, "an old prompt its user rated down")
+    liked = _log(store, "a prompt whose answer was liked")
+    changed = _log(store, "rated down, then up")
+    newest = [_log(store, f"newer prompt {i}") for i in range(3)]
+    store.add_feedback(old_down, -1)
+    store.add_feedback(liked, 1)
+    store.add_feedback(changed, -1)
+    store.add_feedback(changed, 1)  # the latest rating counts
+    opted = _log(store, "opted out and rated down", opt_out=1)
+    store.add_feedback(opted, -1)  # stored, never trained on
+    sel = select_prompts(store.training_exchanges(0), _seeds(), LearnConfig(prompts=4,
+                                                                            logged_share=0.5))
+    logged = [p for p in sel.prompts if p["source"] == "logged"]
+    assert {p["prompt"] for p in logged} == {"an old prompt its user rated down",
+                                             "newer prompt 2"}  # then the newest
+    assert [p.get("rating") for p in sorted(logged, key=lambda p: p["id"])] == [-1, None]
+    assert sel.summary()["rated_down"] == 1 and sel.logged == 2
+    assert newest[-1] > old_down
+
+
 def test_only_exchanges_after_the_last_consumed_round_are_new(store):
     first = _log(store, "old prompt")
     round_id = store.open_round("operator", "", 1)
@@ -118,7 +139,8 @@ def test_newest_logged_prompts_win_when_capped_by_the_share(store):
     assert _logged(sel) == {"logged prompt 5", "logged prompt 4"}
     assert (sel.logged, sel.seed, len(sel.prompts)) == (2, 2, 4)
     assert sel.summary() == {"prompts": 4, "logged": 2, "seed": 2, "skipped_long": 0,
-                             "duplicates": 0, "heldout_excluded": 0, "exchanges_upto": 6}
+                             "duplicates": 0, "heldout_excluded": 0, "rated_down": 0,
+                             "exchanges_upto": 6}
 
 
 def test_heldout_prompts_are_never_trained_on_whatever_their_source(store):

@@ -213,3 +213,13 @@ def test_deleting_exchanges_deletes_their_feedback(store):
     assert store.delete_exchanges(user="ann") == [ann]
     assert store.feedback(ann) == []
     assert [f["comment"] for f in store.db["feedback"].rows] == ["his comment"]
+
+
+def test_latest_ratings_count_each_rated_exchange_once_under_the_version_that_answered(store):
+    base = store.log_exchange({"version": None, "completion_id": "a", "status": "ok"})
+    v1 = store.log_exchange({"version": 1, "completion_id": "b", "status": "ok"})
+    store.log_exchange({"version": 1, "completion_id": "c", "status": "ok"})  # never rated
+    store.add_feedback(base, 1)
+    store.add_feedback(v1, 1)
+    store.add_feedback(v1, -1)  # changed its mind: this one counts
+    assert sorted(store.latest_ratings(), key=str) == [(1, -1), (None, 1)]

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from ui.app import build_app, respond, to_openai
+from ui.app import build_app, rate, respond, to_openai
 
 
 def _sse(*models_and_texts: tuple[str, str]) -> bytes:
@@ -101,3 +101,31 @@ def test_max_tokens_is_configurable():
     seen: list[httpx.Request] = []
     list(respond(_client(_streaming(seen)), "dynalign", [], "hi", opt_out=False, max_tokens=7))
     assert json.loads(seen[0].content)["max_tokens"] == 7
+
+
+def test_respond_keeps_each_answers_completion_id_for_its_thumbs():
+    ids = {}
+    history = list(respond(_client(_streaming([])), "dynalign", [], "hi", opt_out=False,
+                           ids=ids))[-1]
+    assert ids == {1: "c"} and history[1]["role"] == "assistant"  # index 1: the answer
+
+
+def test_a_thumb_posts_a_rating_of_that_answer_and_reports_what_failed(json_server):
+    posted = []
+
+    def gateway(path, headers, body):
+        posted.append((path, body))
+        if body["id"] == "chatcmpl-gone":
+            return 404, {"error": {"message": "no logged answer has the id", "type": "x",
+                                   "param": "id", "code": "not_found"}}, {}
+        return 200, {"object": "feedback", **body}, {}
+
+    client = openai.OpenAI(base_url=json_server(gateway), api_key="none", max_retries=0)
+    ids = {1: "chatcmpl-1", 3: "chatcmpl-gone"}
+    assert rate(client, ids, 1, False) is None and rate(client, ids, 1, True) is None
+    assert rate(client, ids, 1, "") is None  # a thumb taken back: nothing sent
+    assert "cannot be rated" in rate(client, ids, 5, True)
+    assert "not stored" in (error := rate(client, ids, 3, False)) and "no logged answer" in error
+    assert posted == [("/v1/feedback", {"id": "chatcmpl-1", "rating": -1}),
+                      ("/v1/feedback", {"id": "chatcmpl-1", "rating": 1}),
+                      ("/v1/feedback", {"id": "chatcmpl-gone", "rating": -1})]

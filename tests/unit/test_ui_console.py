@@ -22,7 +22,8 @@ ROUNDS = [
 ]
 ADAPTERS = [
     {"version": 1, "name": "dynalign-v1", "status": "active", "created": "2026-11-22T20:38:34.6+00:00",
-     "parent": None, "source": "round", "note": "gate off"},
+     "parent": None, "source": "round", "note": "gate off",
+     "approval": {"ratings": 3, "up": 2, "down": 1, "approval": 2 / 3, "interval": [0.208, 0.939]}},
     {"version": 2, "name": "dynalign-v2", "status": "rejected", "created": None, "parent": 1,
      "source": "round", "note": "win rate 0.20 < 0.5"},
 ]
@@ -34,10 +35,10 @@ def test_admin_url_is_the_gateway_host_under_admin():
 
 def test_adapter_rows_newest_first_with_round_metrics():
     rows = views.adapter_rows(ADAPTERS, ROUNDS)
-    assert rows[0] == [2, "dynalign-v2", "rejected", "", 1, "round", "", "", "", "",
+    assert rows[0] == [2, "dynalign-v2", "rejected", "", 1, "round", "", "", "", "", "",
                        "win rate 0.20 < 0.5"]
     assert rows[1] == [1, "dynalign-v1", "active", "2026-11-22 20:38:34 UTC", "", "round", 3,
-                       "0.50 → 1.25", "0.60", "0.25", "gate off"]
+                       "0.50 → 1.25", "0.60", "0.25", "67 % [21-94] of 3", "gate off"]
     assert len(views.ADAPTER_COLUMNS) == len(rows[0])
 
 
@@ -162,3 +163,13 @@ def test_exchanges_filters():
     assert dict(seen[0].url.params) == {"limit": "50", "q": "hi", "user": "", "opt_out": "true"}
     act.exchanges(_admin(200, {"data": []}, seen), "", "", "any")
     assert "opt_out" not in seen[1].url.params
+
+
+def test_active_text_names_the_served_version_and_its_approval():
+    up = {"ratings": 3, "up": 2, "down": 1, "approval": 2 / 3, "interval": [0.208, 0.939]}
+    base = {"active": "SmolLM2", "swap": "merged", "base_approval": up, "data": ADAPTERS}
+    assert views.active_text(base) == ("## Active: `SmolLM2`\nswap mode: merged; users' approval: "
+                                       "67 % [21-94] of 3")
+    v2 = {**base, "active": "dynalign-v2",
+          "data": [{**ADAPTERS[1], "approval": {**up, "ratings": 0}}]}
+    assert views.active_text(v2).endswith("users' approval: no ratings yet")
