@@ -303,6 +303,10 @@ class Store:
         rows = list(self.db["rounds"].rows_where("adapter_version = ?", [version], limit=1))
         return rows[0] if rows else None
 
+    def round_counts(self) -> dict[str, int]:
+        """How many rounds are in each status."""
+        return dict(self.db.execute("select status, count(*) from rounds group by status"))
+
     def open_rounds(self) -> list[dict]:
         return list(self.db["rounds"].rows_where("status in (?, ?, ?)", OPEN_ROUND))
 

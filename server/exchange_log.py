@@ -40,9 +40,11 @@ COMMIT_WAIT_S = 5.0  # the longest a response waits for its row's commit
 
 class ExchangeLog:
     def __init__(self, db_path, redact: bool = True, max_pending: int = MAX_PENDING,
-                 retry_s: float = RETRY_S):
+                 retry_s: float = RETRY_S, on_row=None):
+        """`on_row(row)`: called with each parsed row, written yet or not (the gateway's metrics)."""
         self.store = Store(db_path)  # opened here: an unusable state dir fails the server's start
         self.redact, self.max_pending, self.retry_s = redact, max_pending, retry_s
+        self.on_row = on_row or (lambda row: None)
         self.queue: queue.Queue = queue.Queue()
         self.pending: deque = deque()  # (row, future or None), oldest first
         self.health = {"ok": True, "failed": 0, "dropped": 0, "error": None, "since": None}
@@ -108,6 +110,7 @@ class ExchangeLog:
             log.error("exchange not logged: cannot parse the engine's response: %r", e)
             _resolve(future, False)
             return
+        self.on_row(row)
         self.pending.append(({"created": now(), **row}, future))
         if len(self.pending) > self.max_pending:
             _, lost = self.pending.popleft()

@@ -26,6 +26,8 @@ from server import admin, feedback, learning
 from server.auth import Keys, load_keys, require_admin_key, require_chat_key
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
+from server.metrics import CONTENT_TYPE as METRICS_TYPE
+from server.metrics import CountAnswers, Metrics
 from server.supervisor import STREAM_CUT_EVENT, EngineSupervisor, EngineUnavailable
 from server.validate import Limits, RequestError, read_json, validate_chat
 from server.versions import Target, Versions, public_name
@@ -41,10 +43,13 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
         async with httpx.AsyncClient(limits=limits, timeout=cfg.server.request_timeout_s) as http:
             app.state.http, app.state.engine_url = http, engine_url
             app.state.store = Store(cfg.db_path)
-            app.state.versions = Versions(cfg, mode, EngineClient(engine_url, http), app.state.store)
+            app.state.versions = Versions(cfg, mode, EngineClient(engine_url, http),
+                                          app.state.store, on_swap=metrics.swaps.observe)
             await app.state.versions.startup()
-            app.state.log = ExchangeLog(cfg.db_path, redact=cfg.privacy.redact)
+            app.state.log = ExchangeLog(cfg.db_path, redact=cfg.privacy.redact,
+                                        on_row=metrics.exchange)
             app.state.rounds, app.state.schedule = learning.start(cfg, app.state.versions)
+            metrics.watch(app.state)
             if on_ready:
                 on_ready(app)
             yield
@@ -52,8 +57,10 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
             app.state.log.close()
             app.state.store.close()
 
+    metrics = Metrics()
     app = FastAPI(title="dynalign gateway", lifespan=lifespan)
-    app.state.cfg = cfg
+    app.add_middleware(CountAnswers, metrics=metrics)
+    app.state.cfg, app.state.metrics = cfg, metrics
     app.state.engine_status = engine_status  # None: not supervised (always taken as up)
     app.state.keys = keys if keys is not None else load_keys(cfg)
     app.state.prompt_logprobs_lock = asyncio.Lock()
@@ -125,6 +132,11 @@ def _add_routes(app: FastAPI) -> None:
                 "active": public_name(versions.cfg, versions.active), **engine,
                 "log": request.app.state.log.status()}  # write failures: server/exchange_log.py
         return JSONResponse(body, status_code=200 if up else 503)
+
+    @app.get("/metrics", dependencies=[Depends(require_admin_key)])
+    async def metrics(request: Request):
+        """Prometheus text (server/metrics.py); the admin key, as for /admin (docs/api.md)."""
+        return Response(request.app.state.metrics.text(), media_type=METRICS_TYPE)
 
     @app.get("/v1/models", dependencies=[Depends(require_chat_key)])
     async def models(request: Request):

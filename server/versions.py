@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +55,11 @@ class Versions:
     """The active version, registration and activation; how a version reaches the engine is the
     swap strategy's (LoraSwap or MergedSwap), chosen once from the mode."""
 
-    def __init__(self, cfg: Config, mode: str, engine: EngineClient, store: Store):
+    def __init__(self, cfg: Config, mode: str, engine: EngineClient, store: Store,
+                 on_swap: Callable[[float], None] | None = None):
+        """`on_swap(seconds)`: called after each activation (the gateway's metrics)."""
         self.cfg, self.mode, self.engine, self.store = cfg, mode, engine, store
+        self.on_swap = on_swap or (lambda seconds: None)
         self.active: int | None = None
         self.lock = asyncio.Lock()  # one registration or activation at a time
         self.swap = (MergedSwap if mode == "merged" else LoraSwap)(self)
@@ -151,7 +156,9 @@ class Versions:
         async with self.lock:
             if version is not None:
                 self.store.adapter(version)
+            start = time.perf_counter()
             await self.swap.switch(version)
+            self.on_swap(time.perf_counter() - start)
 
     def flip(self, version: int | None) -> None:
         """The active version is now `version` (the strategy calls it once the engine has it)."""

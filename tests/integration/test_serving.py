@@ -236,6 +236,53 @@ def test_feedback_rates_an_answer_by_the_id_its_client_received(merged, openai_e
     assert merged.query("select count(*) as n from feedback")[0]["n"] == count  # nothing stored
 
 
+# 4c. metrics: Prometheus text, parsed by prometheus_client's own parser, moving with the traffic
+def scrape(server) -> dict:
+    """{(sample name, frozenset of labels): value} from GET /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = server.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def test_metrics_count_the_traffic_sent(merged):
+    base = merged.base_name
+    before = scrape(merged)
+    users = [tag() for _ in range(3)]
+    for user in users[:2]:
+        greedy(merged, user=user)
+    list(merged.client().chat.completions.create(
+        model="dynalign", messages=GREEDY_MESSAGES, max_tokens=8, stream=True,
+        extra_headers={"X-Dynalign-User": users[2]}))
+    bad = httpx.post(f"{merged.url}/v1/chat/completions", json={"messages": []}, timeout=60)
+    assert bad.status_code == 400
+    assert merged.activate("base").status_code == 200  # a swap (to what is served: still one)
+    rows = [merged.wait_rows(u)[0] for u in users]
+    after = scrape(merged)
+
+    def moved(name, **labels):
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("dynalign_chat_exchanges_total", version=base, status="ok") == 3
+    assert moved("dynalign_chat_tokens_total", version=base, kind="completion") == sum(
+        r["completion_tokens"] for r in rows)
+    assert moved("dynalign_chat_latency_seconds_count", version=base) == 3
+    assert moved("dynalign_chat_ttft_seconds_count", version=base) == 1  # the stream
+    chat = "/v1/chat/completions"
+    assert moved("dynalign_http_requests_total", route=chat, method="POST", code="200") == 3
+    assert moved("dynalign_http_requests_total", route=chat, method="POST", code="400") == 1
+    assert moved("dynalign_swap_seconds_count") == 1
+    assert after[("dynalign_active_info", frozenset({"version": base, "swap": "merged"}.items()))] == 1
+    assert after[("dynalign_engine_up", frozenset())] == 1
+    assert after[("dynalign_log_pending", frozenset())] == 0
+    no_key = httpx.get(f"{merged.url}/metrics", timeout=30)
+    assert no_key.status_code == 401  # the admin key, as for /admin
+
+
 # 5. bad input
 BAD_REQUESTS = {
     "invalid-json": (b'{"messages": [', 400),
