@@ -44,3 +44,20 @@ class RoundBusyError(RoundError):
 
 class UnknownRoundError(RoundError):
     """No round has that id."""
+
+
+class CanaryError(DynalignError):
+    """A canary rollout cannot start here, or an operation conflicts with the running one."""
+
+    def __init__(self, message: str, code: str = "canary_conflict"):
+        super().__init__(message)
+        self.code = code
+
+
+class CanaryRunningError(CanaryError):
+    """Activating a version while a canary runs: it would change one arm under the comparison."""
+
+    def __init__(self, version: int):
+        super().__init__(f"a canary of version {version} is running: promote it (POST "
+                         "/admin/canary/promote) or end it (DELETE /admin/canary) first",
+                         code="canary_running")

@@ -112,6 +112,19 @@ def m008_feedback(db):
     db["feedback"].create_index(["exchange_id"])
 
 
+@migration
+def m009_canary(db):
+    """Canary rollouts (POST /admin/canary): which arm of which canary answered each exchange."""
+    db["exchanges"].add_column("canary", int)
+    db["exchanges"].add_column("arm", str)
+    db["exchanges"].create_index(["canary"])
+    db["canaries"].create(
+        {"id": int, "version": int, "active": int, "share": float, "min_feedback": int,
+         "max_hours": float, "margin": float, "confidence": float, "on_timeout": str,
+         "started": str, "ended": str, "status": str, "reason": str},
+        pk="id")
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -323,6 +336,38 @@ class Store:
             "id > ? and opt_out = 0 and status = 'ok'", [after], order_by="id",
             select="id, messages, (select rating from feedback where exchange_id = exchanges.id "
                    "order by feedback.id desc limit 1) as rating"))
+
+    # canaries
+    def start_canary(self, **fields) -> dict:
+        row = {**fields, "started": now(), "status": "running"}
+        row["id"] = self.db["canaries"].insert(row).last_pk
+        return self.db["canaries"].get(row["id"])
+
+    def running_canary(self) -> dict | None:
+        rows = list(self.db["canaries"].rows_where("status = 'running'", order_by="id desc",
+                                                   limit=1))
+        return rows[0] if rows else None
+
+    def last_canary(self) -> dict | None:
+        rows = list(self.db["canaries"].rows_where(order_by="id desc", limit=1))
+        return rows[0] if rows else None
+
+    def end_canary(self, canary_id: int, status: str, reason: str) -> bool:
+        """End a running canary; False when it had already ended (someone else decided)."""
+        with self.db.conn:
+            cursor = self.db.execute(
+                "update canaries set status = ?, reason = ?, ended = ? where id = ? and "
+                "status = 'running'", [status, reason, now(), canary_id])
+        return cursor.rowcount == 1
+
+    def canary_exchanges(self, canary_id: int) -> list[dict]:
+        """Each exchange a canary routed: its arm, status, answer length, latency and latest
+        rating (None: not rated)."""
+        return [dict(zip(("arm", "status", "completion_tokens", "latency_ms", "rating"), row))
+                for row in self.db.execute(
+                    "select arm, status, completion_tokens, latency_ms, (select rating from "
+                    "feedback where exchange_id = exchanges.id order by feedback.id desc "
+                    "limit 1) from exchanges where canary = ?", [canary_id])]
 
     # the refresh schedule's state
     def schedule_state(self, name: str = "refresh") -> dict | None:

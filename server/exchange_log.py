@@ -179,6 +179,7 @@ def to_row(record: dict, redact_text: bool = False) -> dict:
         "latency_ms": record["latency_ms"], "ttft_ms": record.get("ttft_ms"),
         "opt_out": int(record["opt_out"]), "status": record["status"],
         "completion_id": result.get("id"),  # what the client got: POST /v1/feedback names it
+        "canary": record.get("canary"), "arm": record.get("arm"),
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from dynalign.redact import redact
+from server.canary import review
 from server.validate import RequestError, read_json, validate_feedback
 
 router = APIRouter()
@@ -21,7 +22,9 @@ router = APIRouter()
 @router.post("/v1/feedback")
 async def feedback(request: Request):
     body = validate_feedback(await read_json(request))
-    return rate(request.app.state, body, request.headers.get("x-dynalign-user"))
+    record = rate(request.app.state, body, request.headers.get("x-dynalign-user"))
+    await review(request.app.state.versions)  # a canary may have the ratings it waited for
+    return record
 
 
 def rate(state, body: dict, header_user: str | None = None) -> dict:

@@ -18,11 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dynalign.canary import routing_key
 from dynalign.config import Config
-from dynalign.errors import (DynalignError, RoundBusyError, RoundError, UnknownRoundError,
-                             UnknownVersionError)
+from dynalign.errors import (CanaryError, DynalignError, RoundBusyError, RoundError,
+                             UnknownRoundError, UnknownVersionError)
 from dynalign.store import Store
-from server import admin, feedback, learning
+from server import admin, canary, feedback, learning
 from server.auth import Keys, load_keys, require_admin_key, require_chat_key
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
@@ -71,6 +72,7 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
     app.include_router(feedback.router, dependencies=[Depends(require_chat_key)])
     app.include_router(admin.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
     app.include_router(learning.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
+    app.include_router(canary.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
     return app
 
 
@@ -89,6 +91,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def dynalign_error(request, e: DynalignError):
         if isinstance(e, (UnknownVersionError, UnknownRoundError)):
             return error_response(404, str(e), "invalid_request_error", "not_found")
+        if isinstance(e, CanaryError):
+            return error_response(409, str(e), "invalid_request_error", e.code)
         if isinstance(e, RoundError):  # busy, or not in a state that allows it
             code = "round_in_progress" if isinstance(e, RoundBusyError) else "round_state"
             return error_response(409, str(e), "invalid_request_error", code)
@@ -155,7 +159,7 @@ def _add_routes(app: FastAPI) -> None:
         body = await read_json(request)
         validate_chat(body, request.app.state.limits)
         versions: Versions = request.app.state.versions
-        target = await versions.resolve(body.get("model"))
+        target = await versions.resolve(body.get("model"), routing_key(body, request.headers))
         if request.app.state.limits.lora_enabled and body.get("prompt_logprobs") is not None:
             async with request.app.state.prompt_logprobs_lock:  # see validate._check_logprobs
                 return await forward_chat(request, body, target)
@@ -180,6 +184,8 @@ class Exchange:
     opt_out: bool
     stream: bool
     epoch: int  # the weights' epoch it started under (merged mode swaps in place)
+    canary: int | None = None  # the running canary that routed it, and to which arm
+    arm: str | None = None
     start: float = field(default_factory=time.perf_counter)
     ttft_ms: float | None = None
     handed_over: bool = False
@@ -195,6 +201,7 @@ class Exchange:
             "stream": self.stream, "ttft_ms": self.ttft_ms,
             "latency_ms": (time.perf_counter() - self.start) * 1000,
             "mixed_versions": self.epoch != state.versions.weights_epoch,
+            "canary": self.canary, "arm": self.arm,
             "status": status, "content": content, "events": events})
 
 
@@ -205,7 +212,7 @@ async def forward_chat(request: Request, body: dict, target: Target):
     record = Exchange(body, request.headers.get("x-client-id") or request.client.host,
                       request.headers.get("x-dynalign-user"), target.public_name, target.version,
                       _opt_out(request, body), bool(body.get("stream")),
-                      state.versions.weights_epoch)
+                      state.versions.weights_epoch, target.canary, target.arm)
     rename = (f'"model":"{target.engine_model}"'.encode(), f'"model":"{target.public_name}"'.encode())
     url = f"{state.engine_url}/v1/chat/completions"
     if record.stream:

@@ -23,17 +23,20 @@ from dynalign.config import Config
 from dynalign.erasure import forget
 from dynalign.rounds import round_view
 from dynalign.schedule_spec import spec_from
+from server.canary import review
 from server.validate import MAX_ID, MAX_PAGE, MIN_ID, read_object
 from server.versions import Versions
 
 router = APIRouter()
 log = logging.getLogger("dynalign.retention")
+CANARY_REVIEW_S = 60
 
 
 def start(cfg: Config, versions: Versions):
     """The round manager (publishing through `versions`, the operator's hot-swap path) and the
-    refresh schedule, whose scheduler also runs retention. Rounds left open by a previous
-    gateway are failed first."""
+    refresh schedule, whose scheduler also runs retention and a running canary's review (its
+    time limit; ratings review it at once). Rounds left open by a previous gateway are failed
+    first."""
     from learner.manager import RoundManager
     from learner.schedule import Schedule
 
@@ -44,6 +47,9 @@ def start(cfg: Config, versions: Versions):
     schedule = Schedule(cfg, rounds.trigger)
     schedule.start()
     add_retention(cfg, schedule.scheduler)
+    schedule.scheduler.add_job(
+        lambda: asyncio.run_coroutine_threadsafe(review(versions), loop).result(), "interval",
+        seconds=CANARY_REVIEW_S, id="canary-review", coalesce=True, max_instances=1)
     return rounds, schedule
 
 

@@ -115,6 +115,37 @@ def validate_feedback(body) -> dict:
     return body
 
 
+CANARY_DEFAULTS = {"share": 0.1, "min_feedback": 50, "max_hours": 24.0, "margin": 0.05,
+                   "confidence": 0.95, "on_timeout": "decide"}
+
+
+def validate_canary(body: dict) -> dict:
+    """A POST /admin/canary body, with the defaults filled in."""
+    unknown = sorted(set(body) - set(CANARY_DEFAULTS) - {"version"})
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r}: a canary takes version, "
+                           f"{', '.join(CANARY_DEFAULTS)}", param=unknown[0])
+    if _typed(body, "version", int) is None or not 0 < body["version"] <= MAX_ID:
+        raise RequestError("'version' must be the number of a registered adapter version",
+                           param="version")
+    out = {**CANARY_DEFAULTS, **body}
+    for key, low, high, low_open, high_open in (("share", 0, 1, True, True),
+                                                ("max_hours", 0, 1e6, True, False),
+                                                ("margin", 0, 1, False, True),
+                                                ("confidence", 0.5, 1, True, True)):
+        value = _typed(out, key, float)
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if below or above:
+            raise RequestError(f"'{key}' must be in {'(' if low_open else '['}{low:g}, {high:g}"
+                               f"{')' if high_open else ']'}, got {value}", param=key)
+    if _typed(out, "min_feedback", int) < 1:
+        raise RequestError("'min_feedback' must be 1 or more", param="min_feedback")
+    if out["on_timeout"] not in ("decide", "keep"):
+        raise RequestError("'on_timeout' must be 'decide' or 'keep'", param="on_timeout")
+    return out
+
+
 def _check_fields(body: dict) -> None:
     unknown = sorted(set(body) - CHAT_FIELDS)
     if unknown:

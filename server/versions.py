@@ -13,6 +13,7 @@ Two strategies, one switch (`engine.swap`), chosen once (Versions.swap):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import shutil
 import time
@@ -20,7 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dynalign.canary import arm_of
 from dynalign.config import Config
+from dynalign.errors import CanaryRunningError
 from dynalign.store import Store
 from server import adapters
 from server.engine import EngineCallError, EngineClient
@@ -35,6 +38,8 @@ class Target:
     engine_model: str  # the name the engine knows
     public_name: str  # the name the client sees in responses
     version: int | None  # None = base model
+    arm: str | None = None  # "active" or "canary" when a running canary routed it
+    canary: int | None = None  # that canary's id
 
 
 def public_name(cfg: Config, version: int | None) -> str:
@@ -61,6 +66,8 @@ class Versions:
         self.cfg, self.mode, self.engine, self.store = cfg, mode, engine, store
         self.on_swap = on_swap or (lambda seconds: None)
         self.active: int | None = None
+        self.canary: dict | None = None  # the running canary's row (the store keeps it)
+        self.canary_lock = asyncio.Lock()  # one canary start or end at a time
         self.lock = asyncio.Lock()  # one registration or activation at a time
         self.swap = (MergedSwap if mode == "merged" else LoraSwap)(self)
 
@@ -71,11 +78,12 @@ class Versions:
         return self.swap.epoch
 
     async def startup(self) -> None:
-        """Put the version the store says is active into the engine."""
+        """Put the version the store says is active into the engine; resume a running canary."""
         version = self.store.active_version()
         if version is not None:
             await self.swap.install(version)
         self.active = version
+        self.canary = self.store.running_canary()
 
     async def reopen(self, wait_ready) -> None:
         """After the engine died and a fresh one was started: `wait_ready` (blocking, in a
@@ -89,11 +97,18 @@ class Versions:
     def base_names(self) -> set[str]:
         return {self.cfg.model_name, self.cfg.model_path, Path(self.cfg.model_path).name}
 
-    async def resolve(self, requested: str | None) -> Target:
+    async def resolve(self, requested: str | None, key: str = "") -> Target:
+        """The version that answers; the alias goes to a running canary's arm for `key`'s user
+        (dynalign/canary.py)."""
         await self.swap.wait_open()
-        version = self._requested_version(requested)
+        version, canary = self._requested_version(requested), self.canary
+        arm = None
+        if canary and requested in (None, ALIAS):
+            arm = arm_of(key, canary["id"], canary["share"])
+            version = canary["version"] if arm == "canary" else version
         await self.swap.serve(requested, version)
-        return self._target(version)
+        return dataclasses.replace(self._target(version), arm=arm,
+                                   canary=canary["id"] if arm else None)
 
     def _requested_version(self, requested: str | None) -> int | None:
         if requested in (None, ALIAS):
@@ -146,14 +161,21 @@ class Versions:
         round publishes: the in-server manager calls it, a standalone learner through
         POST /admin/adapters/publish."""
         row = await self.register(candidate, parent=parent, note=note, origin="round")
-        if promote:
+        if promote and self.canary:  # it would change an arm: left a candidate, saying why
+            self.store.set_adapter_status(row["version"], "candidate", note=(
+                f"{note}; passed its gate, not served: the canary of version "
+                f"{self.canary['version']} was running"))
+        elif promote:
             await self.activate(row["version"])
         else:
             self.store.set_adapter_status(row["version"], "rejected", note=note)
         return row["version"]
 
-    async def activate(self, version: int | None) -> None:
+    async def activate(self, version: int | None, ending_canary: bool = False) -> None:
+        """Serve `version` to all; refused while a canary runs (end or promote it first)."""
         async with self.lock:
+            if self.canary and not ending_canary:
+                raise CanaryRunningError(self.canary["version"])
             if version is not None:
                 self.store.adapter(version)
             start = time.perf_counter()

@@ -95,6 +95,9 @@ class Server(launch.Launched):
     def post(self, path: str, **kwargs) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", timeout=600, **self._auth(kwargs))
 
+    def delete(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.delete(f"{self.url}{path}", timeout=600, **self._auth(kwargs))
+
     def activate(self, version: str) -> httpx.Response:
         return self.post(f"/admin/adapters/{version}/activate")
 

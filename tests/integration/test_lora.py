@@ -136,9 +136,124 @@ def test_first_requests_to_an_unloaded_version_at_once(lora, test_adapter):
     assert not failed, [f"{r.status_code} {r.message[:200]}" for r in failed]
 
 
-def test_ctrl_c_stops_gateway_and_engine(lora):
+# canary rollouts: a share of the alias's users on a candidate, next to the active version
+def one_word(server, user: str):
+    return server.client().chat.completions.create(
+        model="dynalign", messages=[{"role": "user", "content": "hi"}], max_tokens=1,
+        extra_headers={"X-Dynalign-User": user})
+
+
+def canary_arm(server, user: str) -> str:
+    return "canary" if one_word(server, user).model == server.canary_name else "active"
+
+
+def test_bad_canaries_are_refused_and_change_nothing(lora, openai_error):
+    assert lora.active() == "dynalign-v1"
+    for body, status, code in (({"version": 1}, 409, "already_active"),
+                               ({"version": 99}, 404, None),
+                               ({"version": 3, "share": 1.5}, 400, None),
+                               ({"version": 3, "share": 0}, 400, None),
+                               ({"version": "3"}, 400, None),
+                               ({"version": 3, "stars": 5}, 400, None)):
+        response = lora.post("/admin/canary", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert code is None or openai_error(response)["code"] == code
+    assert lora.delete("/admin/canary").status_code == 409  # none runs
+    assert lora.get("/admin/canary").json() == {"canary": None, "arms": None}
+
+
+def test_a_canary_splits_users_sticky_within_binomial_bounds_and_stops(lora, openai_error):
+    from dynalign.canary import arm_of
+
+    started = lora.post("/admin/canary", json={"version": 3, "share": 0.3, "min_feedback": 1000})
+    assert started.status_code == 201, started.text
+    canary = started.json()["canary"]
+    lora.canary_name = "dynalign-v3"
+    again = lora.post("/admin/canary", json={"version": 2})
+    assert again.status_code == 409 and openai_error(again)["code"] == "canary_running"
+    refused = lora.activate("2")  # a swap would change an arm under the comparison
+    assert refused.status_code == 409 and openai_error(refused)["code"] == "canary_running"
+
+    users = [f"canary-{uuid.uuid4().hex[:10]}" for _ in range(200)]
+    arms = {}
+    for batch in range(0, len(users), 8):
+        got = in_threads(*[(lambda u=u: canary_arm(lora, u)) for u in users[batch:batch + 8]])
+        assert not [a for a in got if isinstance(a, Exception)], got
+        arms.update(zip(users[batch:batch + 8], got))
+    n, p = len(users), 0.3
+    low, high = n * p - 4.5 * (n * p * (1 - p)) ** 0.5, n * p + 4.5 * (n * p * (1 - p)) ** 0.5
+    assert low <= list(arms.values()).count("canary") <= high  # P(outside) < 1e-5
+    assert arms == {u: arm_of(u, canary["id"], 0.3) for u in users}  # the documented hash
+    assert all(canary_arm(lora, u) == arms[u] for u in users[:10])  # sticky
+
+    live = lora.get("/admin/canary").json()
+    assert live["canary"]["status"] == "running"
+    assert live["arms"]["canary"]["requests"] == list(arms.values()).count("canary") + sum(
+        arms[u] == "canary" for u in users[:10])
+    assert live["arms"]["active"]["errors"] == live["arms"]["canary"]["errors"] == 0
+    assert live["arms"]["active"]["name"] == "dynalign-v1"
+    stopped = lora.delete("/admin/canary").json()
+    assert stopped["canary"]["status"] == "stopped" and lora.active() == "dynalign-v1"
+    assert one_word(lora, users[0]).model == "dynalign-v1"  # everyone on the active again
+
+
+def rate_by_arm(server, users: int, canary_rating: int, active_rating: int):
+    for _ in range(users):
+        answer = one_word(server, f"rater-{uuid.uuid4().hex[:10]}")
+        rating = canary_rating if answer.model == server.canary_name else active_rating
+        response = httpx.post(f"{server.url}/v1/feedback", json={"id": answer.id,
+                                                                 "rating": rating}, timeout=60)
+        assert response.status_code == 200, response.text
+        if server.get("/admin/canary").json()["canary"]["status"] != "running":
+            return
+
+
+def test_ratings_promote_a_canary_that_does_as_well(lora):
+    started = lora.post("/admin/canary", json={"version": 3, "share": 0.5, "min_feedback": 4})
+    assert started.status_code == 201, started.text
+    lora.canary_name = "dynalign-v3"
+    rate_by_arm(lora, 60, canary_rating=1, active_rating=1)
+    ended = lora.get("/admin/canary").json()
+    assert ended["canary"]["status"] == "promoted", ended
+    assert min(a["feedback"]["ratings"] for a in ended["arms"].values()) >= 4
+    assert lora.active() == "dynalign-v3"
+
+
+def test_ratings_roll_back_a_canary_that_does_worse(lora):
+    started = lora.post("/admin/canary", json={"version": 2, "share": 0.5, "min_feedback": 4})
+    assert started.status_code == 201, started.text
+    lora.canary_name = "dynalign-v2"
+    rate_by_arm(lora, 60, canary_rating=-1, active_rating=1)
+    ended = lora.get("/admin/canary").json()
+    assert ended["canary"]["status"] == "rolled_back" and "worse" in ended["canary"]["reason"]
+    assert lora.active() == "dynalign-v3"
+    [v2] = [a for a in lora.get("/admin/adapters").json()["data"] if a["version"] == 2]
+    assert v2["status"] == "rejected" and "approval 0.00" in v2["note"]
+
+
+def test_ctrl_c_stops_gateway_and_engine_and_a_restart_resumes_the_canary(
+        lora, test_adapter, start_server):
+    version = lora.post("/admin/adapters", json={"path": str(test_adapter)}).json()["version"]
+    started = lora.post("/admin/canary", json={"version": version, "share": 0.5})
+    assert started.status_code == 201, started.text
+    users = [f"resume-{i}" for i in range(6)]
+    models = {u: one_word(lora, u).model for u in users}
+    for user in users:
+        lora.wait_rows(user)
+    before = lora.get("/admin/canary").json()
+
     result = lora.stop()
     assert result.sigint_stopped, lora.output()
     assert not result.survivors, result.survivors
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{lora.engine_port}/health", timeout=5)
+
+    again = start_server(lora.home.parent, lora.model_path, "lora")
+    try:
+        resumed = again.get("/admin/canary").json()
+        assert resumed["canary"] == before["canary"] and resumed["canary"]["status"] == "running"
+        assert resumed["arms"] == before["arms"]  # its counts come from the log
+        assert {u: one_word(again, u).model for u in users} == models  # the same arms
+    finally:
+        result = again.stop()
+    assert result.sigint_stopped and not result.survivors, (result, again.output())

@@ -283,6 +283,12 @@ def test_metrics_count_the_traffic_sent(merged):
     assert no_key.status_code == 401  # the admin key, as for /admin
 
 
+def test_a_canary_needs_the_lora_swap_mode(merged, openai_error):
+    response = merged.post("/admin/canary", json={"version": 1, "share": 0.2})
+    assert response.status_code == 409 and openai_error(response)["code"] == "canary_needs_lora"
+    assert merged.get("/admin/canary").json() == {"canary": None, "arms": None}
+
+
 # 5. bad input
 BAD_REQUESTS = {
     "invalid-json": (b'{"messages": [', 400),

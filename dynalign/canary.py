@@ -1,0 +1,101 @@
+"""A canary rollout's arithmetic, pure: which arm a user falls in, each arm's numbers, and when
+the rollout ends.
+
+- Sticky split: a user's key (the `user` field, else X-Dynalign-User, else X-Client-Id, else the
+  conversation's first message) and the canary's id are hashed to a number in [0, 1); below
+  `share` is the canary arm. The same person stays in one arm for the whole canary, and a new
+  canary draws the split anew.
+- Arms: requests, errors, mean answer length, p50 latency, and users' approval (the latest rating
+  per answer) with Wilson's 95 % interval, all read from the exchange log, so a gateway restart
+  resumes with its counts.
+- Ending: at once when the canary's error rate is clearly above the active arm's (Wilson
+  intervals apart, at least MIN_REQUESTS requests); once both arms have `min_feedback` ratings,
+  roll back when the canary's approval is worse than the active arm's by more than `margin` at
+  `confidence` (the one-sided upper bound of canary - active, normal approximation, is below
+  -margin), else promote: a canary is promoted unless the ratings show it worse, as canary
+  analysis does for errors and latency; after `max_hours`, decide on what there is
+  (`on_timeout = "decide"`) or keep the active version (`"keep"`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import statistics
+from statistics import NormalDist
+
+from dynalign.evaluate import approval, wilson
+
+ARMS = ("active", "canary")
+MIN_REQUESTS = 20  # requests in the canary arm before its error rate can end it
+ON_TIMEOUT = ("decide", "keep")
+
+
+def arm_of(key: str, canary_id: int, share: float) -> str:
+    digest = hashlib.sha256(f"{canary_id}:{key}".encode("utf-8", "surrogateescape")).digest()
+    return "canary" if int.from_bytes(digest[:8], "big") / 2**64 < share else "active"
+
+
+def routing_key(body: dict, headers) -> str:
+    """Who is asking, as stably as the request tells: the split is sticky on it."""
+    for value in (body.get("user"), headers.get("x-dynalign-user"), headers.get("x-client-id")):
+        if isinstance(value, str) and value:
+            return value
+    first = next((m.get("content") for m in body.get("messages") or []
+                  if isinstance(m, dict) and m.get("role") == "user"), "")
+    return first if isinstance(first, str) else repr(first)
+
+
+def arm_stats(rows: list[dict]) -> dict:
+    """Each arm's numbers from its exchanges (dynalign/store.py: canary_exchanges)."""
+    return {arm: _one_arm([r for r in rows if r["arm"] == arm]) for arm in ARMS}
+
+
+def _one_arm(rows: list[dict]) -> dict:
+    errors = sum(r["status"] not in ("ok", "aborted") for r in rows)
+    lengths = [r["completion_tokens"] for r in rows if r["completion_tokens"] is not None]
+    latencies = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
+    interval = wilson(errors, len(rows))
+    return {"requests": len(rows), "errors": errors,
+            "error_rate": errors / len(rows) if rows else None,
+            "error_interval": list(interval) if interval else None,
+            "mean_answer_tokens": statistics.fmean(lengths) if lengths else None,
+            "p50_latency_ms": statistics.median(latencies) if latencies else None,
+            "feedback": approval([r["rating"] for r in rows if r["rating"] is not None])}
+
+
+def decide(canary: dict, arms: dict, now: dt.datetime | None = None) -> tuple[str, str] | None:
+    """("promote" | "rollback" | "keep", why with the numbers), or None to go on."""
+    active, cand = arms["active"], arms["canary"]
+    if cand["requests"] >= MIN_REQUESTS and active["error_interval"] and \
+            cand["error_interval"][0] > active["error_interval"][1]:
+        return "rollback", (f"error rate {cand['error_rate']:.2f} vs {active['error_rate']:.2f} "
+                            "on the active version: clearly higher")
+    enough = min(active["feedback"]["ratings"], cand["feedback"]["ratings"])
+    if enough >= canary["min_feedback"]:
+        return _by_approval(canary, active["feedback"], cand["feedback"])
+    if _hours(canary, now) < canary["max_hours"]:
+        return None
+    if canary["on_timeout"] == "decide" and enough > 0:
+        action, why = _by_approval(canary, active["feedback"], cand["feedback"])
+        return action, f"after {canary['max_hours']:g} h without {canary['min_feedback']} " \
+                       f"ratings per arm: {why}"
+    return "keep", (f"after {canary['max_hours']:g} h without {canary['min_feedback']} ratings "
+                    "per arm: the active version stays")
+
+
+def _by_approval(canary: dict, active: dict, cand: dict) -> tuple[str, str]:
+    pa, pc = active["approval"], cand["approval"]
+    se = (pa * (1 - pa) / active["ratings"] + pc * (1 - pc) / cand["ratings"]) ** 0.5
+    upper = pc - pa + NormalDist().inv_cdf(canary["confidence"]) * se
+    numbers = (f"approval {pc:.2f} (n {cand['ratings']}) vs {pa:.2f} (n {active['ratings']}) on "
+               f"the active version; the difference is at most {upper:+.3f} at "
+               f"{canary['confidence']:.0%} confidence, margin {canary['margin']:g}")
+    if upper < -canary["margin"]:
+        return "rollback", f"worse: {numbers}"
+    return "promote", f"not worse by more than the margin: {numbers}"
+
+
+def _hours(canary: dict, now: dt.datetime | None) -> float:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return (now - dt.datetime.fromisoformat(canary["started"])).total_seconds() / 3600
