@@ -7,8 +7,8 @@ Two kinds, so that no state is kept twice:
   from the row it stores), each hot-swap and its seconds (Versions.activate);
 - what is, is read when scraped (`StateCollector`): the active version, the engine's state and
   restarts, the log writer's backlog and failures, rounds by status, the running round's step
-  and reward, and users' feedback per version and rating, from the objects and the SQLite store
-  that already hold them.
+  and reward, users' feedback per version and rating, and the running canary's arms, from the
+  objects and the SQLite store that already hold them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
+from dynalign.canary import arm_stats
 from server.versions import public_name
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -72,6 +73,7 @@ class StateCollector:
         yield from self._log()
         yield from self._rounds()
         yield from self._feedback()
+        yield from self._canary()
 
     def _serving(self):
         versions, supervised = self.state.versions, self.state.engine_status
@@ -150,3 +152,22 @@ class CountAnswers:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.http.labels(route, scope["method"], str(code.get("status", 0))).inc()
+
+    def _canary(self):
+        requests = GaugeMetricFamily("dynalign_canary_requests", "The running canary's exchanges "
+                                     "by arm (active, canary)", labels=["arm", "version"])
+        errors = GaugeMetricFamily("dynalign_canary_errors", "The running canary's failed "
+                                   "exchanges by arm", labels=["arm", "version"])
+        ratings = GaugeMetricFamily("dynalign_canary_ratings", "The running canary's ratings "
+                                    "(the latest per answer) by arm", labels=["arm", "rating"])
+        canary = self.state.versions.canary
+        if canary:
+            arms = arm_stats(self.state.store.canary_exchanges(canary["id"]))
+            for arm, stats in arms.items():
+                version = public_name(self.state.cfg, canary["version" if arm == "canary"
+                                                             else "active"])
+                requests.add_metric([arm, version], stats["requests"])
+                errors.add_metric([arm, version], stats["errors"])
+                ratings.add_metric([arm, "up"], stats["feedback"]["up"])
+                ratings.add_metric([arm, "down"], stats["feedback"]["down"])
+        yield from (requests, errors, ratings)

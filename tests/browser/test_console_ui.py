@@ -279,8 +279,9 @@ def test_h_a_gated_round_is_rejected_shown_with_why_and_forced_live(console, ui_
     round_id = int(re.search(r"round (\d+) started", started).group(1))
     console.shows("round-progress", f"round {round_id}: status rejected", timeout=ROUND_TIMEOUT_S)
     version = ui_server.get(f"/admin/rounds/{round_id}").json()["adapter_version"]
-    console.wait().until(lambda _: "rejected" in console.text("adapters-table"), "the rejected row")
-    assert "the judge was consistent on" in console.text("adapters-table")  # why, in its note
+    # why, in its note (the header "note (why rejected)" names the word before the row is drawn)
+    console.wait().until(lambda _: "the judge was consistent on" in console.text("adapters-table"),
+                         "the rejected row with its note")
     console.wait().until(lambda _: plot_drawn(console, "eval-plot"), "the scores chart")
     console.shot("eval-plot", "eval_plot")
     console.fill("activate-version", str(version))

@@ -188,6 +188,9 @@ def test_a_canary_splits_users_sticky_within_binomial_bounds_and_stops(lora, ope
 
     live = lora.get("/admin/canary").json()
     assert live["canary"]["status"] == "running"
+    scraped = lora.get("/metrics").text  # the arms in Prometheus text too
+    assert (f'dynalign_canary_requests{{arm="canary",version="dynalign-v3"}} '
+            f'{live["arms"]["canary"]["requests"]}.0') in scraped
     assert live["arms"]["canary"]["requests"] == list(arms.values()).count("canary") + sum(
         arms[u] == "canary" for u in users[:10])
     assert live["arms"]["active"]["errors"] == live["arms"]["canary"]["errors"] == 0
