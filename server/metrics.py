@@ -130,6 +130,26 @@ class StateCollector:
         yield family
 
 
+    def _canary(self):
+        requests = GaugeMetricFamily("dynalign_canary_requests", "The running canary's exchanges "
+                                     "by arm (active, canary)", labels=["arm", "version"])
+        errors = GaugeMetricFamily("dynalign_canary_errors", "The running canary's failed "
+                                   "exchanges by arm", labels=["arm", "version"])
+        ratings = GaugeMetricFamily("dynalign_canary_ratings", "The running canary's ratings "
+                                    "(the latest per answer) by arm", labels=["arm", "rating"])
+        canary = self.state.versions.canary
+        if canary:
+            arms = arm_stats(self.state.store.canary_exchanges(canary["id"]))
+            for arm, stats in arms.items():
+                version = public_name(self.state.cfg, canary["version" if arm == "canary"
+                                                             else "active"])
+                requests.add_metric([arm, version], stats["requests"])
+                errors.add_metric([arm, version], stats["errors"])
+                ratings.add_metric([arm, "up"], stats["feedback"]["up"])
+                ratings.add_metric([arm, "down"], stats["feedback"]["down"])
+        yield from (requests, errors, ratings)
+
+
 class CountAnswers:
     """ASGI middleware: count every HTTP answer by its route's path template (never the raw path:
     ids in paths would make a label per id), method and status code."""
@@ -153,21 +173,3 @@ class CountAnswers:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.http.labels(route, scope["method"], str(code.get("status", 0))).inc()
 
-    def _canary(self):
-        requests = GaugeMetricFamily("dynalign_canary_requests", "The running canary's exchanges "
-                                     "by arm (active, canary)", labels=["arm", "version"])
-        errors = GaugeMetricFamily("dynalign_canary_errors", "The running canary's failed "
-                                   "exchanges by arm", labels=["arm", "version"])
-        ratings = GaugeMetricFamily("dynalign_canary_ratings", "The running canary's ratings "
-                                    "(the latest per answer) by arm", labels=["arm", "rating"])
-        canary = self.state.versions.canary
-        if canary:
-            arms = arm_stats(self.state.store.canary_exchanges(canary["id"]))
-            for arm, stats in arms.items():
-                version = public_name(self.state.cfg, canary["version" if arm == "canary"
-                                                             else "active"])
-                requests.add_metric([arm, version], stats["requests"])
-                errors.add_metric([arm, version], stats["errors"])
-                ratings.add_metric([arm, "up"], stats["feedback"]["up"])
-                ratings.add_metric([arm, "down"], stats["feedback"]["down"])
-        yield from (requests, errors, ratings)

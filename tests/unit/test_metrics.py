@@ -50,3 +50,45 @@ def test_http_answers_are_counted_by_route_template_method_and_code():
     assert got[key("/items/{item}", "200")] == 2  # one series, not one per id
     assert got[key("/items/{item}", "422")] == 1
     assert got[key("unmatched", "404")] == 1
+
+
+def test_state_is_read_at_scrape_time_from_the_store_and_the_versions(tmp_path):
+    from types import SimpleNamespace
+
+    from dynalign.config import Config, ModelConfig
+    from dynalign.store import Store
+    from server.engine import EngineClient
+    from server.exchange_log import ExchangeLog
+    from server.versions import Versions
+
+    cfg = Config(state_dir=str(tmp_path / "state"), model=ModelConfig(path="/models/tiny"))
+    store = Store(cfg.db_path)
+    versions = Versions(cfg, "lora", EngineClient("http://127.0.0.1:9", None), store)
+    log = ExchangeLog(cfg.db_path)
+    metrics = Metrics()
+    metrics.watch(SimpleNamespace(cfg=cfg, versions=versions, store=store, log=log,
+                                  engine_status=None))
+    store.add_adapter("/a/1", base_model="tiny", rank=4)
+    versions.canary = store.start_canary(version=1, active=None, share=0.5, min_feedback=5,
+                                         max_hours=1.0, margin=0.05, confidence=0.95,
+                                         on_timeout="keep")
+    for arm, rating in (("canary", -1), ("canary", None), ("active", 1)):
+        exchange = store.log_exchange({"version": 1 if arm == "canary" else None, "status": "ok",
+                                       "canary": versions.canary["id"], "arm": arm})
+        if rating:
+            store.add_feedback(exchange, rating)
+    store.update_round(store.open_round("operator", "", 1), status="running",
+                       progress={"step": 2, "reward": 0.75})
+    got = samples(metrics)
+    log.close()
+    key = lambda name, **labels: (name, frozenset(labels.items()))  # noqa: E731
+    assert got[key("dynalign_active_info", version="tiny", swap="lora")] == 1
+    assert got[key("dynalign_canary_requests", arm="canary", version="dynalign-v1")] == 2
+    assert got[key("dynalign_canary_requests", arm="active", version="tiny")] == 1
+    assert got[key("dynalign_canary_ratings", arm="canary", rating="down")] == 1
+    assert got[key("dynalign_feedback", version="dynalign-v1", rating="down")] == 1
+    assert got[key("dynalign_feedback", version="tiny", rating="up")] == 1
+    assert got[key("dynalign_rounds", status="running")] == 1
+    assert got[key("dynalign_round_step", round="1")] == 2
+    assert got[key("dynalign_round_reward", round="1")] == 0.75
+    assert got[key("dynalign_log_pending")] == 0 and got[key("dynalign_engine_up")] == 1
