@@ -15,7 +15,7 @@ import os
 import re
 
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -94,7 +94,7 @@ class ChatPage:
 
     # actions
     def type(self, text: str) -> None:
-        self.box.click()
+        self.wait().until(lambda _: _clicked(self.box), "the message box to take a click")
         self.box.send_keys(text)
 
     def press_enter(self) -> None:
@@ -155,3 +155,13 @@ def new_driver(chromium: str = CHROMIUM, chromedriver: str = CHROMEDRIVER) -> We
     for arg in CHROME_ARGS:
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+
+
+def _clicked(element: WebElement) -> bool:
+    """Click it, unless something covers it (Gradio's status overlay while the page still loads
+    on a busy machine): then False, to be polled again."""
+    try:
+        element.click()
+        return True
+    except ElementClickInterceptedException:
+        return False
