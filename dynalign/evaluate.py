@@ -135,6 +135,14 @@ def approval(ratings: list[int]) -> dict:
             "interval": list(interval) if interval else None}
 
 
+def approval_by_version(ratings: list[tuple[int | None, int]]) -> dict:
+    """`approval` per version from (version that answered, latest rating) pairs (None: base)."""
+    by_version: dict = {}
+    for version, rating in ratings:
+        by_version.setdefault(version, []).append(rating)
+    return {version: approval(values) for version, values in by_version.items()}
+
+
 def pairwise(prompts: list[str], answers_a: list[str], answers_b: list[str], chat, template: str,
              definition: str, *, workers: int = 8, resamples: int = 2000, level: float = 0.95,
              seed: int = 0, progress=None, weigh=None) -> dict:

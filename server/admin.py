@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, Path, Query, Request
 
 from dynalign.erasure import forget
-from dynalign.evaluate import approval
+from dynalign.evaluate import approval, approval_by_version
 from dynalign.rounds import round_view
 from server.validate import MAX_ID, MAX_PAGE, MIN_ID, RequestError, read_json, read_object
 from server.versions import Versions, parse_version, public_name
@@ -28,20 +28,13 @@ def adapter_view(versions: Versions, row: dict) -> dict:
 @router.get("/adapters")
 async def list_adapters(request: Request):
     versions = _versions(request)
-    approvals = approval_by_version(versions.store)
+    approvals = approval_by_version(versions.store.latest_ratings())
     return {"active": public_name(versions.cfg, versions.active), "swap": versions.mode,
             "base_approval": approvals.get(None, approval([])),
             "data": [{**adapter_view(versions, row),
                       "approval": approvals.get(row["version"], approval([]))}
                      for row in versions.store.adapters()]}
 
-
-def approval_by_version(store) -> dict:
-    """Users' feedback per version that answered (None: the base model), latest rating each."""
-    ratings: dict = {}
-    for version, rating in store.latest_ratings():
-        ratings.setdefault(version, []).append(rating)
-    return {version: approval(values) for version, values in ratings.items()}
 
 
 @router.post("/adapters", status_code=201)

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from dynalign.canary import arm_stats
+from dynalign.evaluate import approval_by_version
 from server.versions import public_name
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -121,12 +122,12 @@ class StateCollector:
     def _feedback(self):
         family = GaugeMetricFamily("dynalign_feedback", "Users' ratings (the latest per answer) "
                                    "by the version that answered", labels=["version", "rating"])
-        counts: dict = {}
-        for version, rating in self.state.store.latest_ratings():
-            key = (public_name(self.state.cfg, version), "up" if rating > 0 else "down")
-            counts[key] = counts.get(key, 0) + 1
-        for labels, count in sorted(counts.items()):
-            family.add_metric(list(labels), count)
+        approvals = approval_by_version(self.state.store.latest_ratings())
+        for version, numbers in sorted(approvals.items(), key=lambda item: str(item[0])):
+            for rating in ("up", "down"):
+                if numbers[rating]:
+                    family.add_metric([public_name(self.state.cfg, version), rating],
+                                      numbers[rating])
         yield family
 
 
