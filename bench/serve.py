@@ -18,9 +18,13 @@ request before every measurement, and reports the mean of the per-round ratios.
 --versus MODEL (instead of (a)-(c)): two servers at once, the base model and MODEL (a prepared
     name such as qwen2.5-coder-1.5b, or a folder), the same workload through each gateway,
     alternated: tok/s of each and the ratio MODEL / base.
+--dtypes A,B (instead of (a)-(c)): the same, two servers of the base model with model.dtype A and
+    B (bfloat16,float32: what model.dtype = "auto" chooses between on a CPU), plus the latency of
+    one-token chats (prefill) through each, alternated.
 
 Usage: .venv/bin/python bench/serve.py [--concurrency 16] [--max-tokens 128] [--rounds 2]
-                                       [--model-path PATH] [--versus MODEL] [--quick]
+                                       [--model-path PATH] [--versus MODEL | --dtypes A,B]
+                                       [--quick]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model-path", help="prepared base model (default: $DYNALIGN_TEST_MODEL, "
                    "else prepared into <repo>/state/model)")
     p.add_argument("--versus", help="compare serving speed with this model (name or folder)")
+    p.add_argument("--dtypes", help="compare serving speed with model.dtype A vs B (A,B)")
     p.add_argument("--quick", action="store_true", help="smoke run: C=4, N=32, R=1")
     a = p.parse_args()
     for key, full, quick in (("concurrency", 16, 4), ("max_tokens", 128, 32), ("rounds", 2, 1)):
@@ -74,7 +79,7 @@ class Server:
     with a fresh admin key; `stop()` returns when every process of its tree is gone, so the next
     measurement has the CPU to itself."""
 
-    def __init__(self, root: Path, model: str, swap: str):
+    def __init__(self, root: Path, model: str, swap: str, dtype: str = ""):
         from dynalign.config import load_config
         from dynalign.launch import launch
 
@@ -82,7 +87,7 @@ class Server:
             "DYNALIGN_HOME", "DYNALIGN_API_KEY", "DYNALIGN_ADMIN_KEY", "VLLM_CPU_KVCACHE_SPACE")}
         env["DYNALIGN_ADMIN_KEY"] = f"bench-{os.urandom(16).hex()}"  # /admin always needs a key
         self.admin_headers = {"Authorization": f"Bearer {env['DYNALIGN_ADMIN_KEY']}"}
-        self.launched = launch(root, model, swap, env, kv_cache_gib=2)
+        self.launched = launch(root, model, swap, env, kv_cache_gib=2, dtype=dtype)
         self.home = self.launched.home
         self.base_name = load_config(self.launched.config).model_name
         self.gateway = self.launched.url
@@ -249,34 +254,55 @@ def bench(args, tmp: Path, path: str) -> dict:
 
 
 def versus(args, tmp: Path, path: str) -> dict:
-    """(d) the same workload on the base model's server and on `args.versus`'s, alternated."""
+    """(d) the same workload on two servers, alternated: the base model's and `args.versus`'s,
+    or (--dtypes A,B) the base model's with model.dtype A and with B."""
     import asyncio
 
     from dynalign.config import Config
     from dynalign.model import prepare
-    other = str(prepare(Config(state_dir=str(REPO / "state")), args.versus).resolve())
-    servers = [Server(tmp / "base", path, "merged"), Server(tmp / "versus", other, "merged")]
+    if args.dtypes:
+        sides = [(path, dtype) for dtype in args.dtypes.split(",")]
+    else:
+        sides = [(path, ""), (str(prepare(Config(state_dir=str(REPO / "state")),
+                                             args.versus).resolve()), "")]
+    servers = [Server(tmp / f"side-{i}", model, "merged", dtype) for i, (model, dtype)
+               in enumerate(sides)]
     try:
         for server in servers:
             server.wait_ready()
-        got = asyncio.run(compare("(d)", *((f"{s.gateway}/v1", "dynalign") for s in servers), args))
+        targets = [(f"{s.gateway}/v1", "dynalign") for s in servers]
+        got = asyncio.run(compare("(d)", *targets, args))
+        tiny = asyncio.run(tiny_latency(targets[1], targets[0])) if args.dtypes else None
     finally:
         for server in servers:
             server.stop()
     tok_s = {side: statistics.mean(r[side]["tok_s"] for r in got["rounds"]) for side in "ab"}
     return {"workload": {"concurrency": args.concurrency, "max_tokens": args.max_tokens,
-                         "rounds": args.rounds}, "base": path, "versus": other,
-            "base_tok_s": tok_s["a"], "versus_tok_s": tok_s["b"], "ratio": got["ratio"],
+                         "rounds": args.rounds}, "base": _label(sides[0]),
+            "versus": _label(sides[1]), "base_tok_s": tok_s["a"], "versus_tok_s": tok_s["b"],
+            "ratio": got["ratio"],
             "base_p50_ms": statistics.mean(r["a"]["p50_ms"] for r in got["rounds"]),
-            "versus_p50_ms": statistics.mean(r["b"]["p50_ms"] for r in got["rounds"])}
+            "versus_p50_ms": statistics.mean(r["b"]["p50_ms"] for r in got["rounds"]),
+            "one_token": tiny and {"base_p50_ms": tiny["engine_p50_ms"],
+                                   "versus_p50_ms": tiny["gateway_p50_ms"],
+                                   "ratio": tiny["gateway_p50_ms"] / tiny["engine_p50_ms"]}}
+
+
+def _label(side: tuple[str, str]) -> str:
+    model, dtype = side
+    return f"{Path(model).name} ({dtype})" if dtype else Path(model).name
 
 
 def versus_summary(out: dict) -> str:
     w = out["workload"]
     return (f"workload: {w['concurrency']} chats x {w['max_tokens']} tokens, {w['rounds']} round(s)\n"
-            f"{Path(out['base']).name}: {out['base_tok_s']:.1f} tok/s (p50 {out['base_p50_ms']:.0f} ms)\n"
-            f"{Path(out['versus']).name}: {out['versus_tok_s']:.1f} tok/s "
-            f"(p50 {out['versus_p50_ms']:.0f} ms)\nratio versus / base: {out['ratio']:.3f}")
+            f"{out['base']}: {out['base_tok_s']:.1f} tok/s (p50 {out['base_p50_ms']:.0f} ms)\n"
+            f"{out['versus']}: {out['versus_tok_s']:.1f} tok/s "
+            f"(p50 {out['versus_p50_ms']:.0f} ms)\nratio versus / base: {out['ratio']:.3f}" +
+            ("" if not out["one_token"] else
+             f"\none-token chat p50: {out['one_token']['base_p50_ms']:.0f} ms vs "
+             f"{out['one_token']['versus_p50_ms']:.0f} ms, ratio versus / base "
+             f"{out['one_token']['ratio']:.3f}"))
 
 
 def summary(out: dict) -> str:
@@ -305,11 +331,12 @@ def main() -> int:
     preamble()
     path = model_path(args)
     with tempfile.TemporaryDirectory(prefix="dynalign-bench-") as tmp:
-        out = versus(args, Path(tmp), path) if args.versus else bench(args, Path(tmp), path)
-    print("\n" + (versus_summary(out) if args.versus else summary(out)))
+        paired = args.versus or args.dtypes
+        out = versus(args, Path(tmp), path) if paired else bench(args, Path(tmp), path)
+    print("\n" + (versus_summary(out) if paired else summary(out)))
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    name = "serve-versus.json" if args.versus else "serve.json"
+    name = "serve-dtypes.json" if args.dtypes else "serve-versus.json" if args.versus else "serve.json"
     (results / name).write_text(json.dumps(out, indent=2))
     print(f"\nJSON: {results / name}")
     return 0

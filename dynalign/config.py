@@ -33,7 +33,10 @@ class ModelConfig:
     #                 embedded SmolLM2-135M-Instruct, prepared into <state>/model
     name: str = ""  # name the base model is served under; "" = derived from path
     max_model_len: int = 2048  # context length in tokens (vLLM's --max-model-len)
-    dtype: str = "bfloat16"  # the engine's dtype
+    dtype: str = "auto"  # the engine's dtype: "auto" = the model's own (bf16) on a GPU or a CPU
+    #                      that computes bf16 natively (AVX512-BF16 or AMX), else "float32" (an
+    #                      AVX2-only CPU prefills 4x slower in emulated bf16: docs/benchmarks.md);
+    #                      or "bfloat16" | "float16" | "float32"
 
 
 @dataclass

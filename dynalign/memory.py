@@ -127,12 +127,26 @@ def estimate(shape: Shape, learn, rollout_bytes: int, prompt_chars: int,
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
+def native_bf16(cuda: bool) -> bool:
+    """bf16 is computed natively: a GPU, or a CPU with AVX512-BF16 or AMX (an AVX2-only CPU
+    emulates it, 3-5x slower than fp32)."""
+    return cuda or bool(NATIVE_BF16_FLAGS & cpu_flags())
+
+
 def rollout_dtype_name(learn, cuda: bool) -> str:
-    """learn.rollout_dtype resolved: "auto" is bf16 on a GPU or on a CPU that computes bf16
-    natively (AVX512-BF16 or AMX), else the training dtype (learner/precision.py says why)."""
+    """learn.rollout_dtype resolved: "auto" is bf16 where it is native, else the training dtype
+    (learner/precision.py says why)."""
     if learn.rollout_dtype != "auto":
         return learn.rollout_dtype
-    return "bfloat16" if cuda or NATIVE_BF16_FLAGS & cpu_flags() else learn.dtype
+    return "bfloat16" if native_bf16(cuda) else learn.dtype
+
+
+def engine_dtype_name(model, cuda: bool) -> str:
+    """model.dtype resolved for vLLM's --dtype: "auto" (the model's own) where bf16 is native,
+    else float32."""
+    if model.dtype != "auto":
+        return model.dtype
+    return "auto" if native_bf16(cuda) else "float32"
 
 
 def cpu_flags() -> set[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from dynalign.config import Config
+from dynalign.memory import engine_dtype_name
 from dynalign.procs import die_with_parent, preload_tcmalloc, stop_group
 
 def is_cpu_platform() -> bool:
@@ -40,7 +41,8 @@ def engine_command(cfg: Config, mode: str) -> list[str]:
     e = cfg.engine
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
            "--model", cfg.model_path, "--served-model-name", cfg.model_name,
-           "--host", e.host, "--port", str(e.port), "--dtype", cfg.model.dtype,
+           "--host", e.host, "--port", str(e.port), "--dtype",
+           engine_dtype_name(cfg.model, cuda=not is_cpu_platform()),
            "--max-model-len", str(cfg.model.max_model_len), "--generation-config", "vllm"]
     if e.enforce_eager:
         cmd.append("--enforce-eager")

@@ -195,3 +195,20 @@ def test_step_text_for_people():
     assert step_text({"status": "promoted", "progress": {}, "summary": {"peak_rss_mb": 999}}) == (
         "peak RSS 999 MB")
     assert step_text({"status": "queued"}) == ""
+
+
+def test_the_engine_computes_bf16_only_where_it_is_native():
+    """model.dtype "auto": the model's own bf16 on a GPU or a CPU with AVX512-BF16/AMX, else
+    float32 (an AVX2-only CPU emulates bf16); a dtype that is set is passed as it is."""
+    from dynalign.memory import cpu_flags, engine_dtype_name
+    from server.engine import engine_command
+
+    cfg = load_config()
+    assert cfg.model.dtype == "auto"
+    native = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    assert engine_dtype_name(cfg.model, cuda=False) == ("auto" if native else "float32")
+    assert engine_dtype_name(cfg.model, cuda=True) == "auto"
+    fixed = load_config(overrides={"model.dtype": "bfloat16"})
+    assert engine_dtype_name(fixed.model, cuda=False) == "bfloat16"
+    command = engine_command(cfg, "merged")
+    assert command[command.index("--dtype") + 1] == ("auto" if native else "float32")
