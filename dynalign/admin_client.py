@@ -106,6 +106,18 @@ class Admin:
     def delete_exchange(self, exchange_id: int) -> dict:
         return self.call("DELETE", f"/exchanges/{exchange_id}")
 
+    def canary(self) -> dict:
+        return self.call("GET", "/canary")
+
+    def start_canary(self, body: dict) -> dict:
+        return self.call("POST", "/canary", json=body)
+
+    def stop_canary(self) -> dict:
+        return self.call("DELETE", "/canary")
+
+    def promote_canary(self) -> dict:
+        return self.call("POST", "/canary/promote")
+
 
 def _json(response):
     """The body as JSON, or its text when it is not JSON."""

@@ -29,6 +29,28 @@ from dynalign.evaluate import approval, wilson
 ARMS = ("active", "canary")
 MIN_REQUESTS = 20  # requests in the canary arm before its error rate can end it
 ON_TIMEOUT = ("decide", "keep")
+FIELDS = ("share", "min_feedback", "max_hours", "margin", "confidence", "on_timeout")
+RANGES = {  # field: (low, high, low open, high open)
+    "share": (0, 1, True, True), "max_hours": (0, 1e6, True, False),
+    "margin": (0, 1, False, True), "confidence": (0.5, 1, True, True)}
+
+
+def problems(settings: dict) -> list[tuple[str, str]]:
+    """(field, what is wrong) for each out-of-range canary setting: the same rules for
+    POST /admin/canary and for the [canary] config section. Types are the caller's."""
+    out = []
+    for key, (low, high, low_open, high_open) in RANGES.items():
+        value = settings[key]
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if below or above:
+            out.append((key, f"must be in {'(' if low_open else '['}{low:g}, {high:g}"
+                             f"{')' if high_open else ']'}, got {value}"))
+    if settings["min_feedback"] < 1:
+        out.append(("min_feedback", "must be 1 or more"))
+    if settings["on_timeout"] not in ON_TIMEOUT:
+        out.append(("on_timeout", f"must be one of {', '.join(ON_TIMEOUT)}"))
+    return out
 
 
 def arm_of(key: str, canary_id: int, share: float) -> str:

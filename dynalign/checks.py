@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from dynalign import canary
 from dynalign.errors import ConfigError
 from dynalign.schedule_spec import make_trigger, spec_of
 
@@ -71,6 +72,7 @@ def problems(cfg) -> list[str]:
     out += [f"{k} must be above 0; got {_get(cfg, k)!r}" for k in ABOVE if _get(cfg, k) <= 0]
     out += [f"{k} must be between {low:g} and {high:g}; got {_get(cfg, k)!r}"
             for k, (low, high) in BETWEEN.items() if not low <= _get(cfg, k) <= high]
+    out += [f"canary.{k} {why}" for k, why in canary.problems(vars(cfg.canary))]
     return out + _schedule(cfg) + _together(cfg)
 
 
@@ -92,6 +94,11 @@ def _schedule(cfg) -> list[str]:
 def _together(cfg) -> list[str]:
     """Rules over several keys."""
     learn, out = cfg.learn, []
+    if isinstance(learn.promote, str) and learn.promote != "canary":
+        out.append(f'learn.promote must be true, false or "canary"; got {learn.promote!r}')
+    if learn.promote == "canary" and cfg.engine.swap != "lora":
+        out.append('learn.promote = "canary" serves two versions side by side: it needs '
+                   f'engine.swap = "lora" (got {cfg.engine.swap!r}; merged mode holds one)')
     if learn.accelerate_config and learn.dtype != "bfloat16":
         out.append('learn.accelerate_config (DeepSpeed ZeRO-3 / FSDP) trains in bf16: set '
                    'learn.dtype = "bfloat16"')

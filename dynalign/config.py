@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,8 +249,10 @@ class LearnConfig:
     use_vllm: bool = False  # GPU: rollouts on TRL's colocated vLLM instead of transformers
     vllm_gpu_memory_utilization: float = 0.25  # GPU: the colocated vLLM's share (with use_vllm)
     accelerate_config: str = ""  # run the round under `accelerate launch --config_file` this
-    promote: bool = True  # activate a finished round's adapter if the gate lets it; false:
-    #                       register every candidate as rejected, without a gate
+    promote: bool | str = True  # a finished round's adapter, if the gate lets it: true =
+    #                             served to all at once; "canary" = served to [canary]'s share
+    #                             of users first (needs engine.swap = "lora"); false = register
+    #                             every candidate as rejected, without a gate
     gate: GateConfig = field(default_factory=GateConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -265,6 +268,19 @@ class EvalConfig:
     bootstrap: int = 2000  # resamples for the win rate's confidence interval
     level: float = 0.95  # the interval's level
     seed: int = 0  # bootstrap and multiple-choice shuffling
+
+
+@dataclass
+class CanaryConfig:
+    """A canary rollout (LoRA swap mode, docs/operations.md): the defaults of POST /admin/canary,
+    and the canary a round starts with learn.promote = "canary"."""
+
+    share: float = 0.1  # the share of users the canary version answers, in (0, 1)
+    min_feedback: int = 50  # ratings each arm needs before the ratings decide
+    max_hours: float = 24.0  # then decide on what there is, or keep the active (on_timeout)
+    margin: float = 0.05  # rolled back only when its approval is worse by more than this ...
+    confidence: float = 0.95  # ... at this one-sided confidence
+    on_timeout: str = "decide"  # after max_hours: "decide" on the ratings there are | "keep"
 
 
 @dataclass
@@ -297,6 +313,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     learn: LearnConfig = field(default_factory=LearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     @property
@@ -412,6 +429,8 @@ def _check_type(name: str, hint, value):
         return float(value)
     if origin is list:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif origin is types.UnionType:
+        ok = isinstance(value, typing.get_args(hint))
     else:
         ok = isinstance(value, origin) and not (origin is int and isinstance(value, bool))
     if not ok:
@@ -420,4 +439,6 @@ def _check_type(name: str, hint, value):
 
 
 def _type_name(hint) -> str:
+    if typing.get_origin(hint) is types.UnionType:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
     return "a list of strings" if typing.get_origin(hint) is list else f"a {hint.__name__}"

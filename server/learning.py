@@ -95,7 +95,7 @@ def versions_publisher(versions: Versions, loop: asyncio.AbstractEventLoop):
 def versions_activator(versions: Versions, loop: asyncio.AbstractEventLoop):
     """Activate a version (None: the base model) on the app's loop: drift rollbacks."""
     def run(version) -> None:
-        asyncio.run_coroutine_threadsafe(versions.activate(version), loop).result()
+        asyncio.run_coroutine_threadsafe(versions.roll_back_to(version), loop).result()
     return run
 
 

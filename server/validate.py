@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dynalign import canary as canary_rules
+
 if TYPE_CHECKING:
     from starlette.requests import Request
 
@@ -115,34 +117,20 @@ def validate_feedback(body) -> dict:
     return body
 
 
-CANARY_DEFAULTS = {"share": 0.1, "min_feedback": 50, "max_hours": 24.0, "margin": 0.05,
-                   "confidence": 0.95, "on_timeout": "decide"}
-
-
-def validate_canary(body: dict) -> dict:
-    """A POST /admin/canary body, with the defaults filled in."""
-    unknown = sorted(set(body) - set(CANARY_DEFAULTS) - {"version"})
+def validate_canary(body: dict, defaults: dict) -> dict:
+    """A POST /admin/canary body, with `defaults` (the [canary] config section) filled in."""
+    unknown = sorted(set(body) - set(canary_rules.FIELDS) - {"version"})
     if unknown:
         raise RequestError(f"unknown field {unknown[0]!r}: a canary takes version, "
-                           f"{', '.join(CANARY_DEFAULTS)}", param=unknown[0])
+                           f"{', '.join(canary_rules.FIELDS)}", param=unknown[0])
     if _typed(body, "version", int) is None or not 0 < body["version"] <= MAX_ID:
         raise RequestError("'version' must be the number of a registered adapter version",
                            param="version")
-    out = {**CANARY_DEFAULTS, **body}
-    for key, low, high, low_open, high_open in (("share", 0, 1, True, True),
-                                                ("max_hours", 0, 1e6, True, False),
-                                                ("margin", 0, 1, False, True),
-                                                ("confidence", 0.5, 1, True, True)):
-        value = _typed(out, key, float)
-        below = value <= low if low_open else value < low
-        above = value >= high if high_open else value > high
-        if below or above:
-            raise RequestError(f"'{key}' must be in {'(' if low_open else '['}{low:g}, {high:g}"
-                               f"{')' if high_open else ']'}, got {value}", param=key)
-    if _typed(out, "min_feedback", int) < 1:
-        raise RequestError("'min_feedback' must be 1 or more", param="min_feedback")
-    if out["on_timeout"] not in ("decide", "keep"):
-        raise RequestError("'on_timeout' must be 'decide' or 'keep'", param="on_timeout")
+    out = {**defaults, **body}
+    for key in canary_rules.FIELDS:
+        _typed(out, key, type(defaults[key]))
+    for key, why in canary_rules.problems(out)[:1]:
+        raise RequestError(f"'{key}' {why}", param=key)
     return out
 
 
@@ -240,7 +228,7 @@ def _typed(body: dict, key: str, kind: type):
     ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
     ok = ok and (kind is not float or math.isfinite(value))
     if bad_bool or not ok:
-        names = {int: "an integer", float: "a finite number", bool: "a boolean"}
+        names = {int: "an integer", float: "a finite number", bool: "a boolean", str: "a string"}
         raise RequestError(f"'{key}' must be {names[kind]}, got {value!r}", param=key)
     return value
 

@@ -23,13 +23,15 @@ from pathlib import Path
 
 from dynalign.canary import arm_of
 from dynalign.config import Config
-from dynalign.errors import CanaryRunningError
+from dynalign.errors import CanaryError, CanaryRunningError
 from dynalign.store import Store
 from server import adapters
 from server.engine import EngineCallError, EngineClient
 from server.validate import MAX_ID, RequestError
 
 ALIAS = "dynalign"
+CANARY_ENDS = {"promote": "promoted", "rollback": "rolled_back", "keep": "expired",
+               "stop": "stopped"}  # how a canary ended, by the action that ended it
 VERSION_NAME = re.compile(r"^dynalign-v(\d+)$")
 
 
@@ -156,20 +158,72 @@ class Versions:
             return self.store.adapter(version)
 
     async def publish(self, candidate: str, parent: int | None, note: str, promote: bool) -> int:
-        """A round's candidate, after its gate: registered (origin "round"), then served if the
-        gate promoted it, else marked `rejected` (activating it then needs force). The one way a
-        round publishes: the in-server manager calls it, a standalone learner through
+        """A round's candidate, after its gate: registered (origin "round"), then, if the gate
+        promoted it, served to all or (learn.promote = "canary") to a canary's share of users;
+        else marked `rejected` (activating it then needs force). The one way a round publishes:
+        the in-server manager calls it, a standalone learner through
         POST /admin/adapters/publish."""
         row = await self.register(candidate, parent=parent, note=note, origin="round")
-        if promote and self.canary:  # it would change an arm: left a candidate, saying why
-            self.store.set_adapter_status(row["version"], "candidate", note=(
+        version = row["version"]
+        if not promote:
+            self.store.set_adapter_status(version, "rejected", note=note)
+        elif self.canary:  # it would change an arm: left a candidate, saying why
+            self.store.set_adapter_status(version, "candidate", note=(
                 f"{note}; passed its gate, not served: the canary of version "
                 f"{self.canary['version']} was running"))
-        elif promote:
-            await self.activate(row["version"])
+        elif self.cfg.learn.promote == "canary":
+            canary = await self.start_canary({**vars(self.cfg.canary), "version": version})
+            self.store.set_adapter_status(version, "candidate", note=(
+                f"{note}; canary {canary['id']}: served to {canary['share']:.0%} of users"))
         else:
-            self.store.set_adapter_status(row["version"], "rejected", note=note)
-        return row["version"]
+            await self.activate(version)
+        return version
+
+    # canary rollout (dynalign/canary.py decides; server/canary.py has the routes)
+    async def start_canary(self, settings: dict) -> dict:
+        """Serve settings["version"] to settings["share"] of the alias's users next to the
+        active version; the store keeps it, so a restart resumes it."""
+        async with self.canary_lock:
+            self._check_can_start(settings["version"])
+            await self.resolve(public_name(self.cfg, settings["version"]))  # loaded first
+            self.canary = self.store.start_canary(active=self.active, **settings)
+            return self.canary
+
+    def _check_can_start(self, version: int) -> None:
+        if self.mode != "lora":
+            raise CanaryError('a canary serves two versions side by side, which needs '
+                              'engine.swap = "lora" (merged mode holds one version at a time)',
+                              "canary_needs_lora")
+        if self.canary:
+            raise CanaryRunningError(self.canary["version"])
+        row = self.store.adapter(version)  # 404 for an unknown version
+        if row["status"] == "rejected":
+            raise CanaryError(f"version {version} was rejected ({row['note']}): activate it "
+                              "with force if you mean it, a canary only tries candidates",
+                              "adapter_rejected")
+        if version == self.active:
+            raise CanaryError(f"version {version} is already active", "already_active")
+
+    async def end_canary(self, action: str, reason: str) -> None:
+        """Promote (serve the canary's version to all), roll back (mark it rejected, with why),
+        keep or stop (the active version stays); the canary ends, once."""
+        async with self.canary_lock:
+            canary = self.canary
+            if canary is None:
+                raise CanaryError("no canary is running", "no_canary")
+            if action == "promote":
+                await self.activate(canary["version"], ending_canary=True)
+            self.store.end_canary(canary["id"], CANARY_ENDS[action], reason)
+            self.canary = None
+            if action == "rollback":
+                self.store.set_adapter_status(canary["version"], "rejected",
+                                              note=f"canary {canary['id']}: {reason}")
+
+    async def roll_back_to(self, version: int | None) -> None:
+        """A drift rollback: a running canary is stopped first (its arms would change)."""
+        if self.canary:
+            await self.end_canary("stop", f"drift: rolled back to {public_name(self.cfg, version)}")
+        await self.activate(version)
 
     async def activate(self, version: int | None, ending_canary: bool = False) -> None:
         """Serve `version` to all; refused while a canary runs (end or promote it first)."""

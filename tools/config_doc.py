@@ -23,6 +23,7 @@ import json
 import re
 import sys
 import tokenize
+import types
 import typing
 from pathlib import Path
 
@@ -88,6 +89,8 @@ def read_source(path: Path) -> dict[str, tuple[str, dict[str, Field]]]:
 def type_name(hint) -> str:
     if typing.get_origin(hint) is list:
         return "list of strings"
+    if isinstance(hint, types.UnionType):
+        return " or ".join(type_name(h) for h in typing.get_args(hint))
     return TYPES.get(hint, getattr(hint, "__name__", str(hint)))
 
 

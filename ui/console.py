@@ -1,5 +1,5 @@
 """The operator console (the "Operator" tab of ui/app.py): log in with the admin key, see and
-switch adapter versions, start and watch refresh rounds, edit the schedule, plot rounds and
+switch adapter versions, run a canary between two, start and watch refresh rounds, edit the schedule, plot rounds and
 versions, search and delete logged prompts. It talks only HTTP to the gateway's admin API.
 
 The key lives in a per-session gr.State; it is never logged nor shown. Layout here, the
@@ -36,6 +36,20 @@ def _adapters_section(gr, c: dict) -> None:
         c["rollback"] = gr.Button("Roll back", elem_id="rollback")
         c["reload"] = gr.Button("Reload", elem_id="reload-adapters")
     c["adapters_msg"] = gr.Markdown(elem_id="adapters-message")
+
+
+def _canary_section(gr, c: dict) -> None:
+    gr.Markdown("### Canary\nA version tried on a share of users next to the active one "
+                "(LoRA swap mode); it ends by itself on users' ratings or errors.")
+    with gr.Row(equal_height=True):
+        c["canary_version"] = gr.Number(label="Version", precision=0, elem_id="canary-version")
+        c["canary_share"] = gr.Number(label="Share of users (0-1)", elem_id="canary-share")
+        c["canary_min"] = gr.Number(label="Ratings per arm to decide", precision=0,
+                                    elem_id="canary-min-feedback")
+        c["canary_start"] = gr.Button("Start canary", elem_id="canary-start")
+        c["canary_promote"] = gr.Button("Promote", elem_id="canary-promote")
+        c["canary_stop"] = gr.Button("Stop", variant="stop", elem_id="canary-stop")
+    c["canary"] = gr.Markdown("no canary yet", elem_id="canary-status")
 
 
 def _refresh_section(gr, c: dict) -> None:
@@ -104,7 +118,7 @@ def build_console(gr, api_url: str) -> dict:
     c: dict = {"key_state": key_state, "seen": seen, "key": key, "login": login,
                "login_msg": login_msg, "timer": gr.Timer(POLL_S, active=False)}
     with gr.Column(visible=False, elem_id="console") as console:
-        for section in (_adapters_section, _refresh_section, _schedule_section, _plots_section,
+        for section in (_adapters_section, _canary_section, _refresh_section, _schedule_section, _plots_section,
                         _exchanges_section):
             section(gr, c)
     c["console"] = console

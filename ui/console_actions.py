@@ -138,6 +138,26 @@ def delete_exchange(admin: Admin, exchange_id) -> str:
     return error or f"deleted exchange {result['deleted']}"
 
 
+def canary(admin: Admin) -> str:
+    view, error = attempt(admin.canary)
+    return error or views.canary_text(view)
+
+
+def start_canary(admin: Admin, version, share, min_feedback) -> str:
+    try:
+        body = views.canary_body(version, share, min_feedback)
+    except ValueError as exc:
+        return f"⚠️ canary: {exc}\n\n{canary(admin)}"
+    view, error = attempt(admin.start_canary, body)
+    return f"{error}\n\n{canary(admin)}" if error else views.canary_text(view)
+
+
+def end_canary(admin: Admin, call) -> str:
+    """Promote or stop (`call`), then the canary as it ended, or why not."""
+    view, error = attempt(call)
+    return f"{error}\n\n{canary(admin)}" if error else views.canary_text(view)
+
+
 def signature(snap: dict) -> str:
     """What the console last drew, as one string: the timer redraws the table and the plots only
     when it changes (a version, a status, a round's step)."""

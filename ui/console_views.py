@@ -105,6 +105,46 @@ def active_text(listing: dict) -> str:
             f"{approval_text(approval) or 'no ratings yet'}")
 
 
+CANARY_ROWS = (("requests", "requests"), ("errors", "errors"),
+               ("mean answer tokens", "mean_answer_tokens"), ("p50 latency (ms)", "p50_latency_ms"))
+
+
+def canary_text(view: dict) -> str:
+    """The running (else the last) canary: its state, then both arms side by side."""
+    canary, arms = view.get("canary"), view.get("arms")
+    if not canary:
+        return "no canary yet"
+    head = (f"**Canary {canary['id']}: {canary['status']}**: {arms['canary']['name']} to "
+            f"{canary['share']:.0%} of users, {arms['active']['name']} to the rest; decides at "
+            f"{canary['min_feedback']} ratings per arm, or after {canary['max_hours']:g} h")
+    if canary.get("reason"):
+        head += f"\n\nended: {canary['reason']}"
+    lines = [f"| | active: {arms['active']['name']} | canary: {arms['canary']['name']} |",
+             "|---|---|---|"]
+    for label, key in CANARY_ROWS:
+        lines.append(f"| {label} | {_number(arms['active'][key])} | "
+                     f"{_number(arms['canary'][key])} |")
+    lines.append(f"| approval | {approval_text(arms['active']['feedback']) or 'no ratings'} | "
+                 f"{approval_text(arms['canary']['feedback']) or 'no ratings'} |")
+    return head + "\n\n" + "\n".join(lines)
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:g}" if isinstance(value, int) else f"{value:.1f}"
+
+
+def canary_body(version, share, min_feedback) -> dict:
+    """POST /admin/canary's body from the panel's fields (empty ones: the server's defaults)."""
+    if version in (None, ""):
+        raise ValueError("give the version to try")
+    body = {"version": int(version)}
+    if share not in (None, ""):
+        body["share"] = float(share)
+    if min_feedback not in (None, ""):
+        body["min_feedback"] = int(min_feedback)
+    return body
+
+
 def _eta(seconds) -> str:
     if seconds is None:
         return "?"

@@ -19,13 +19,15 @@ def _wire_login(gr, admin_for, c: dict) -> None:
         ok, message = act.login(snap)
         if not ok:
             return ("", message, gr.Column(visible=False), gr.Timer(active=False),
-                    *[gr.skip()] * 7)
+                    *[gr.skip()] * 8)
         _, active, table, sig = _view(snap)
         return (key, message, gr.Column(visible=True), gr.Timer(active=True), active, table, sig,
-                act.progress(snap), act.schedule(admin), *act.plots(admin, snap))
+                act.progress(snap), act.schedule(admin), *act.plots(admin, snap),
+                act.canary(admin))
 
     outputs = [c["key_state"], c["login_msg"], c["console"], c["timer"], c["active"], c["adapters"],
-               c["seen"], c["progress"], c["schedule"], c["reward_plot"], c["eval_plot"]]
+               c["seen"], c["progress"], c["schedule"], c["reward_plot"], c["eval_plot"],
+               c["canary"]]
     gr.on([c["login"].click, c["key"].submit], login, [c["key"]], outputs, show_progress="hidden")
 
 
@@ -42,19 +44,39 @@ def _wire_adapters(gr, admin_for, c: dict) -> None:
     c["reload"].click(after, [c["key_state"]], outputs)
 
 
+def _wire_canary(gr, admin_for, c: dict) -> None:
+    """Start, promote, stop; each redraws the canary and the adapters (a version may change)."""
+    outputs = [c["canary"], c["adapters_msg"], c["active"], c["adapters"], c["seen"]]
+
+    def then(key, text: str):
+        return text, *_view(act.snapshot(admin_for(key)))
+
+    c["canary_start"].click(
+        lambda key, version, share, least: then(key, act.start_canary(
+            admin_for(key), version, share, least)),
+        [c["key_state"], c["canary_version"], c["canary_share"], c["canary_min"]], outputs)
+    c["canary_promote"].click(
+        lambda key: then(key, act.end_canary(admin_for(key), admin_for(key).promote_canary)),
+        [c["key_state"]], outputs)
+    c["canary_stop"].click(
+        lambda key: then(key, act.end_canary(admin_for(key), admin_for(key).stop_canary)),
+        [c["key_state"]], outputs)
+
+
 def _wire_rounds(gr, admin_for, c: dict) -> None:
     def tick(key, seen):
-        """Every POLL_S: the round's progress; the table and plots only when something changed."""
+        """Every POLL_S: the round's progress and the canary; the table and plots only when
+        something changed."""
         admin = admin_for(key)
         snap = act.snapshot(admin)
         _, active, table, sig = _view(snap)
         if sig == seen:
-            return act.progress(snap), *[gr.skip()] * 5
-        return act.progress(snap), active, table, sig, *act.plots(admin, snap)
+            return act.progress(snap), act.canary(admin), *[gr.skip()] * 5
+        return act.progress(snap), act.canary(admin), active, table, sig, *act.plots(admin, snap)
 
     c["timer"].tick(tick, [c["key_state"], c["seen"]],
-                    [c["progress"], c["active"], c["adapters"], c["seen"], c["reward_plot"],
-                     c["eval_plot"]], show_progress="hidden")
+                    [c["progress"], c["canary"], c["active"], c["adapters"], c["seen"],
+                     c["reward_plot"], c["eval_plot"]], show_progress="hidden")
     c["refresh"].click(lambda key, text: (act.refresh(admin_for(key), text),
                                           act.progress(act.snapshot(admin_for(key)))),
                        [c["key_state"], c["overrides"]], [c["refresh_msg"], c["progress"]])
@@ -88,7 +110,7 @@ def _wire_plots_and_exchanges(gr, admin_for, c: dict) -> None:
 
 
 def wire(gr, admin_for, c: dict) -> None:
-    for part in (_wire_login, _wire_adapters, _wire_rounds, _wire_schedule,
+    for part in (_wire_login, _wire_adapters, _wire_canary, _wire_rounds, _wire_schedule,
                  _wire_plots_and_exchanges):
         part(gr, admin_for, c)
 

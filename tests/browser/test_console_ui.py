@@ -1,6 +1,7 @@
 """The operator console (the UI's "Operator" tab) as an operator uses it, in a headless Chromium
 against the real server started with an admin key: log in (a wrong key is refused), see the
-adapters, run a refresh round and watch it, roll back, find and delete a logged prompt. What the
+adapters, run a refresh round and watch it, roll back, run a canary between two versions, find and
+delete a logged prompt. What the
 page shows is checked against the admin API and the SQLite log. Screenshots of each screen go to
 tests/browser/artifacts/console_*.png."""
 
@@ -38,8 +39,9 @@ def css(elem_id: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def ui_server(browser_binaries, base_model, tmp_path_factory):
-    """The conftest's server, with an admin key."""
-    yield from run_server(tmp_path_factory, base_model, "merged", ui=True, admin_key=ADMIN_KEY)
+    """The conftest's server, with an admin key, in LoRA swap mode: a canary serves two versions
+    side by side (the chat UI's tests run the CPU default, merged)."""
+    yield from run_server(tmp_path_factory, base_model, "lora", ui=True, admin_key=ADMIN_KEY)
 
 
 class Console(ChatPage):
@@ -293,3 +295,48 @@ def test_h_a_gated_round_is_rejected_shown_with_why_and_forced_live(console, ui_
     console.shows("adapters-message", f"active: dynalign-v{version}")
     console.shows("active-version", f"dynalign-v{version}")
     assert ui_server.active() == f"dynalign-v{version}"
+
+
+def test_i_a_canary_is_started_watched_promoted_and_stopped(console, ui_server):
+    """After test_h: version 1 (round 1's) is not active, so it can be tried on half the users."""
+    logged_in(console)
+    active = ui_server.active()
+    assert active != "dynalign-v1", "test_h left version 1 active"
+    console.fill("canary-version", "99")
+    console.click(css("canary-start"))
+    console.shows("canary-status", "⚠️")  # an unknown version: said, nothing started
+    assert ui_server.get("/admin/canary").json()["canary"] is None
+    console.fill("canary-version", "1")
+    console.fill("canary-share", "0.5")
+    console.click(css("canary-start"))
+    console.shows("canary-status", "Canary 1: running")
+    # watched: users' requests show up in both arms' counts as the timer polls
+    for i in range(8):
+        ui_server.client().chat.completions.create(
+            model="dynalign", messages=[{"role": "user", "content": "hi"}], max_tokens=1,
+            extra_headers={"X-Dynalign-User": f"canary-user-{i}"})
+    arms = ui_server.wait_for(lambda: arms_with(ui_server, 8), 60,
+                              "the eight requests in the canary's arms")
+    console.shows("canary-status", f"| requests | {arms['active']['requests']} | "
+                                   f"{arms['canary']['requests']} |")
+    console.shot("canary-status", "canary_running")
+    console.click(css("canary-promote"))
+    console.shows("canary-status", "Canary 1: promoted")
+    console.shows("active-version", "dynalign-v1")
+    assert ui_server.active() == "dynalign-v1"
+    # a second canary (version 1's adapter registered again, as version N) is stopped
+    [row] = ui_server.query("select path from adapters where version = 1")
+    again = ui_server.post("/admin/adapters", json={"path": row["path"]}).json()["version"]
+    console.fill("canary-version", str(again))
+    console.click(css("canary-start"))
+    console.shows("canary-status", "Canary 2: running")
+    console.click(css("canary-stop"))
+    console.shows("canary-status", "Canary 2: stopped")
+    assert ui_server.get("/admin/canary").json()["canary"]["status"] == "stopped"
+    assert ui_server.active() == "dynalign-v1"
+
+
+def arms_with(server, requests: int) -> dict | None:
+    """The running canary's arms once they hold `requests` requests together (logged rows)."""
+    arms = server.get("/admin/canary").json()["arms"]
+    return arms if arms["active"]["requests"] + arms["canary"]["requests"] == requests else None

@@ -214,3 +214,24 @@ def test_dynalign_serve_with_a_bad_config_exits_1_before_starting_anything(tmp_p
 def test_the_gateway_url_is_where_a_local_client_reaches_the_bound_host(host, url):
     """The CLI, the UI and the learner all use it: a wildcard bind is not an address to call."""
     assert load_config(overrides={"server.host": host}).gateway_url == url
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"learn.promote": "canary"}, 'it needs engine.swap = "lora"'),
+    ({"learn.promote": "canary", "engine.swap": "auto"}, 'it needs engine.swap = "lora"'),
+    ({"learn.promote": "sometimes", "engine.swap": "lora"}, 'true, false or "canary"'),
+    ({"learn.promote": 1}, "learn.promote must be a bool or a str"),
+    ({"canary.share": 1.0}, "canary.share must be in (0, 1)"),
+    ({"canary.min_feedback": 0}, "canary.min_feedback must be 1 or more"),
+    ({"canary.on_timeout": "wait"}, "canary.on_timeout must be one of decide, keep"),
+])
+def test_promoting_into_a_canary_is_checked_at_load(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    assert words in str(e.value)
+
+
+def test_promote_takes_a_boolean_or_canary():
+    assert load_config(overrides={"learn.promote": False}).learn.promote is False
+    cfg = load_config(overrides={"learn.promote": "canary", "engine.swap": "lora"})
+    assert cfg.learn.promote == "canary" and cfg.canary.share == 0.1

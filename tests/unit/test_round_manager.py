@@ -283,47 +283,111 @@ def test_cancel_refuses_an_ended_round(cfg, store):
 
 
 def test_a_drift_rollback_rejects_the_candidate_and_serves_the_first_unflagged_ancestor(
-        tmp_path, json_server):
+        tmp_path, served):
     """v1 <- v2 (active, promoted while on_drift was "flag", so its round is flagged) <- candidate
     flagged again with on_drift = "rollback": the candidate is rejected and v1 serves. Through the
     server's own publish and activate (Versions, LoRA mode, on a running loop) and the real gate
     reading the round's gate.json; a stand-in answers vLLM's adapter-loading route."""
-    loads = []
-    engine_url = json_server(lambda path, headers, body: (
-        loads.append(body["lora_name"]) or 200, {}, {})).removesuffix("/v1")
-    cfg = with_overrides(load_config(), {"gate.on_drift": "rollback"})
-    cfg = dataclasses.replace(cfg, state_dir=str(tmp_path / "state"), model=dataclasses.replace(
-        cfg.model, path=str(write_base(tmp_path / "tiny-base"))))
-    store = Store(cfg.db_path)
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    versions = Versions(cfg, "lora", EngineClient(engine_url, httpx.AsyncClient()), store)
-    manager = RoundManager(cfg, publish=versions_publisher(versions, loop),
-                           activate=versions_activator(versions, loop))
-    try:
-        publish = versions_publisher(versions, loop)
-        assert publish(str(write_adapter(tmp_path / "a1")), None, "", True) == 1
-        assert publish(str(write_adapter(tmp_path / "a2")), 1, "", True) == 2
-        flagged = store.open_round("schedule", "", os.getpid())
-        store.update_round(flagged, status="promoted", adapter_version=2,
-                           metrics={"gate": {"drift_flags": ["KL to the base model 1.5 > 1.0"]}})
-        candidate = write_adapter(tmp_path / "round" / "adapter")
-        (candidate.parent / "gate.json").write_text(json.dumps({
-            "pairwise": {"n": 16, "judged": 16, "win": 12, "loss": 4, "win_rate": 0.75},
-            "drift": {"kl": cfg.learn.gate.max_kl * 3}}))
-        round_id = store.open_round("schedule", "", os.getpid())
-        store.update_round(round_id, status="running", candidate=str(candidate),
-                           metrics={"parent": 2})
-        manager.conclude(store, cfg, store.round(round_id))
+    served = served({"learn.gate.on_drift": "rollback"})
+    cfg, store, versions, loads = served.cfg, served.store, served.versions, served.loads
+    assert served.publish(str(write_adapter(tmp_path / "a1")), None, "", True) == 1
+    assert served.publish(str(write_adapter(tmp_path / "a2")), 1, "", True) == 2
+    flagged = store.open_round("schedule", "", os.getpid())
+    store.update_round(flagged, status="promoted", adapter_version=2,
+                       metrics={"gate": {"drift_flags": ["KL to the base model 1.5 > 1.0"]}})
+    round_id = _gated_round(tmp_path, store, parent=2, kl=cfg.learn.gate.max_kl * 3)
+    served.manager.conclude(store, cfg, store.round(round_id))
 
-        row = store.round(round_id)
-        gate = json.loads(row["metrics"])["gate"]
-        assert row["status"] == "rejected" and row["adapter_version"] == 3, row
-        assert gate["drift_flags"] and "KL to the base model" in row["error"]
-        assert gate["rolled_back_to"] == 1
-        assert store.adapter(3)["status"] == "rejected"
-        assert store.active_version() == 1 and versions.active == 1  # what the gateway serves
-        assert loads == ["dynalign-v1", "dynalign-v2"]  # the candidate was never loaded
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        store.close()
+    row = store.round(round_id)
+    gate = json.loads(row["metrics"])["gate"]
+    assert row["status"] == "rejected" and row["adapter_version"] == 3, row
+    assert gate["drift_flags"] and "KL to the base model" in row["error"]
+    assert gate["rolled_back_to"] == 1
+    assert store.adapter(3)["status"] == "rejected"
+    assert store.active_version() == 1 and versions.active == 1  # what the gateway serves
+    assert loads == ["dynalign-v1", "dynalign-v2"]  # the candidate was never loaded
+
+
+def test_a_round_that_passes_its_gate_starts_a_canary_with_promote_canary(tmp_path, served):
+    """learn.promote = "canary": the passing candidate is served to [canary]'s share of users
+    next to the active version, which stays; a drift rollback stops a running canary first."""
+    served = served({"learn.promote": "canary", "engine.swap": "lora", "canary.share": 0.25,
+                     "learn.gate.on_drift": "rollback"})
+    store, versions = served.store, served.versions
+    assert served.publish(str(write_adapter(tmp_path / "a1")), None, "", True) == 1
+    canary = store.running_canary()
+    assert canary["version"] == 1 and canary["active"] is None and canary["share"] == 0.25
+    assert canary["min_feedback"] == served.cfg.canary.min_feedback
+    assert versions.active is None and store.adapter(1)["status"] == "candidate"
+    assert "canary 1: served to 25% of users" in store.adapter(1)["note"]
+    assert served.loads == ["dynalign-v1"]  # loaded before any user is routed to it
+    served.run(versions.end_canary("promote", "by the test"))
+    assert versions.active == 1 and store.adapter(1)["status"] == "active"
+
+    assert served.publish(str(write_adapter(tmp_path / "a2")), 1, "", True) == 2
+    assert store.running_canary()["version"] == 2 and versions.active == 1
+    flagged = store.open_round("schedule", "", os.getpid())  # v1's round drifted, unnoticed
+    store.update_round(flagged, status="promoted", adapter_version=1,
+                       metrics={"gate": {"drift_flags": ["KL to the base model 1.5 > 1.0"]}})
+    drifted = _gated_round(tmp_path, store, parent=1, kl=served.cfg.learn.gate.max_kl * 3)
+    served.manager.conclude(store, served.cfg, store.round(drifted))
+    assert store.round(drifted)["status"] == "rejected"
+    assert store.running_canary() is None and versions.canary is None
+    ended = store.last_canary()
+    assert ended["version"] == 2 and ended["status"] == "stopped" and "drift" in ended["reason"]
+    assert versions.active is None and store.active_version() is None  # the base
+
+
+def _gated_round(tmp_path, store: Store, parent: int | None, kl: float) -> int:
+    """A running round whose learner left a candidate and a gate.json that wins 12 of 16 with
+    mean KL `kl`."""
+    round_id = store.open_round("schedule", "", os.getpid())
+    candidate = write_adapter(tmp_path / f"round-{round_id}" / "adapter")
+    (candidate.parent / "gate.json").write_text(json.dumps({
+        "pairwise": {"n": 16, "judged": 16, "win": 12, "loss": 4, "win_rate": 0.75},
+        "drift": {"kl": kl}}))
+    store.update_round(round_id, status="running", candidate=str(candidate),
+                       metrics={"parent": parent})
+    return round_id
+
+
+@dataclasses.dataclass
+class Served:
+    cfg: object
+    store: Store
+    versions: Versions
+    manager: RoundManager
+    publish: object  # publish(candidate, parent, note, promote) -> version, as rounds call it
+    loads: list  # the adapter names the engine was asked to load
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+
+@pytest.fixture
+def served(tmp_path, json_server):
+    """make(overrides) -> Served: the server's own publish and activate (Versions, LoRA mode,
+    on a running loop) with a real store; a stand-in answers vLLM's adapter-loading route."""
+    made = []
+
+    def make(overrides: dict) -> Served:
+        loads = []
+        engine_url = json_server(lambda path, headers, body: (
+            loads.append(body["lora_name"]) or 200, {}, {})).removesuffix("/v1")
+        cfg = load_config(overrides={"model.path": str(write_base(tmp_path / "tiny-base")),
+                                     **overrides})
+        store = Store(cfg.db_path)
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        versions = Versions(cfg, "lora", EngineClient(engine_url, httpx.AsyncClient()), store)
+        manager = RoundManager(cfg, publish=versions_publisher(versions, loop),
+                               activate=versions_activator(versions, loop))
+        made.append(Served(cfg, store, versions, manager, versions_publisher(versions, loop),
+                           loads, loop))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.loop.call_soon_threadsafe(one.loop.stop)
+        one.store.close()

@@ -173,3 +173,45 @@ def test_active_text_names_the_served_version_and_its_approval():
     v2 = {**base, "active": "dynalign-v2",
           "data": [{**ADAPTERS[1], "approval": {**up, "ratings": 0}}]}
     assert views.active_text(v2).endswith("users' approval: no ratings yet")
+
+
+CANARY_VIEW = {
+    "canary": {"id": 3, "status": "running", "share": 0.3, "min_feedback": 50, "max_hours": 24.0,
+               "reason": None},
+    "arms": {"active": {"name": "dynalign-v1", "requests": 140, "errors": 0,
+                        "mean_answer_tokens": 31.5, "p50_latency_ms": 812.0,
+                        "feedback": {"ratings": 3, "up": 2, "down": 1, "approval": 2 / 3,
+                                     "interval": [0.208, 0.939]}},
+             "canary": {"name": "dynalign-v3", "requests": 60, "errors": 2,
+                        "mean_answer_tokens": None, "p50_latency_ms": None,
+                        "feedback": {"ratings": 0, "up": 0, "down": 0, "approval": None,
+                                     "interval": None}}}}
+
+
+def test_canary_text_shows_both_arms_side_by_side():
+    text = views.canary_text(CANARY_VIEW)
+    assert text.startswith("**Canary 3: running**: dynalign-v3 to 30% of users, dynalign-v1")
+    assert "| requests | 140 | 60 |" in text and "| errors | 0 | 2 |" in text
+    assert "| mean answer tokens | 31.5 |  |" in text
+    assert "| approval | 67 % [21-94] of 3 | no ratings |" in text
+    ended = {**CANARY_VIEW, "canary": {**CANARY_VIEW["canary"], "status": "rolled_back",
+                                       "reason": "worse by 0.40"}}
+    assert "ended: worse by 0.40" in views.canary_text(ended)
+    assert views.canary_text({"canary": None, "arms": None}) == "no canary yet"
+
+
+@pytest.mark.parametrize("fields, body", [
+    ((3, None, None), {"version": 3}),
+    ((3, 0.3, 40), {"version": 3, "share": 0.3, "min_feedback": 40}),
+])
+def test_canary_body_leaves_empty_fields_to_the_server(fields, body):
+    assert views.canary_body(*fields) == body
+
+
+def test_a_canary_without_a_version_is_a_message_not_a_call():
+    calls = []
+    admin = Admin("http://gw/v1", "k", transport=httpx.MockTransport(
+        lambda request: calls.append(request.method) or httpx.Response(
+            200, json={"canary": None, "arms": None})))
+    assert act.start_canary(admin, None, 0.3, None).startswith("⚠️ canary: give the version")
+    assert calls == ["GET"]  # only the canary shown again
