@@ -42,13 +42,16 @@ def _canary_section(gr, c: dict) -> None:
     gr.Markdown("### Canary\nA version tried on a share of users next to the active one "
                 "(LoRA swap mode); it ends by itself on users' ratings or errors.")
     with gr.Row(equal_height=True):
-        c["canary_version"] = gr.Number(label="Version", precision=0, elem_id="canary-version")
-        c["canary_share"] = gr.Number(label="Share of users (0-1)", elem_id="canary-share")
-        c["canary_min"] = gr.Number(label="Ratings per arm to decide", precision=0,
-                                    elem_id="canary-min-feedback")
+        c["canary_version"] = gr.Textbox(label="Version", elem_id="canary-version")
+        c["canary_share"] = gr.Textbox(label="Share of users (0-1)", elem_id="canary-share",
+                                       placeholder="empty: the server's [canary] share")
+        c["canary_min"] = gr.Textbox(label="Ratings per arm to decide",
+                                     elem_id="canary-min-feedback",
+                                     placeholder="empty: the server's min_feedback")
         c["canary_start"] = gr.Button("Start canary", elem_id="canary-start")
         c["canary_promote"] = gr.Button("Promote", elem_id="canary-promote")
         c["canary_stop"] = gr.Button("Stop", variant="stop", elem_id="canary-stop")
+    c["canary_msg"] = gr.Markdown(elem_id="canary-message")
     c["canary"] = gr.Markdown("no canary yet", elem_id="canary-status")
 
 

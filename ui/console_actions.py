@@ -144,18 +144,19 @@ def canary(admin: Admin) -> str:
 
 
 def start_canary(admin: Admin, version, share, min_feedback) -> str:
+    """What happened, as a message (the canary itself is shown by `canary`)."""
     try:
         body = views.canary_body(version, share, min_feedback)
     except ValueError as exc:
-        return f"⚠️ canary: {exc}\n\n{canary(admin)}"
+        return f"⚠️ canary: {exc}"
     view, error = attempt(admin.start_canary, body)
-    return f"{error}\n\n{canary(admin)}" if error else views.canary_text(view)
+    return error or f"canary {view['canary']['id']} started: version {body['version']}"
 
 
 def end_canary(admin: Admin, call) -> str:
-    """Promote or stop (`call`), then the canary as it ended, or why not."""
+    """Promote or stop (`call`): how it ended, or why not."""
     view, error = attempt(call)
-    return f"{error}\n\n{canary(admin)}" if error else views.canary_text(view)
+    return error or f"canary {view['canary']['id']}: {view['canary']['status']}"
 
 
 def signature(snap: dict) -> str:

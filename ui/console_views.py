@@ -133,15 +133,22 @@ def _number(value) -> str:
     return "" if value is None else f"{value:g}" if isinstance(value, int) else f"{value:.1f}"
 
 
-def canary_body(version, share, min_feedback) -> dict:
-    """POST /admin/canary's body from the panel's fields (empty ones: the server's defaults)."""
-    if version in (None, ""):
+def canary_body(version: str, share: str, min_feedback: str) -> dict:
+    """POST /admin/canary's body from the panel's fields (empty ones: the server's defaults);
+    ValueError saying which field is not a number."""
+    fields = {"version": (version, int), "share": (share, float),
+              "min_feedback": (min_feedback, int)}
+    if not str(version or "").strip():
         raise ValueError("give the version to try")
-    body = {"version": int(version)}
-    if share not in (None, ""):
-        body["share"] = float(share)
-    if min_feedback not in (None, ""):
-        body["min_feedback"] = int(min_feedback)
+    body = {}
+    for key, (text, kind) in fields.items():
+        text = str(text or "").strip()
+        if text:
+            try:
+                body[key] = kind(text)
+            except ValueError:
+                raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'}, "
+                                 f"got {text!r}") from None
     return body
 
 

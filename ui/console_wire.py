@@ -45,11 +45,14 @@ def _wire_adapters(gr, admin_for, c: dict) -> None:
 
 
 def _wire_canary(gr, admin_for, c: dict) -> None:
-    """Start, promote, stop; each redraws the canary and the adapters (a version may change)."""
-    outputs = [c["canary"], c["adapters_msg"], c["active"], c["adapters"], c["seen"]]
+    """Start, promote, stop: a message, then the canary and the adapters drawn anew (a version
+    may have changed); the timer keeps the canary's arms current."""
+    outputs = [c["canary_msg"], c["canary"], c["adapters_msg"], c["active"], c["adapters"],
+               c["seen"]]
 
-    def then(key, text: str):
-        return text, *_view(act.snapshot(admin_for(key)))
+    def then(key, message: str):
+        admin = admin_for(key)
+        return message, act.canary(admin), *_view(act.snapshot(admin))
 
     c["canary_start"].click(
         lambda key, version, share, least: then(key, act.start_canary(

@@ -304,12 +304,14 @@ def test_i_a_canary_is_started_watched_promoted_and_stopped(console, ui_server):
     assert active != "dynalign-v1", "test_h left version 1 active"
     console.fill("canary-version", "99")
     console.click(css("canary-start"))
-    console.shows("canary-status", "⚠️")  # an unknown version: said, nothing started
+    console.shows("canary-message", "⚠️")  # an unknown version: said, nothing started
     assert ui_server.get("/admin/canary").json()["canary"] is None
     console.fill("canary-version", "1")
     console.fill("canary-share", "0.5")
     console.click(css("canary-start"))
+    console.shows("canary-message", "canary 1 started")
     console.shows("canary-status", "Canary 1: running")
+    assert ui_server.get("/admin/canary").json()["canary"]["min_feedback"] == 50  # the default
     # watched: users' requests show up in both arms' counts as the timer polls
     for i in range(8):
         ui_server.client().chat.completions.create(
@@ -317,10 +319,12 @@ def test_i_a_canary_is_started_watched_promoted_and_stopped(console, ui_server):
             extra_headers={"X-Dynalign-User": f"canary-user-{i}"})
     arms = ui_server.wait_for(lambda: arms_with(ui_server, 8), 60,
                               "the eight requests in the canary's arms")
-    console.shows("canary-status", f"| requests | {arms['active']['requests']} | "
-                                   f"{arms['canary']['requests']} |")
+    # the arms' table, rendered: a row reads "requests <active> <canary>"
+    console.shows("canary-status", f"requests {arms['active']['requests']} "
+                                   f"{arms['canary']['requests']}")
     console.shot("canary-status", "canary_running")
     console.click(css("canary-promote"))
+    console.shows("canary-message", "canary 1: promoted")
     console.shows("canary-status", "Canary 1: promoted")
     console.shows("active-version", "dynalign-v1")
     assert ui_server.active() == "dynalign-v1"
@@ -331,6 +335,7 @@ def test_i_a_canary_is_started_watched_promoted_and_stopped(console, ui_server):
     console.click(css("canary-start"))
     console.shows("canary-status", "Canary 2: running")
     console.click(css("canary-stop"))
+    console.shows("canary-message", "canary 2: stopped")
     console.shows("canary-status", "Canary 2: stopped")
     assert ui_server.get("/admin/canary").json()["canary"]["status"] == "stopped"
     assert ui_server.active() == "dynalign-v1"

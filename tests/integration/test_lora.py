@@ -138,9 +138,11 @@ def test_first_requests_to_an_unloaded_version_at_once(lora, test_adapter):
 
 # canary rollouts: a share of the alias's users on a candidate, next to the active version
 def one_word(server, user: str):
+    """One token for `user`; a one-word system message replaces the chat template's default
+    one, which would triple the prompt (LoRA prefill is the cost of the canary tests on CPU)."""
     return server.client().chat.completions.create(
-        model="dynalign", messages=[{"role": "user", "content": "hi"}], max_tokens=1,
-        extra_headers={"X-Dynalign-User": user})
+        model="dynalign", max_tokens=1, extra_headers={"X-Dynalign-User": user},
+        messages=[{"role": "system", "content": "Hi."}, {"role": "user", "content": "hi"}])
 
 
 def canary_arm(server, user: str) -> str:

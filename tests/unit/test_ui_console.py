@@ -201,11 +201,22 @@ def test_canary_text_shows_both_arms_side_by_side():
 
 
 @pytest.mark.parametrize("fields, body", [
-    ((3, None, None), {"version": 3}),
-    ((3, 0.3, 40), {"version": 3, "share": 0.3, "min_feedback": 40}),
+    (("3", "", ""), {"version": 3}),
+    ((" 3 ", "0.3", "40"), {"version": 3, "share": 0.3, "min_feedback": 40}),
 ])
 def test_canary_body_leaves_empty_fields_to_the_server(fields, body):
     assert views.canary_body(*fields) == body
+
+
+@pytest.mark.parametrize("fields, words", [
+    (("", "0.3", ""), "give the version"),
+    (("three", "", ""), "version must be an integer, got 'three'"),
+    (("3", "half", ""), "share must be a number, got 'half'"),
+    (("3", "", "4.5"), "min_feedback must be an integer, got '4.5'"),
+])
+def test_canary_fields_that_are_not_numbers_are_named(fields, words):
+    with pytest.raises(ValueError, match=words):
+        views.canary_body(*fields)
 
 
 def test_a_canary_without_a_version_is_a_message_not_a_call():
@@ -213,5 +224,5 @@ def test_a_canary_without_a_version_is_a_message_not_a_call():
     admin = Admin("http://gw/v1", "k", transport=httpx.MockTransport(
         lambda request: calls.append(request.method) or httpx.Response(
             200, json={"canary": None, "arms": None})))
-    assert act.start_canary(admin, None, 0.3, None).startswith("⚠️ canary: give the version")
-    assert calls == ["GET"]  # only the canary shown again
+    assert act.start_canary(admin, "", "0.3", "") == "⚠️ canary: give the version to try"
+    assert calls == []
