@@ -336,7 +336,8 @@ def main() -> int:
     print("\n" + (versus_summary(out) if paired else summary(out)))
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    name = "serve-dtypes.json" if args.dtypes else "serve-versus.json" if args.versus else "serve.json"
+    name = ("serve-dtypes.json" if args.dtypes else "serve-versus.json" if args.versus
+            else "serve.json")
     (results / name).write_text(json.dumps(out, indent=2))
     print(f"\nJSON: {results / name}")
     return 0

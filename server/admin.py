@@ -36,7 +36,6 @@ async def list_adapters(request: Request):
                      for row in versions.store.adapters()]}
 
 
-
 @router.post("/adapters", status_code=201)
 async def register_adapter(request: Request):
     body, parent = await _adapter_body(request)

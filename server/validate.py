@@ -129,7 +129,9 @@ def validate_canary(body: dict, defaults: dict) -> dict:
     out = {**defaults, **body}
     for key in canary_rules.FIELDS:
         _typed(out, key, type(defaults[key]))
-    for key, why in canary_rules.problems(out)[:1]:
+    bad = canary_rules.problems(out)
+    if bad:
+        key, why = bad[0]
         raise RequestError(f"'{key}' {why}", param=key)
     return out
 

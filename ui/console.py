@@ -1,6 +1,6 @@
 """The operator console (the "Operator" tab of ui/app.py): log in with the admin key, see and
-switch adapter versions, run a canary between two, start and watch refresh rounds, edit the schedule, plot rounds and
-versions, search and delete logged prompts. It talks only HTTP to the gateway's admin API.
+switch adapter versions, run a canary between two, start and watch refresh rounds, edit the
+schedule, plot rounds and versions, search and delete logged prompts. It talks only HTTP to the gateway's admin API.
 
 The key lives in a per-session gr.State; it is never logged nor shown. Layout here, the
 work in ui/console_actions.py.
@@ -121,8 +121,8 @@ def build_console(gr, api_url: str) -> dict:
     c: dict = {"key_state": key_state, "seen": seen, "key": key, "login": login,
                "login_msg": login_msg, "timer": gr.Timer(POLL_S, active=False)}
     with gr.Column(visible=False, elem_id="console") as console:
-        for section in (_adapters_section, _canary_section, _refresh_section, _schedule_section, _plots_section,
-                        _exchanges_section):
+        for section in (_adapters_section, _canary_section, _refresh_section, _schedule_section,
+                        _plots_section, _exchanges_section):
             section(gr, c)
     c["console"] = console
     wire(gr, lambda k: Admin(api_url, k), c)
