@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--answer-tokens", type=int, help="evaluation answers (default: as training)")
     p.add_argument("--state", help="state dir (default bench/results/align-<exp>/state, fresh)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 step, tiny sizes")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads of the round and the evaluation (default: every core)")
     p.add_argument("--rejudge", action="store_true",
                    help="judge the answers saved in --out again (no training, no answering)")
     p.add_argument("--out", help="JSON (default bench/results/align-<exp>.json)")
@@ -91,7 +93,7 @@ def round_config(args):
         "learn.prompts_per_step": args.prompts_per_step,
         "learn.num_generations": args.generations,
         "learn.max_completion_tokens": args.completion_tokens, "learn.learning_rate": args.lr,
-        "learn.converge_window": args.steps + 1, "learn.threads": os.cpu_count() or 1,
+        "learn.converge_window": args.steps + 1, "learn.threads": args.threads,
         "learn.nice": 0, "learn.from_active": False})
 
 
@@ -129,7 +131,7 @@ def answers(cfg, adapter: str, prompts: dict[str, list], tokens: int) -> dict:
     from learner.precision import rollout_dtype
     from learner.reading import answer
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cfg.learn.threads)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
     base = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=rollout_dtype(cfg.learn))
     model = PeftModel.from_pretrained(base, adapter).eval()

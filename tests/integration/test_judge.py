@@ -109,7 +109,7 @@ def test_the_alignment_benchmark_runs_end_to_end(tmp_path):
     subprocess.run([sys.executable, str(repo / "bench" / "align.py"), "--experiment", "a", "--quick",
                     "--policy", MODEL, "--judge", MODEL, "--state", str(tmp_path / "state"),
                     "--ifeval-data", str(repo / "data" / "eval" / "ifeval_sample.jsonl"),
-                    "--out", str(out)], check=True, cwd=tmp_path)
+                    "--out", str(out), "--threads", "1"], check=True, cwd=tmp_path)
     result = json.loads(out.read_text())
     assert result["reward"] == "judge" and len(result["curve"]) == 1
     assert result["eval"]["judge"] == f"{MODEL} (local, float32)"
