@@ -43,7 +43,8 @@ AT_LEAST = {  # key: smallest allowed value
     "learn.rule_words": 1, "learn.gate.prompts": 1, "learn.gate.min_judged": 1,
     "learn.gate.max_tokens": 1, "learn.gate.limit": 0, "learn.gate.max_length_ratio": 1.0,
     "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1,
-    "learn.converge_tolerance": 0.0, "learn.gate.max_kl": 0.0, "privacy.retention_days": 0}
+    "learn.converge_tolerance": 0.0, "learn.gate.max_kl": 0.0, "privacy.retention_days": 0,
+    "ui.max_tokens": 1}
 ABOVE = (  # must be above 0
     "engine.startup_timeout_s", "engine.restart_window_s", "server.request_timeout_s",
     "server.max_body_mb", "generate.timeout_s", "learn.learning_rate")

@@ -91,6 +91,7 @@ class UIConfig:
     enabled: bool = True  # start the UI with `dynalign serve`
     host: str = "127.0.0.1"  # loopback only: the chat UI has no login of its own
     port: int = 7860  # the UI's port
+    max_tokens: int = 512  # the longest answer the chat asks for, in tokens
 
 
 @dataclass

@@ -83,10 +83,10 @@ class Launched:
 
 def config_text(home: Path, model: str, mode: str, port: int, engine_port: int,
                 ui_port: int | None = None, kv_cache_gib: int = 1, engine: str = "",
-                extra: str = "", dtype: str = "") -> str:
-    """The TOML of a local server; `engine`: more lines of its [engine] section, `extra`: more
-    sections at the end, `dtype`: model.dtype (else the default, "auto")."""
-    ui = (f'[ui]\nenabled = true\nhost = "127.0.0.1"\nport = {ui_port}\n\n' if ui_port
+                extra: str = "", dtype: str = "", ui_settings: str = "") -> str:
+    """The TOML of a local server; `engine`, `ui_settings`: more lines of its [engine] and [ui]
+    sections, `extra`: more sections at the end, `dtype`: model.dtype (else "auto")."""
+    ui = (f'[ui]\nenabled = true\nhost = "127.0.0.1"\nport = {ui_port}\n{ui_settings}\n' if ui_port
           else '[ui]\nenabled = false\n\n')
     dtype = f'dtype = "{dtype}"\n' if dtype else ""
     return (f'state_dir = "{home}"\n\n[model]\npath = "{model}"\n{dtype}\n'
@@ -95,13 +95,14 @@ def config_text(home: Path, model: str, mode: str, port: int, engine_port: int,
 
 
 def launch(root: Path, model: str, mode: str, env: dict, ui: bool = False,
-           kv_cache_gib: int = 1, engine: str = "", extra: str = "", dtype: str = "") -> Launched:
+           kv_cache_gib: int = 1, engine: str = "", extra: str = "", dtype: str = "",
+           ui_settings: str = "") -> Launched:
     """Write root/dynalign.toml and start `dynalign serve` on it (not yet ready: see wait_ready)."""
     root.mkdir(parents=True, exist_ok=True)
     port, engine_port, ui_port = free_port(), free_port(), free_port() if ui else None
     server = Launched(None, root, port, engine_port, ui_port)  # type: ignore[arg-type]
     server.config.write_text(config_text(server.home, model, mode, port, engine_port, ui_port,
-                                         kv_cache_gib, engine, extra, dtype))
+                                         kv_cache_gib, engine, extra, dtype, ui_settings))
     with open(server.output_path, "ab") as out:
         server.proc = subprocess.Popen(
             [sys.executable, "-m", "dynalign.cli", "--config", str(server.config), "serve",

@@ -29,7 +29,8 @@ def start_ui(cfg: Config) -> subprocess.Popen | None:
         return None
     log = open(cfg.home / "logs" / "ui.log", "ab")
     cmd = [sys.executable, "-m", "ui.app", "--api-url", cfg.gateway_url,
-           "--host", cfg.ui.host, "--port", str(cfg.ui.port)]
+           "--host", cfg.ui.host, "--port", str(cfg.ui.port),
+           "--max-tokens", str(cfg.ui.max_tokens)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=die_with_parent, env=ui_env(cfg))
 

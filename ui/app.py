@@ -25,7 +25,7 @@ FOOTER_RE = re.compile(r"\n\n\*answered by [^*\n]*\*\s*\Z")
 ERROR_PREFIX = "⚠️ error: "
 OPT_OUT_HEADER = "X-Dynalign-Opt-Out"
 OPT_OUT_LABEL = "Don't use my chats for training"
-MAX_TOKENS = 512
+MAX_TOKENS = 512  # when run alone; `dynalign serve` passes ui.max_tokens
 INTRO = "### dynalign chat\nEach answer names the adapter version that wrote it."
 
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ADMIN_KEY = "console-test-key"
+UI_MAX_TOKENS = 48
 ROUND_TIMEOUT_S = 900  # a one-step round on a busy CPU
 OVERRIDES = {"max_steps": 1, "prompts": 1, "reward": "rule", "num_generations": 4,
              "prompts_per_step": 1, "max_completion_tokens": 16, "gate.enabled": False}
@@ -40,8 +41,11 @@ def css(elem_id: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def ui_server(browser_binaries, base_model, tmp_path_factory):
     """The conftest's server, with an admin key, in LoRA swap mode: a canary serves two versions
-    side by side (the chat UI's tests run the CPU default, merged)."""
-    yield from run_server(tmp_path_factory, base_model, "lora", ui=True, admin_key=ADMIN_KEY)
+    side by side (the chat UI's tests run the CPU default, merged). Its chat asks for answers of
+    at most UI_MAX_TOKENS (ui.max_tokens): the 135M filled the default 512 planning a garden day,
+    ~45 s an answer on a busy machine."""
+    yield from run_server(tmp_path_factory, base_model, "lora", ui=True, admin_key=ADMIN_KEY,
+                          ui_settings=f"max_tokens = {UI_MAX_TOKENS}\n")
 
 
 class Console(ChatPage):
@@ -147,8 +151,11 @@ def test_c_refresh_now_shows_progress_and_publishes_a_version(console, ui_server
     chat_in_the_ui(console, kept, opt_out=False, thumb="Dislike")
     chat_in_the_ui(console, private, opt_out=True)
     [rated] = ui_server.query(
-        "select f.rating, e.version, e.model_served from feedback f join exchanges e on "
-        "e.id = f.exchange_id where e.messages like ?", (f"%{kept}%",))
+        "select f.rating, e.version, e.model_served, e.params, e.completion_tokens from feedback f "
+        "join exchanges e on e.id = f.exchange_id where e.messages like ?", (f"%{kept}%",))
+    # ui.max_tokens reached the UI: what it asked for, and what it got
+    assert json.loads(rated.pop("params"))["max_tokens"] == UI_MAX_TOKENS
+    assert rated.pop("completion_tokens") <= UI_MAX_TOKENS
     assert rated == {"rating": -1, "version": None, "model_served": ui_server.base_name}
     logged_in(console)
     console.shows("active-version", "users' approval: 0 % [0-79] of 1")  # the base's, moved

@@ -185,16 +185,17 @@ def server_env(admin_key: str | None = None, api_key: str | None = None) -> dict
 
 def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
                  admin_key: str | None = None, engine_settings: str = "",
-                 api_key: str | None = None, settings: str = "") -> Server:
+                 api_key: str | None = None, settings: str = "", ui_settings: str = "") -> Server:
     """`dynalign serve` in `root`, ready: its /health answers (and its UI's page, with `ui`);
     its admin key is `admin_key` (DYNALIGN_ADMIN_KEY), else the <state>/admin.key it creates;
     with `api_key` (DYNALIGN_API_KEY) its chat API asks for a key; `engine_settings`: more TOML
     lines of its [engine] section ("max_restarts = 1\n"); `settings`: more TOML sections at the
-    end ("[privacy]\nretention_days = 30\n"). A state dir already in `root/state` is used."""
+    end ("[privacy]\nretention_days = 30\n"), `ui_settings` more lines of its [ui] section. A state
+    dir already in `root/state` is used."""
     # Rounds on these servers test training and publishing; the gate (which would reject
     # nearly everything a 135M judge sees) is switched on by the tests that test it.
     started = launch.launch(root, model_path, mode, server_env(admin_key, api_key), ui=ui,
-                            engine=engine_settings,
+                            engine=engine_settings, ui_settings=ui_settings,
                             extra=f"[learn.gate]\nenabled = false\n\n{settings}")
     server = Server(started.proc, root, started.port, started.engine_port, started.ui_port,
                     mode=mode, model_path=model_path, admin_key=admin_key, api_key=api_key)
@@ -212,11 +213,12 @@ def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
 
 def run_server(tmp_path_factory, model_path: str, mode: str, ui: bool = False,
                admin_key: str | None = None, api_key: str | None = None,
-               root: Path | None = None, settings: str = ""):
+               root: Path | None = None, settings: str = "", ui_settings: str = ""):
     """A fixture body: yield a started server, then stop it and check that SIGINT stopped all of it."""
     name = f"{mode}-ui-server" if ui else f"{mode}-server"
     server = start_server(root or tmp_path_factory.mktemp(name), model_path, mode, ui=ui,
-                          admin_key=admin_key, api_key=api_key, settings=settings)
+                          admin_key=admin_key, api_key=api_key, settings=settings,
+                          ui_settings=ui_settings)
     try:
         yield server
     finally:

@@ -176,10 +176,14 @@ cron = "not a cron"
 
 [privacy]
 retention_hour = 24
+
+[ui]
+max_tokens = 0
 '''
 NAMED = ("server.max_body_mb must be above 0", "learn.reward must be one of self, rule, judge",
          "learn.num_generations must be at least 2", "learn.gate.on_drift must be one of",
-         "learn.schedule: ", "privacy.retention_hour must be between 0 and 23")
+         "learn.schedule: ", "privacy.retention_hour must be between 0 and 23",
+         "ui.max_tokens must be at least 1")
 
 
 def test_every_bad_key_is_named_in_one_error_when_the_config_loads(tmp_path):
