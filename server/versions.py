@@ -204,11 +204,14 @@ class Versions:
         if version == self.active:
             raise CanaryError(f"version {version} is already active", "already_active")
 
-    async def end_canary(self, action: str, reason: str) -> None:
+    async def end_canary(self, action: str, reason: str, if_running: bool = False) -> None:
         """Promote (serve the canary's version to all), roll back (mark it rejected, with why),
-        keep or stop (the active version stays); the canary ends, once."""
+        keep or stop (the active version stays); the canary ends, once. No canary: 409
+        no_canary, or nothing with `if_running`."""
         async with self.canary_lock:
             canary = self.canary
+            if canary is None and if_running:
+                return
             if canary is None:
                 raise CanaryError("no canary is running", "no_canary")
             if action == "promote":
@@ -220,9 +223,10 @@ class Versions:
                                               note=f"canary {canary['id']}: {reason}")
 
     async def roll_back_to(self, version: int | None) -> None:
-        """A drift rollback: a running canary is stopped first (its arms would change)."""
-        if self.canary:
-            await self.end_canary("stop", f"drift: rolled back to {public_name(self.cfg, version)}")
+        """A drift rollback: a running canary is stopped first (its arms would change); one that
+        ends by itself meanwhile is no error (looked at under the canary lock, not before it)."""
+        await self.end_canary("stop", f"drift: rolled back to {public_name(self.cfg, version)}",
+                              if_running=True)
         await self.activate(version)
 
     async def activate(self, version: int | None, ending_canary: bool = False) -> None:

@@ -338,6 +338,26 @@ def test_a_round_that_passes_its_gate_starts_a_canary_with_promote_canary(tmp_pa
     assert versions.active is None and store.active_version() is None  # the base
 
 
+def test_a_drift_rollback_meets_a_canary_that_ended_while_it_waited(tmp_path, served):
+    """The canary ends by itself (its review holds the canary lock) just as a drift rollback
+    comes: the rollback waits for the lock, finds no canary and serves the version it names."""
+    served = served({"learn.promote": "canary", "engine.swap": "lora"})
+    store, versions = served.store, served.versions
+    assert served.publish(str(write_adapter(tmp_path / "a1")), None, "", True) == 1
+    assert versions.canary is not None
+
+    async def race():
+        async with versions.canary_lock:  # the review, deciding
+            rollback = asyncio.ensure_future(versions.roll_back_to(None))
+            await asyncio.sleep(0)  # the rollback runs up to the lock and waits there
+            assert not rollback.done()
+            store.end_canary(versions.canary["id"], "promoted", "by its review")
+            versions.canary = None
+        await rollback
+    served.run(race())
+    assert versions.active is None and store.last_canary()["status"] == "promoted"
+
+
 def _gated_round(tmp_path, store: Store, parent: int | None, kl: float) -> int:
     """A running round whose learner left a candidate and a gate.json that wins 12 of 16 with
     mean KL `kl`."""
