@@ -10,8 +10,9 @@ POST   /admin/canary/promote  serve the canary's version to everyone now
 
 Starting and ending one are Versions' (server/versions.py), which also starts one for a round
 that passed its gate when learn.promote = "canary". The store holds the canary and the exchange
-log which arm answered what, so a gateway restart resumes it with its counts. `review` ends it when dynalign/canary.py's rule says so; it runs
-after each rating and every minute on the schedule's scheduler.
+log which arm answered what, so a gateway restart resumes it with its counts. `review` ends it
+when dynalign/canary.py's rule says so; it runs after each rating and every minute on the
+schedule's scheduler.
 """
 
 from __future__ import annotations

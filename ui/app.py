@@ -20,12 +20,14 @@ import os
 import re
 from collections.abc import Iterator
 
+from dynalign.config import UIConfig
+
 FOOTER = "\n\n*answered by {}*"
 FOOTER_RE = re.compile(r"\n\n\*answered by [^*\n]*\*\s*\Z")
 ERROR_PREFIX = "⚠️ error: "
 OPT_OUT_HEADER = "X-Dynalign-Opt-Out"
 OPT_OUT_LABEL = "Don't use my chats for training"
-MAX_TOKENS = 512  # when run alone; `dynalign serve` passes ui.max_tokens
+MAX_TOKENS = UIConfig.max_tokens  # the default when run alone; `dynalign serve` passes its own
 INTRO = "### dynalign chat\nEach answer names the adapter version that wrote it."
 
 

@@ -1,6 +1,7 @@
 """The operator console (the "Operator" tab of ui/app.py): log in with the admin key, see and
 switch adapter versions, run a canary between two, start and watch refresh rounds, edit the
-schedule, plot rounds and versions, search and delete logged prompts. It talks only HTTP to the gateway's admin API.
+schedule, plot rounds and versions, search and delete logged prompts. It talks only HTTP to the
+gateway's admin API.
 
 The key lives in a per-session gr.State; it is never logged nor shown. Layout here, the
 work in ui/console_actions.py.
