@@ -127,29 +127,30 @@ def estimate(shape: Shape, learn, rollout_bytes: int, prompt_chars: int,
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
-def native_bf16(cuda: bool) -> bool:
+def native_bf16(cuda: bool, flags: set[str] | None = None) -> bool:
     """bf16 is computed natively: a GPU, or a CPU with AVX512-BF16 or AMX (an AVX2-only CPU
-    emulates it, 3-5x slower than fp32)."""
-    return cuda or bool(NATIVE_BF16_FLAGS & cpu_flags())
+    emulates it, 3-5x slower than fp32). `flags`: the CPU's flags (None: this machine's)."""
+    return cuda or bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))
 
 
-def rollout_dtype_name(learn, cuda: bool) -> str:
+def rollout_dtype_name(learn, cuda: bool, flags: set[str] | None = None) -> str:
     """learn.rollout_dtype resolved: "auto" is bf16 where it is native, else the training dtype
-    (learner/precision.py says why)."""
+    (learner/precision.py says why). `flags` as for native_bf16."""
     if learn.rollout_dtype != "auto":
         return learn.rollout_dtype
-    return "bfloat16" if native_bf16(cuda) else learn.dtype
+    return "bfloat16" if native_bf16(cuda, flags) else learn.dtype
 
 
-def engine_dtype_name(model, cuda: bool) -> str:
+def engine_dtype_name(model, cuda: bool, flags: set[str] | None = None) -> str:
     """model.dtype resolved for vLLM's --dtype: "auto" (the model's own) where bf16 is native,
-    else float32."""
+    else float32. `flags` as for native_bf16."""
     if model.dtype != "auto":
         return model.dtype
-    return "auto" if native_bf16(cuda) else "float32"
+    return "auto" if native_bf16(cuda, flags) else "float32"
 
 
 def cpu_flags() -> set[str]:
+    """This CPU's feature flags, from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -180,12 +181,18 @@ def local_judges(cfg) -> set[str]:
     return {catalog.resolve(e.model, cfg.home) for e in used if e.url == "local"}
 
 
+def learner_on_gpu() -> bool:
+    """The learner trains on a GPU here (nvidia-smi is on PATH): its memory is CUDA memory."""
+    return shutil.which("nvidia-smi") is not None
+
+
 def check_fits(model_path: str, learn, prompt_chars: int, available: float | None = None,
-               judges: set[str] = frozenset()) -> Estimate | None:
+               judges: set[str] = frozenset(), gpu: bool | None = None) -> Estimate | None:
     """Raise ConfigError naming the setting to lower when the round would not fit; the estimate
     otherwise (None: the model's shape is unknown, or the learner runs on a GPU). `judges`: the
-    local judges' folders, whose weights (in the rollout dtype) the round holds too."""
-    if shutil.which("nvidia-smi"):
+    local judges' folders, whose weights (in the rollout dtype) the round holds too. `gpu`: the
+    learner runs on a GPU (None: learner_on_gpu() says)."""
+    if learner_on_gpu() if gpu is None else gpu:
         return None
     shape = model_shape(model_path)
     available = available_bytes() if available is None else available

@@ -80,8 +80,11 @@ def learner_command(cfg: Config, config_path: Path, round_id: int) -> list[str]:
 
 class RoundManager:
     def __init__(self, cfg: Config, publish: Publisher, activate: Activator | None = None,
-                 gate=evaluation_gate):
+                 gate=evaluation_gate, gpu: bool | None = None):
+        """`gpu`: whether rounds train on a GPU, where the memory check does not apply (None:
+        dynalign.memory.learner_on_gpu() says)."""
         self.cfg, self.publish, self.activate, self.gate = cfg, publish, activate, gate
+        self.gpu = gpu
         self.procs: dict[int, subprocess.Popen] = {}
         self.threads: dict[int, threading.Thread] = {}
 
@@ -123,7 +126,7 @@ class RoundManager:
         with closing(self.store()) as store:
             exchanges = store.training_exchanges(store.consumed_upto())
         longest = longest_prompt(exchanges, read_rows(seed_path(cfg)), cfg.learn)
-        check_fits(cfg.model_path, cfg.learn, longest, judges=local_judges(cfg))
+        check_fits(cfg.model_path, cfg.learn, longest, judges=local_judges(cfg), gpu=self.gpu)
 
     def cancel(self, round_id: int, wait_s: float = 30.0) -> dict:
         with closing(self.store()) as store:

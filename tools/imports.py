@@ -1,6 +1,6 @@
-"""The project's import graph, read with stdlib `ast` (every import, module- or function-level):
-prints each cycle between our modules and each import that runs against the layers; exit 1 if
-there is any.
+"""The project's import graph, read with stdlib `ast` (every import, module- or function-level,
+absolute or relative): prints each cycle between our modules and each import that runs against
+the layers; exit 1 if there is any.
 
 The layers: `dynalign/` is the library and imports nothing from `server/`, `learner/` or `ui/`,
 except its command line (`dynalign/cli*.py`), which dispatches to them; `ui/` talks to the
@@ -33,8 +33,9 @@ def graph(root: Path) -> dict[str, set[str]]:
     mods = modules(root)
     edges: dict[str, set[str]] = {m: set() for m in mods}
     for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            for target in _targets(node):
+            for target in _targets(node, package):
                 while target and target not in mods:
                     target = target.rpartition(".")[0]
                 if target and target != name:
@@ -42,12 +43,23 @@ def graph(root: Path) -> dict[str, set[str]]:
     return edges
 
 
-def _targets(node: ast.AST) -> list[str]:
+def _targets(node: ast.AST, package: str) -> list[str]:
+    """The dotted names an import may load (`from m import x`: m, or its submodule m.x). A
+    relative import is resolved against `package`, the importing module's package (the module
+    itself for an `__init__.py`), as Python resolves it: `from . import b` in dynalign/a.py is
+    dynalign.b, `from ..x import y` in dynalign/sub/c.py is dynalign.x(.y)."""
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
-    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        return [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-    return []
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    module = node.module or ""
+    if node.level:
+        parts = package.split(".") if package else []
+        if node.level > len(parts):  # beyond the top-level package: Python refuses it too
+            return []
+        base = ".".join(parts[:len(parts) - node.level + 1])
+        module = f"{base}.{module}" if module else base
+    return [module] + [f"{module}.{alias.name}" for alias in node.names]
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:

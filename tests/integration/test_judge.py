@@ -19,6 +19,10 @@ pytestmark = pytest.mark.slow
 
 MODEL = os.environ.get("DYNALIGN_TEST_MODEL") or str(Path(__file__).resolve().parents[2] / "state"
                                                      / "model")
+# a round's learning rate that moves the greedy answers in one step (the default 5e-6 from LoRA
+# B = 0 leaves them as the base's: every pair "identical", the judge never asked); 1e-3 still
+# left one of the two held-out answers unchanged
+MOVING_LR = 1e-2
 ROWS = [{"id": "r1", "prompt": "How do I fix a dripping tap?", "response": "Turn off the water "
          "supply, take the handle off, replace the worn washer, and put it back together.",
          "note": "kept"},
@@ -72,7 +76,8 @@ def test_judge_check_fails_a_judge_that_cannot_tell(capsys):
 def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
     """The normal round code path with learn.reward = "judge" and both judges local: the reward
     is read from the judge's digit probabilities (graded, never the unreadable 0) and the gate's
-    pairwise verdicts come from the same model, named in the round's summary."""
+    pairwise verdicts come from the same model, named in the round's summary. The step's learning
+    rate moves the answers, so the gate has pairs to judge."""
     from learner.round import run_round
 
     cfg = load_config(None, {
@@ -80,7 +85,7 @@ def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
         "learn.judge.model": MODEL, "eval.judge.url": "local", "eval.judge.model": MODEL,
         "learn.max_steps": 1, "learn.prompts": 1, "learn.prompts_per_step": 1,
         "learn.num_generations": 2, "learn.max_completion_tokens": 8, "learn.gate.prompts": 2,
-        "learn.gate.limit": 0, "learn.gate.max_tokens": 8})
+        "learn.gate.limit": 0, "learn.gate.max_tokens": 8, "learn.learning_rate": MOVING_LR})
     store = Store(cfg.db_path)
     round_id = store.open_round("test", resolved_toml(cfg), os.getpid())
     summary = run_round(cfg, round_id)
@@ -93,6 +98,7 @@ def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
     assert gate["pairwise"]["n"] == 2
     report = json.loads((cfg.home / "rounds" / f"{round_id:04d}" / "gate.json").read_text())
     judged = [item for item in report["pairwise"]["items"] if not item["identical"]]
+    assert judged, report["pairwise"]["items"]  # the candidate answered otherwise: judged
     assert all(len(item["raw"]) == 2 for item in judged)  # asked in both orders
     assert all(0.0 <= share <= 1.0 for item in judged for share in item["a_share"])
     assert report["pairwise"]["balanced"]["n"] == 2  # a local judge weighs its verdicts too
@@ -109,11 +115,15 @@ def test_the_alignment_benchmark_runs_end_to_end(tmp_path):
     subprocess.run([sys.executable, str(repo / "bench" / "align.py"), "--experiment", "a", "--quick",
                     "--policy", MODEL, "--judge", MODEL, "--state", str(tmp_path / "state"),
                     "--ifeval-data", str(repo / "data" / "eval" / "ifeval_sample.jsonl"),
-                    "--out", str(out), "--threads", "1"], check=True, cwd=tmp_path)
+                    "--out", str(out), "--threads", "1", "--lr", str(MOVING_LR)], check=True,
+                   cwd=tmp_path)
     result = json.loads(out.read_text())
     assert result["reward"] == "judge" and len(result["curve"]) == 1
     assert result["eval"]["judge"] == f"{MODEL} (local, float32)"
     assert result["eval"]["pairwise"]["n"] == 2 and result["eval"]["ifeval"]["prompts"] == 2
+    judged = [item for item in result["eval"]["pairwise"]["items"] if not item["identical"]]
+    assert judged, result["eval"]["examples"]  # the round moved the answers: the judge was asked
+    assert all(len(item["raw"]) == 2 and len(item["a_share"]) == 2 for item in judged)
     assert "length_controlled" in result["eval"] and len(result["eval"]["examples"]) == 2
     assert set(result["eval"]["length_controlled"]) == {"outcome", "balanced"}
     assert result["eval"]["pointwise"]["n"] == 2

@@ -122,18 +122,23 @@ def length_reward(prompts, completions, **kwargs):
     return [len(c[0]["content"] if isinstance(c, list) else c) / 10 for c in completions]
 
 
-def one_step(tmp_path, tokenizer, micro_batch: int) -> dict:
-    """One optimiser step of 2 prompts x G 4 on a tiny random model: the completions sampled,
-    the loss TRL logged and the LoRA gradients just before the optimiser step."""
+def two_steps(tmp_path, tokenizer, micro_batch: int) -> dict:
+    """Two optimiser steps of 2 prompts x G 4 on a tiny random model: the completions sampled,
+    and per step the loss TRL logged and the LoRA gradients just before the optimiser step. The
+    first step is on-policy at the base (LoRA B = 0): its loss is ~0 (-mean advantage, KL 0)
+    whatever the batching; the second's is beta x the KL to the base after the first update (5e-4
+    at this learning rate; at the default 5e-6 it is lost in float noise, -4e-7), and its samples
+    and gradients follow from that update."""
     from transformers import TrainerCallback
 
-    cfg = load_config(None, {"learn.max_steps": 1, "learn.num_generations": 4,
+    cfg = load_config(None, {"learn.max_steps": 2, "learn.num_generations": 4,
                              "learn.prompts_per_step": 2, "learn.max_completion_tokens": 8,
-                             "learn.micro_batch": micro_batch, "learn.rollout_dtype": "float32"})
+                             "learn.micro_batch": micro_batch, "learn.rollout_dtype": "float32",
+                             "learn.learning_rate": 5e-2})
     policy = tiny_policy(tmp_path / f"model-{micro_batch}", tokenizer, cfg.learn)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": text}]}
                                  for text in ("Name a river.", "Name a mountain.")])
-    seen = {"completions": []}
+    seen = {"completions": [], "grads": [], "loss": []}
 
     def reward(prompts, completions, completion_ids, **kwargs):
         seen["completions"] += [list(ids) for ids in completion_ids]
@@ -141,12 +146,12 @@ def one_step(tmp_path, tokenizer, micro_batch: int) -> dict:
 
     class Capture(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            seen["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()
-                             if p.requires_grad}
+            seen["grads"].append({n: p.grad.detach().clone() for n, p in model.named_parameters()
+                                  if p.requires_grad})
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if "loss" in (logs or {}):
-                seen["loss"] = logs["loss"]
+                seen["loss"].append(logs["loss"])
 
     trainer = build_trainer(policy, tokenizer, dataset, cfg.learn, system_prompt(cfg.prompts),
                             reward, str(tmp_path / f"out-{micro_batch}"), callbacks=[Capture()])
@@ -156,16 +161,28 @@ def one_step(tmp_path, tokenizer, micro_batch: int) -> dict:
     return seen
 
 
+def grad_norm(grads: dict) -> float:
+    """The L2 norm of all the gradients together."""
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()])).item()
+
+
 def test_a_micro_batched_step_has_the_loss_and_gradients_of_the_whole_batch(setup, tmp_path):
+    """Step by step the same samples, gradients and loss, micro-batched or not: the first step
+    shows the gradient is accumulated to the whole batch's, the second that the update made
+    from it was the same and that the loss (nonzero there) is the whole batch's mean."""
     _, tokenizer, _ = setup
-    whole = one_step(tmp_path, tokenizer, micro_batch=8)
-    micro = one_step(tmp_path, tokenizer, micro_batch=2)
+    whole = two_steps(tmp_path, tokenizer, micro_batch=8)
+    micro = two_steps(tmp_path, tokenizer, micro_batch=2)
     assert whole["batches"] == (8, 1) and micro["batches"] == (2, 4)  # 8 completions, one step
-    assert sorted(whole["completions"]) == sorted(micro["completions"])  # the same samples
+    assert len(whole["completions"]) == 16  # two steps of 8
+    assert whole["completions"] == micro["completions"]  # the same samples, step by step
     assert len(set(map(tuple, whole["completions"]))) > 1
-    grads = whole["grads"]
-    assert any(g.abs().max() > 0 for g in grads.values())  # the step has something to compare
-    assert micro["grads"].keys() == grads.keys()
-    for name, g in grads.items():
-        torch.testing.assert_close(micro["grads"][name], g, rtol=1e-4, atol=1e-7, msg=name)
+    assert len(whole["grads"]) == len(micro["grads"]) == 2
+    for step, grads in enumerate(whole["grads"]):
+        assert grad_norm(grads) > 1e-2, step  # far above the tolerance: something to compare
+        assert micro["grads"][step].keys() == grads.keys()
+        for name, g in grads.items():
+            torch.testing.assert_close(micro["grads"][step][name], g, rtol=1e-4, atol=1e-7,
+                                       msg=f"step {step + 1}: {name}")
+    assert abs(whole["loss"][1]) > 1e-4  # the second step's KL term: a loss to compare
     assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-7)

@@ -35,6 +35,21 @@ def test_the_tool_finds_a_cycle_and_a_library_module_importing_the_server(tmp_pa
     assert "layer: dynalign.b imports server.gateway" in out.stdout
 
 
+def test_the_tool_resolves_relative_imports(tmp_path):
+    """`from . import b` and `from ..pkg import h` are edges like their absolute spelling: a cycle
+    made of relative imports is found, and in a package's `__init__.py` `.` is that package."""
+    (tmp_path / "dynalign" / "pkg").mkdir(parents=True)
+    (tmp_path / "dynalign" / "__init__.py").write_text("")
+    (tmp_path / "dynalign" / "a.py").write_text("from . import b\n")
+    (tmp_path / "dynalign" / "b.py").write_text("def f():\n    from .a import g\n")
+    (tmp_path / "dynalign" / "pkg" / "__init__.py").write_text("from .c import h\n")
+    (tmp_path / "dynalign" / "pkg" / "c.py").write_text("from ..pkg import h\n")
+    out = run_tool(tmp_path)
+    assert out.returncode == 1
+    assert "cycle: dynalign.a <-> dynalign.b" in out.stdout
+    assert "cycle: dynalign.pkg <-> dynalign.pkg.c" in out.stdout
+
+
 def test_importing_the_library_loads_no_framework_nor_other_layer():
     names = sorted(".".join(p.relative_to(REPO).with_suffix("").parts)
                    for p in (REPO / "dynalign").glob("*.py")

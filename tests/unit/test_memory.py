@@ -3,15 +3,20 @@ refusal of a round that would not fit, before anything is loaded; learner/progre
 progress of a step's phases and its ETA before the first step ends."""
 
 import json
+import os
+import platform
+import stat
 import struct
+import sys
 
 import pytest
 
 from dynalign.config import LearnConfig, load_config
 from dynalign.errors import ConfigError
-from dynalign.memory import GIB, Estimate, check_fits, estimate, local_judges, model_shape
+from dynalign.memory import (GIB, Estimate, check_fits, estimate, learner_on_gpu, local_judges,
+                             model_shape)
 from dynalign.rounds import PHASE_SHARE, longest_prompt, progress, step_text
-from learner.progress import StepProgress
+from learner.progress import CLEAR_REFS, StepProgress
 
 # SmolLM2-135M's shape (the embedded model)
 CONFIG = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -55,13 +60,14 @@ def test_estimate_of_the_default_round_and_how_micro_batch_bounds_it(tmp_path):
 def test_a_local_judge_adds_its_weights_and_is_named_when_it_is_what_does_not_fit(tmp_path):
     policy, judge = write_model(tmp_path / "m"), write_model(tmp_path / "j", (1_800_000_000,))
     learn = LearnConfig(rollout_dtype="float32")
-    alone = check_fits(str(policy), learn, prompt_chars=536, available=24 * GIB)
+    alone = check_fits(str(policy), learn, prompt_chars=536, available=24 * GIB, gpu=False)
     judged = check_fits(str(policy), learn, prompt_chars=536, available=24 * GIB,
-                        judges={str(judge)})
+                        judges={str(judge)}, gpu=False)
     assert judged.terms["judge"] == 1_800_000_000 * 4
     assert judged.peak == pytest.approx(alone.peak + 1_800_000_000 * 4)
     with pytest.raises(ConfigError, match="the local judge's weights are the largest part"):
-        check_fits(str(policy), learn, prompt_chars=536, available=8 * GIB, judges={str(judge)})
+        check_fits(str(policy), learn, prompt_chars=536, available=8 * GIB, judges={str(judge)},
+                   gpu=False)
 
 
 def test_local_judges_are_the_in_process_ones_a_round_loads():
@@ -80,16 +86,40 @@ def test_a_round_beyond_the_machine_is_refused_naming_the_setting(tmp_path):
     folder = write_model(tmp_path / "m")
     big = LearnConfig(prompts_per_step=64, max_completion_tokens=2048)
     with pytest.raises(ConfigError) as e:
-        check_fits(str(folder), big, prompt_chars=536, available=24 * GIB)
+        check_fits(str(folder), big, prompt_chars=536, available=24 * GIB, gpu=False)
     message = str(e.value)
     assert "learn.prompts_per_step (now 64)" in message and "GiB" in message
     with pytest.raises(ConfigError, match=r"learn.micro_batch \(now 32"):
-        check_fits(str(folder), LearnConfig(micro_batch=32), 536, available=8 * GIB)
+        check_fits(str(folder), LearnConfig(micro_batch=32), 536, available=8 * GIB, gpu=False)
     with pytest.raises(ConfigError, match="learn.max_completion_tokens"):
         check_fits(str(folder), LearnConfig(micro_batch=1, max_completion_tokens=30000), 536,
-                   available=8 * GIB)
-    assert isinstance(check_fits(str(folder), LearnConfig(), 536, available=24 * GIB), Estimate)
-    assert check_fits(str(tmp_path / "nowhere"), big, 536, available=GIB) is None  # unknown shape
+                   available=8 * GIB, gpu=False)
+    assert isinstance(check_fits(str(folder), LearnConfig(), 536, available=24 * GIB, gpu=False),
+                      Estimate)
+    assert check_fits(str(tmp_path / "nowhere"), big, 536, available=GIB,
+                      gpu=False) is None  # unknown shape
+
+
+def test_on_a_gpu_the_check_stands_aside(tmp_path, monkeypatch):
+    """A learner on a GPU holds its round in CUDA memory, which the estimate does not model: the
+    round refused on a CPU is let through there. By default the GPU is found by nvidia-smi on
+    PATH (a PATH with and without one here)."""
+    folder = write_model(tmp_path / "m")
+    big = LearnConfig(prompts_per_step=64, max_completion_tokens=2048)
+    assert check_fits(str(folder), big, 536, available=24 * GIB, gpu=True) is None
+    with pytest.raises(ConfigError, match="learn.prompts_per_step"):
+        check_fits(str(folder), big, 536, available=24 * GIB, gpu=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert not learner_on_gpu()
+    with pytest.raises(ConfigError, match="learn.prompts_per_step"):
+        check_fits(str(folder), big, 536, available=24 * GIB)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n")
+    smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
+    assert learner_on_gpu()
+    assert check_fits(str(folder), big, 536, available=24 * GIB) is None
 
 
 def test_the_round_manager_refuses_before_it_opens_a_round(tmp_path):
@@ -97,7 +127,7 @@ def test_the_round_manager_refuses_before_it_opens_a_round(tmp_path):
 
     folder = write_model(tmp_path / "m")
     cfg = load_config(None, {"model.path": str(folder)})
-    manager = RoundManager(cfg, publish=lambda *a: 1)
+    manager = RoundManager(cfg, publish=lambda *a: 1, gpu=False)  # the CPU check, on any machine
     # ~0.4 TB of KV cache: beyond any machine this runs on
     with pytest.raises(ConfigError, match="learn.prompts_per_step"):
         manager.trigger("operator", {"prompts_per_step": 512, "max_completion_tokens": 2048})
@@ -187,6 +217,24 @@ def test_step_progress_moves_layer_by_layer_and_reports_at_most_every_second():
     assert "step_phase" not in after and after["peak_rss_mb"] == row["peak_rss_mb"]
 
 
+def test_each_phase_has_its_own_peak_rss():
+    """A phase's peak RSS counts from that phase's start (the kernel's high-water mark is reset
+    at each phase), not from the process's start: 128 MiB written and freed in one phase are in
+    that phase's peak and not in the next one's."""
+    pytest.importorskip("torch")  # StepProgress asks torch whether a GPU is in use
+    if not os.path.exists(CLEAR_REFS):
+        pytest.skip("this kernel cannot reset the peak RSS: peaks are since the start there")
+    steps = StepProgress(clock=Clock())
+    steps.begin_step()
+    steps.phase("generation", total=1, unit="tokens")
+    block = b"x" * (128 * 2**20)  # every page written: resident
+    del block  # a block this large is mapped on its own: freeing it returns it to the kernel
+    steps.phase("reference", total=1, unit="micro-batches")
+    row = steps.end_step(reward=None)
+    assert row["peak_rss_mb/generation"] - row["peak_rss_mb/reference"] > 100, row
+    assert row["peak_rss_mb"] == row["peak_rss_mb/generation"]
+
+
 def test_step_text_for_people():
     running = {"status": "running", "progress": {"step_phase": "generation", "done": 1024,
                                                  "total": 8192, "unit": "tokens",
@@ -199,16 +247,27 @@ def test_step_text_for_people():
 
 def test_the_engine_computes_bf16_only_where_it_is_native():
     """model.dtype "auto": the model's own bf16 on a GPU or a CPU with AVX512-BF16/AMX, else
-    float32 (an AVX2-only CPU emulates bf16); a dtype that is set is passed as it is."""
-    from dynalign.memory import cpu_flags, engine_dtype_name
-    from server.engine import engine_command
+    float32 (an AVX2-only CPU emulates bf16); a dtype that is set is passed as it is. Likewise
+    learn.rollout_dtype "auto": bf16 where native, else the training dtype."""
+    from dynalign.memory import cpu_flags, engine_dtype_name, rollout_dtype_name
+    from server.engine import engine_command, is_cpu_platform
 
+    avx2 = {"sse2", "avx2", "fma"}
+    avx512_bf16 = avx2 | {"avx512f", "avx512_bf16"}
+    amx = avx2 | {"avx512f", "amx_tile", "amx_bf16"}
     cfg = load_config()
-    assert cfg.model.dtype == "auto"
-    native = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-    assert engine_dtype_name(cfg.model, cuda=False) == ("auto" if native else "float32")
-    assert engine_dtype_name(cfg.model, cuda=True) == "auto"
+    assert cfg.model.dtype == "auto" and cfg.learn.rollout_dtype == "auto"
+    assert engine_dtype_name(cfg.model, cuda=False, flags=avx2) == "float32"
+    assert engine_dtype_name(cfg.model, cuda=False, flags=avx512_bf16) == "auto"
+    assert engine_dtype_name(cfg.model, cuda=False, flags=amx) == "auto"
+    assert engine_dtype_name(cfg.model, cuda=True, flags=avx2) == "auto"
+    assert rollout_dtype_name(cfg.learn, cuda=False, flags=avx2) == cfg.learn.dtype == "float32"
+    assert rollout_dtype_name(cfg.learn, cuda=False, flags=amx) == "bfloat16"
+    assert rollout_dtype_name(cfg.learn, cuda=True, flags=avx2) == "bfloat16"
     fixed = load_config(overrides={"model.dtype": "bfloat16"})
-    assert engine_dtype_name(fixed.model, cuda=False) == "bfloat16"
-    command = engine_command(cfg, "merged")
-    assert command[command.index("--dtype") + 1] == ("auto" if native else "float32")
+    assert engine_dtype_name(fixed.model, cuda=False, flags=avx2) == "bfloat16"
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        assert "sse2" in cpu_flags()  # this machine's flags are read (every x86-64 CPU has SSE2)
+    command = engine_command(cfg, "merged")  # the engine is started with the resolved dtype
+    assert command[command.index("--dtype") + 1] == engine_dtype_name(
+        cfg.model, cuda=not is_cpu_platform())
