@@ -5,11 +5,13 @@ the rollout ends.
   conversation's first message) and the canary's id are hashed to a number in [0, 1); below
   `share` is the canary arm. The same person stays in one arm for the whole canary, and a new
   canary draws the split anew.
-- Arms: requests, errors, mean answer length, p50 latency, and users' approval (the latest rating
-  per answer) with Wilson's 95 % interval, all read from the exchange log, so a gateway restart
-  resumes with its counts.
+- Arms: requests, errors, mean answer length, p50 latency, and users' approval (one rating per
+  answer, the latest) with Wilson's 95 % interval and how many distinct users gave them, summed
+  in SQL from the exchange log (Store.canary_arms), so a gateway restart resumes with its counts.
 - Ending: at once when the canary's error rate is clearly above the active arm's (Wilson
-  intervals apart, at least MIN_REQUESTS requests); once both arms have `min_feedback` ratings,
+  intervals apart, at least MIN_REQUESTS requests); once both arms have `min_feedback` ratings
+  from at least `min_raters` distinct users each (one client inventing users to steer it must
+  also get past the per-key rate limit and the one-rating-per-answer rule),
   roll back when the canary's approval is worse than the active arm's by more than `margin` at
   `confidence` (the one-sided upper bound of canary - active, normal approximation, is below
   -margin), else promote: a canary is promoted unless the ratings show it worse, as canary
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import statistics
 from statistics import NormalDist
 
 from dynalign.evaluate import approval, wilson
@@ -29,7 +30,8 @@ from dynalign.evaluate import approval, wilson
 ARMS = ("active", "canary")
 MIN_REQUESTS = 20  # requests in the canary arm before its error rate can end it
 ON_TIMEOUT = ("decide", "keep")
-FIELDS = ("share", "min_feedback", "max_hours", "margin", "confidence", "on_timeout")
+FIELDS = ("share", "min_feedback", "min_raters", "max_hours", "margin", "confidence",
+          "on_timeout")
 RANGES = {  # field: (low, high, low open, high open)
     "share": (0, 1, True, True), "max_hours": (0, 1e6, True, False),
     "margin": (0, 1, False, True), "confidence": (0.5, 1, True, True)}
@@ -46,8 +48,9 @@ def problems(settings: dict) -> list[tuple[str, str]]:
         if below or above:
             out.append((key, f"must be in {'(' if low_open else '['}{low:g}, {high:g}"
                              f"{')' if high_open else ']'}, got {value}"))
-    if settings["min_feedback"] < 1:
-        out.append(("min_feedback", "must be 1 or more"))
+    for key in ("min_feedback", "min_raters"):
+        if settings[key] < 1:
+            out.append((key, "must be 1 or more"))
     if settings["on_timeout"] not in ON_TIMEOUT:
         out.append(("on_timeout", f"must be one of {', '.join(ON_TIMEOUT)}"))
     return out
@@ -68,22 +71,20 @@ def routing_key(body: dict, headers) -> str:
     return first if isinstance(first, str) else repr(first)
 
 
-def arm_stats(rows: list[dict]) -> dict:
-    """Each arm's numbers from its exchanges (dynalign/store.py: canary_exchanges)."""
-    return {arm: _one_arm([r for r in rows if r["arm"] == arm]) for arm in ARMS}
+def arm_stats(sums: dict) -> dict:
+    """Each arm's numbers from its sums in SQL (dynalign/store.py: canary_arms)."""
+    return {arm: _one_arm(sums.get(arm, {})) for arm in ARMS}
 
 
-def _one_arm(rows: list[dict]) -> dict:
-    errors = sum(r["status"] not in ("ok", "aborted") for r in rows)
-    lengths = [r["completion_tokens"] for r in rows if r["completion_tokens"] is not None]
-    latencies = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
-    interval = wilson(errors, len(rows))
-    return {"requests": len(rows), "errors": errors,
-            "error_rate": errors / len(rows) if rows else None,
+def _one_arm(sums: dict) -> dict:
+    n, errors, answers = sums.get("requests", 0), sums.get("errors", 0), sums.get("answers", 0)
+    interval = wilson(errors, n)
+    return {"requests": n, "errors": errors, "error_rate": errors / n if n else None,
             "error_interval": list(interval) if interval else None,
-            "mean_answer_tokens": statistics.fmean(lengths) if lengths else None,
-            "p50_latency_ms": statistics.median(latencies) if latencies else None,
-            "feedback": approval([r["rating"] for r in rows if r["rating"] is not None])}
+            "mean_answer_tokens": sums["tokens"] / answers if answers else None,
+            "p50_latency_ms": sums.get("p50_latency_ms"),
+            "feedback": {**approval(sums.get("up", 0), sums.get("down", 0)),
+                         "raters": sums.get("raters", 0)}}
 
 
 def decide(canary: dict, arms: dict, now: dt.datetime | None = None) -> tuple[str, str] | None:
@@ -94,16 +95,18 @@ def decide(canary: dict, arms: dict, now: dt.datetime | None = None) -> tuple[st
         return "rollback", (f"error rate {cand['error_rate']:.2f} vs {active['error_rate']:.2f} "
                             "on the active version: clearly higher")
     enough = min(active["feedback"]["ratings"], cand["feedback"]["ratings"])
-    if enough >= canary["min_feedback"]:
+    raters = min(active["feedback"]["raters"], cand["feedback"]["raters"])
+    min_raters = canary.get("min_raters") or 1  # canaries started before the setting: 1
+    if enough >= canary["min_feedback"] and raters >= min_raters:
         return _by_approval(canary, active["feedback"], cand["feedback"])
     if _hours(canary, now) < canary["max_hours"]:
         return None
-    if canary["on_timeout"] == "decide" and enough > 0:
+    wanted = (f"after {canary['max_hours']:g} h without {canary['min_feedback']} ratings from "
+              f"{min_raters} users per arm")
+    if canary["on_timeout"] == "decide" and enough > 0 and raters >= min_raters:
         action, why = _by_approval(canary, active["feedback"], cand["feedback"])
-        return action, f"after {canary['max_hours']:g} h without {canary['min_feedback']} " \
-                       f"ratings per arm: {why}"
-    return "keep", (f"after {canary['max_hours']:g} h without {canary['min_feedback']} ratings "
-                    "per arm: the active version stays")
+        return action, f"{wanted}: {why}"
+    return "keep", f"{wanted}: the active version stays"
 
 
 def _by_approval(canary: dict, active: dict, cand: dict) -> tuple[str, str]:

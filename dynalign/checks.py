@@ -10,6 +10,9 @@ folder) is checked where it is used, not here.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import re
+from urllib.parse import urlsplit
 
 from dynalign import canary
 from dynalign.errors import ConfigError
@@ -25,6 +28,7 @@ MODEL_DTYPES = ("auto", "bfloat16", "float16", "float32")
 SWAPS = ("auto", "lora", "merged")
 DRIFT_ACTIONS = ("flag", "reject", "rollback")
 READINGS = ("both_orders", "balanced")
+HOST_NAME = re.compile(r"(?i)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
 
 CHOICES = {
     "model.dtype": MODEL_DTYPES, "engine.swap": SWAPS, "learn.reward": REWARDS,
@@ -44,14 +48,15 @@ AT_LEAST = {  # key: smallest allowed value
     "learn.gate.max_tokens": 1, "learn.gate.limit": 0, "learn.gate.max_length_ratio": 1.0,
     "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1,
     "learn.converge_tolerance": 0.0, "learn.gate.max_kl": 0.0, "privacy.retention_days": 0,
-    "ui.max_tokens": 1}
+    "ui.max_tokens": 1, "server.feedback_per_minute": 0}
 ABOVE = (  # must be above 0
     "engine.startup_timeout_s", "engine.restart_window_s", "server.request_timeout_s",
     "server.max_body_mb", "generate.timeout_s", "learn.learning_rate")
 BETWEEN = {  # key: (low, high), both allowed
     "server.port": (1, 65535), "engine.port": (1, 65535), "ui.port": (1, 65535),
     "engine.gpu_memory_utilization": (0.0, 1.0), "learn.vllm_gpu_memory_utilization": (0.0, 1.0),
-    "learn.logged_share": (0.0, 1.0), "learn.temperature": (0.0, 2.0), "learn.top_p": (0.0, 1.0),
+    "learn.logged_share": (0.0, 1.0), "learn.max_user_share": (0.0, 1.0),
+    "learn.temperature": (0.0, 2.0), "learn.top_p": (0.0, 1.0),
     "learn.epsilon": (0.0, 1.0), "learn.beta": (0.0, 10.0), "learn.nice": (0, 19),
     "learn.gate.min_win_rate": (0.0, 1.0), "learn.gate.max_top_share": (0.0, 1.0),
     "learn.gate.max_drop": (0.0, 1.0), "generate.dedup_threshold": (0.0, 1.0),
@@ -74,7 +79,7 @@ def problems(cfg) -> list[str]:
     out += [f"{k} must be between {low:g} and {high:g}; got {_get(cfg, k)!r}"
             for k, (low, high) in BETWEEN.items() if not low <= _get(cfg, k) <= high]
     out += [f"canary.{k} {why}" for k, why in canary.problems(vars(cfg.canary))]
-    return out + _schedule(cfg) + _together(cfg)
+    return out + _schedule(cfg) + _together(cfg) + _cross_site(cfg.server)
 
 
 def _schedule(cfg) -> list[str]:
@@ -110,6 +115,42 @@ def _together(cfg) -> list[str]:
         if endpoint.max_tokens < 1:
             out.append(f"{name}.max_tokens must be at least 1")
     return out
+
+
+def _cross_site(server) -> list[str]:
+    """server.allowed_hosts and server.cors_origins: each entry must be what the gateway compares
+    it with (server/guard.py), so a typo fails `dynalign serve` at start instead of refusing
+    every request, or none, later."""
+    out = [f"server.allowed_hosts: {h!r} is not a host name or IP address (no scheme, port or "
+           'path; e.g. "chat.example.com", or "*" for any)'
+           for h in server.allowed_hosts if h != "*" and not is_host_name(h)]
+    out += [f"server.cors_origins: {o!r} is not an origin: scheme://host[:port], the scheme "
+            'http or https, no path or trailing slash (e.g. "https://app.example.com")'
+            for o in server.cors_origins if not is_origin(o)]
+    return out
+
+
+def is_host_name(text: str) -> bool:
+    """A DNS name (labels of letters, digits and inner hyphens, an optional final dot) or an IP
+    address (IPv6 with or without brackets), without port, scheme or path."""
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ipaddress.ip_address(inner)
+        return True
+    except ValueError:
+        return inner == text and HOST_NAME.fullmatch(text) is not None
+
+
+def is_origin(text: str) -> bool:
+    """A browser origin as sent in the Origin header: http(s)://host[:port], nothing after."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        return False
+    host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
+    return (parts.scheme in ("http", "https") and f"{parts.scheme}://{parts.netloc}" == text
+            and "@" not in parts.netloc and port != 0 and is_host_name(host))
 
 
 def _get(cfg, dotted: str):

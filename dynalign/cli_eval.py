@@ -2,7 +2,9 @@
 
 Answers come from the running server's OpenAI API (greedy, `eval.max_tokens`), by version name:
 3, v3 or dynalign-v3, `active`, or `base`; any other name is sent as is (with --url, any
-OpenAI-compatible server). Requests carry the opt-out header, so they are never trained on.
+OpenAI-compatible server). Requests carry the opt-out header, so they are never trained on,
+and the admin key: the server answers chats by name only from the versions serving (the active
+one, a canary's, the base), but for the admin key, so an operator can measure a candidate.
 With engine.swap = "merged" only the active version is served: compare other versions in "lora"
 mode (the gate compares a round's candidate inside the round, in either mode).
 Each run writes report.json and summary.md under <state>/reports/eval/ and prints the summary.
@@ -65,11 +67,13 @@ def answers(cfg, args, model: str, conversations: list[list[dict]], label: str) 
 
     from dynalign.config import EndpointConfig
     from dynalign.endpoint import Endpoint
+    from dynalign.keys import read_admin_key
 
     answering = EndpointConfig(url=args.url or "", model=model, temperature=0.0,
                                api_key_env=cfg.eval.judge.api_key_env,
                                max_tokens=cfg.eval.max_tokens)
-    endpoint = Endpoint.from_config("answers", answering, cfg.generate, cfg.gateway_url)
+    endpoint = Endpoint.from_config("answers", answering, cfg.generate, cfg.gateway_url,
+                                    api_key=None if args.url else read_admin_key(cfg))
     with tqdm(total=len(conversations), desc=label, file=sys.stderr,
               disable=args.no_progress) as bar, ThreadPoolExecutor(cfg.eval.concurrency) as pool:
         def one(messages):

@@ -1,26 +1,41 @@
-"""`dynalign logs export | delete`: one user's logged exchanges, straight from the state dir's SQLite.
+"""`dynalign logs export | delete | checkpoint`: one user's logged exchanges and ratings, straight
+from the state dir's SQLite.
 
 These work on <state>/dynalign.db directly, so they need no running server, and they are safe
 while one runs: the file is in WAL mode, a delete is one short transaction (the gateway's writer
 waits for it, and keeps what it could not write in memory meanwhile). The user is the `user`
-field of a chat request, or its `X-Dynalign-User` header.
+field of a chat request, or its `X-Dynalign-User` header; a rating's user is whoever gave it.
 
-  dynalign logs export --user ID [--out FILE]   JSONL, oldest first: the rows as stored (already
-                                                redacted), messages/response/params as JSON, and
-                                                `feedback`: the ratings given to each answer
-  dynalign logs delete --user ID                every exchange of that user
+  dynalign logs export --user ID [--out FILE]   JSONL (FILE is created 0600, never through a
+                                                symlink): first one line per exchange of that
+                                                user, oldest first, {"record": "exchange", the
+                                                row as stored (already redacted), messages/
+                                                response/params as JSON, "feedback": the ratings
+                                                THIS user gave it}; then one line per rating the
+                                                user gave on an exchange not logged under them,
+                                                oldest first, {"record": "rating", the rating
+                                                row}. Other people's ratings are never listed.
+  dynalign logs delete --user ID                every exchange of that user with all its ratings,
+                                                and every rating that user gave on any exchange
   dynalign logs delete --older-than DAYS        retention by hand ([privacy] retention_days)
+  dynalign logs checkpoint                      finish a delete whose WAL readers held: exit 1
+                                                while copies still remain in dynalign.db-wal
+
+A delete whose WAL checkpoint readers blocked has still deleted: it prints what it deleted, says
+that copies remain in dynalign.db-wal and how to finish, and exits 1.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from contextlib import closing
 
 from dynalign.erasure import forget
-from dynalign.errors import DynalignError
+from dynalign.errors import CopiesRemainError, DynalignError
+from dynalign.nofollow import open_no_link
 
 JSON_COLUMNS = ("messages", "response", "params")
 
@@ -35,45 +50,99 @@ def add_parser(sub) -> None:
     delete.add_argument("--user", help="the user id (`user` / X-Dynalign-User)")
     delete.add_argument("--older-than", type=float, metavar="DAYS",
                         help="only exchanges logged more than DAYS days ago")
+    logs.add_parser("checkpoint", help="fold the WAL into dynalign.db (finishes a delete that "
+                    "readers kept from doing it)")
 
 
 def logs_command(cfg, args) -> int:
     if not cfg.db_path.exists():
         raise DynalignError(f"no exchange log at {cfg.db_path} (nothing has been served there)")
-    return export_command(cfg, args) if args.action == "export" else delete_command(cfg, args)
+    commands = {"export": export_command, "delete": delete_command,
+                "checkpoint": checkpoint_command}
+    return commands[args.action](cfg, args)
 
 
 def export_command(cfg, args) -> int:
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    count = 0
-    try:
-        with closing(_open(cfg)) as store:
-            for row in _read(store.user_exchanges(args.user)):
-                row["feedback"] = store.feedback(row["id"])  # every rating given, oldest first
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-    finally:
-        if args.out:
-            out.close()
-    print(f"{count} exchange(s) of user {args.user!r}" + (f" in {args.out}" if args.out else ""),
-          file=sys.stderr)
+    with closing(_open(cfg)) as store:
+        out = _private_file(args.out) if args.out else sys.stdout
+        try:
+            exchanges, ratings = _export(store, args.user, out)
+        finally:
+            if args.out:
+                out.close()
+    print(f"{exchanges} exchange(s) of user {args.user!r} and {ratings} rating(s) they gave on "
+          "other exchanges" + (f" in {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
+def _export(store, user: str, out) -> tuple[int, int]:
+    """`user`'s exchanges, each with the ratings `user` gave it, then `user`'s ratings of other
+    exchanges; returns how many of each."""
+    given: dict[int, list[dict]] = {}
+    for rating in store.feedback_given(user):
+        given.setdefault(rating["exchange_id"], []).append(rating)
+    count = 0
+    for row in _read(store.user_exchanges(user)):
+        _write(out, {"record": "exchange", **row, "feedback": given.pop(row["id"], [])})
+        count += 1
+    others = [rating for ratings in given.values() for rating in ratings]
+    for rating in others:
+        _write(out, {"record": "rating", **rating})
+    return count, len(others)
+
+
+def _write(out, record: dict) -> None:
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _private_file(path: str):
+    """`path` opened for writing, readable by its owner only (0600, also when it existed): an
+    export holds a user's text. A symlink there is refused, not followed."""
+    fd = open_no_link(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, DynalignError,
+                      "an export is not written through one; give the path of a file",
+                      f"cannot write {path}")
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+    except OSError as e:
+        os.close(fd)
+        raise DynalignError(f"cannot make {path} private (0600): {e.strerror}") from None
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def delete_command(cfg, args) -> int:
-    """Delete a user's exchanges and/or those older than --older-than days (one transaction)."""
+    """Delete a user's exchanges and ratings and/or the exchanges older than --older-than days
+    (one transaction); exit 1 when copies remain in the WAL (the deletion stands)."""
     if args.user is None and args.older_than is None:
         raise DynalignError("dynalign logs delete needs --user ID and/or --older-than DAYS")
     if args.older_than is not None and args.older_than < 0:
         raise DynalignError(f"--older-than must be 0 or more days, got {args.older_than}")
     with closing(_open(cfg)) as store:
         try:
-            count = len(forget(cfg, store, user=args.user, older_than=args.older_than))
+            erased = forget(cfg, store, user=args.user, older_than=args.older_than)
         except sqlite3.OperationalError as e:  # locked for too long, read-only, disk full
             raise DynalignError(f"cannot delete from {cfg.db_path}: {e}") from None
     who = f" of user {args.user!r}" if args.user is not None else ""
     age = f" older than {args.older_than:g} days" if args.older_than is not None else ""
-    print(f"deleted {count} exchange(s){who}{age}")
+    print(f"deleted {len(erased.exchanges)} exchange(s){who}{age} and {erased.ratings} rating(s)")
+    if erased.copies_remain:
+        raise CopiesRemainError(erased.copies_remain)
+    return 0
+
+
+def checkpoint_command(cfg, args) -> int:
+    """Fold the WAL into the file (what a delete does last, and readers can keep it from)."""
+    with closing(_open(cfg)) as store:
+        try:
+            done = store.checkpoint()
+        except sqlite3.OperationalError as e:
+            raise DynalignError(f"cannot checkpoint {cfg.db_path}: {e}") from None
+    if not done:
+        raise CopiesRemainError(
+            f"{cfg.db_path}-wal still cannot be folded into {cfg.db_path}: another connection "
+            "keeps a read snapshot of the log open (an export, a backup, a sqlite3 shell, or "
+            "`dynalign serve`); end it and run `dynalign logs checkpoint` again")
+    print(f"checkpointed: {cfg.db_path}-wal is empty, and deleted text is overwritten in "
+          f"{cfg.db_path}")
     return 0
 
 

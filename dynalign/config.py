@@ -78,6 +78,16 @@ class ServerConfig:
     request_timeout_s: float = 600.0  # gateway -> engine timeout (seconds)
     max_body_mb: float = 4.0  # larger request bodies get 413 request_too_large (128k tokens of
     #                           text are ~0.5 MiB)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides
+    #                 localhost, 127.0.0.1, [::1] and server.host (any port); others get 421
+    #                 (DNS rebinding, server/guard.py). A wildcard host (0.0.0.0, ::) answers any
+    #                 Host unless this is set; "*" = any
+    cors_origins: list[str] = field(default_factory=list)  # browser origins
+    #                 ("https://app.example.com") allowed to call the API cross-origin; a request
+    #                 from any other origin (not the gateway's own) gets 403
+    feedback_per_minute: int = 60  # ratings (POST /v1/feedback) a chat key may send per minute
+    #                                (a burst of as many; without keys: per client address);
+    #                                more get 429 with Retry-After. 0 = no limit
     # Keys are never in this file: these name where they are (server/auth.py).
     api_keys_env: str = "DYNALIGN_API_KEY"  # chat keys, comma-separated; unset: open (loopback only)
     admin_key_env: str = "DYNALIGN_ADMIN_KEY"  # the admin key; unset: admin_key_file
@@ -206,6 +216,9 @@ class LearnConfig:
     prompts: int = 64  # prompts per round: logged user prompts first, the rest replayed from the
     #                    seed set's train split
     logged_share: float = 0.5  # at most this share of a round's prompts comes from the log
+    max_user_share: float = 0.25  # at most this share of those logged prompts comes from one user
+    #                               (the request's `user`, else its client): no one fills a round
+    #                               with their own prompts. At least one prompt each
     max_prompt_chars: int = 4000  # longer logged prompts are skipped (and counted)
     # GRPO, with the paper's settings as defaults (TRL's own defaults differ: see docs/rounds.md)
     num_generations: int = 8  # G, candidates per prompt
@@ -278,6 +291,7 @@ class CanaryConfig:
 
     share: float = 0.1  # the share of users the canary version answers, in (0, 1)
     min_feedback: int = 50  # ratings each arm needs before the ratings decide
+    min_raters: int = 10  # ... given by at least this many distinct users in each arm
     max_hours: float = 24.0  # then decide on what there is, or keep the active (on_timeout)
     margin: float = 0.05  # rolled back only when its approval is worse by more than this ...
     confidence: float = 0.95  # ... at this one-sided confidence

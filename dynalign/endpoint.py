@@ -22,21 +22,23 @@ OPT_OUT_HEADER = {"X-Dynalign-Opt-Out": "1"}
 class Endpoint:
     def __init__(self, role: str, url: str, model: str, api_key_env: str = "",
                  temperature: float = 1.0, max_tokens: int = 256, max_retries: int = 6,
-                 timeout_s: float = 120.0):
+                 timeout_s: float = 120.0, api_key: str | None = None):
+        """`api_key`: sent instead of the variable's (the CLI's admin key, for this server)."""
         self.role, self.url, self.model = role, url, model
         self.api_key_env = api_key_env
         self.temperature, self.max_tokens = temperature, max_tokens
         self.max_retries = max_retries
         # a dynalign server's variable may list several keys: a client sends the first
-        key = first_key(os.environ.get(api_key_env)) if api_key_env else None
+        key = api_key or (first_key(os.environ.get(api_key_env)) if api_key_env else None)
         self.client = openai.OpenAI(base_url=url, api_key=key or "none", max_retries=max_retries,
                                     timeout=timeout_s, default_headers=OPT_OUT_HEADER)
 
     @classmethod
-    def from_config(cls, role: str, endpoint, generate, default_url: str) -> "Endpoint":
+    def from_config(cls, role: str, endpoint, generate, default_url: str,
+                    api_key: str | None = None) -> "Endpoint":
         return cls(role, endpoint.url or default_url, endpoint.model, endpoint.api_key_env,
                    endpoint.temperature, endpoint.max_tokens, generate.max_retries,
-                   generate.timeout_s)
+                   generate.timeout_s, api_key)
 
     def chat(self, messages: list[dict], seed: int | None = None) -> str:
         kwargs = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens}

@@ -1,12 +1,16 @@
 """Deleting exchanges deletes every copy of their text that the state dir holds.
 
-User text lives in two places only: the exchange log (SQLite, where the store overwrites
-deleted rows and checkpoints the WAL) and each round's `prompts.jsonl`, the list of prompts it
-trained on, where a logged prompt is the row with id `exchange-<id>`. Everything else a round
-writes holds numbers, seed or held-out prompts, and the model's answers to those. So one
-function deletes rows and then drops those ids from every round's list; the CLI, the admin API
-and the retention job all call it. What it cannot undo: an adapter trained on a prompt keeps
-what it learned (weights hold no text; see docs/operations.md).
+User text lives in two places only: the exchange log (SQLite: the exchanges and the ratings'
+comments) and each round's `prompts.jsonl`, the list of prompts it trained on, where a logged
+prompt is the row with id `exchange-<id>`. Everything else a round writes holds numbers, seed or
+held-out prompts, and the model's answers to those. So one function, `forget`, deletes the rows
+(a user's exchanges with every rating of them, and every rating that user gave on anyone's
+exchange), drops those ids from every round's list, and checkpoints the WAL, retried while
+readers hold it; the CLI, the admin API and the retention job all call it. When readers still
+hold the WAL after the last try, the deletion is committed but copies remain in
+`dynalign.db-wal`: `Erased.copies_remain` says so and how to finish (`dynalign logs
+checkpoint`), and each caller reports it. What it cannot undo: an adapter trained on a prompt
+keeps what it learned (weights hold no text; see docs/operations.md).
 """
 
 from __future__ import annotations
@@ -14,17 +18,40 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 
+@dataclass(frozen=True)
+class Erased:
+    exchanges: list[int]  # the ids of the exchanges deleted
+    ratings: int  # ratings deleted: of those exchanges, and the user's on others
+    copies_remain: str | None = None  # None: no copy left; else what remains, how to finish
+
+
 def forget(cfg, store, *, user: str | None = None, older_than: float | None = None,
-           ids: list[int] | None = None) -> list[int]:
+           ids: list[int] | None = None) -> Erased:
     """Delete the exchanges of `user`, older than `older_than` days and/or with these `ids`
-    (all given filters apply), and every round's copy of their prompts; returns the ids."""
+    (all given filters apply), their ratings and the ratings `user` gave; then every round's
+    copy of their prompts, and the WAL's copies (Store.checkpoint, retried while readers hold
+    it). The deletion is committed even when copies remain in the WAL."""
     before = None if older_than is None else cutoff(older_than)
-    deleted = store.delete_exchanges(user=user, before=before, ids=ids)
-    scrub_rounds(cfg.rounds_dir, deleted)
-    return deleted
+    exchanges, ratings = store.erase(user=user, before=before, ids=ids)
+    scrub_rounds(cfg.rounds_dir, exchanges)
+    clean = store.checkpoint()
+    return Erased(exchanges, ratings, None if clean else copies_remain(cfg.db_path))
+
+
+def copies_remain(db_path: Path) -> str:
+    """What a checkpoint that readers blocked leaves behind, and how to finish."""
+    from dynalign.store import CHECKPOINT_TRIES, CHECKPOINT_WAIT_MS  # no sqlite-utils for --help
+
+    seconds = CHECKPOINT_TRIES * CHECKPOINT_WAIT_MS / 1000
+    return (f"the deletion is committed, but copies of the deleted text remain in {db_path}-wal "
+            f"(and in {db_path} until the WAL is folded in): another connection kept a read "
+            f"snapshot of the log open for {seconds:g} s. Finish with `dynalign logs checkpoint` "
+            "once nothing is reading the log (an export, a backup, a sqlite3 shell; if it still "
+            "cannot, stop `dynalign serve` first)")
 
 
 def cutoff(days: float, at: dt.datetime | None = None) -> str:

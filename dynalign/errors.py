@@ -22,6 +22,11 @@ class UnknownVersionError(AdapterError):
     """No adapter version with that number is registered."""
 
 
+class CopiesRemainError(DynalignError):
+    """A deletion is committed, but readers kept the WAL from being checkpointed: copies of the
+    deleted text remain in dynalign.db-wal until `dynalign logs checkpoint` succeeds."""
+
+
 class DataError(DynalignError):
     """A dataset file is missing or malformed."""
 

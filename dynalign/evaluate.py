@@ -126,21 +126,18 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
     return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))
 
 
-def approval(ratings: list[int]) -> dict:
-    """Users' thumbs (1 / -1) on one version's answers: how many, the share up, its interval."""
-    up = sum(1 for r in ratings if r > 0)
-    interval = wilson(up, len(ratings))
-    return {"ratings": len(ratings), "up": up, "down": len(ratings) - up,
-            "approval": up / len(ratings) if ratings else None,
+def approval(up: int = 0, down: int = 0) -> dict:
+    """Users' thumbs on one version's answers, from the counts: how many, the share up, and its
+    Wilson interval (None while there are none)."""
+    n = up + down
+    interval = wilson(up, n)
+    return {"ratings": n, "up": up, "down": down, "approval": up / n if n else None,
             "interval": list(interval) if interval else None}
 
 
-def approval_by_version(ratings: list[tuple[int | None, int]]) -> dict:
-    """`approval` per version from (version that answered, latest rating) pairs (None: base)."""
-    by_version: dict = {}
-    for version, rating in ratings:
-        by_version.setdefault(version, []).append(rating)
-    return {version: approval(values) for version, values in by_version.items()}
+def approval_by_version(counts: dict) -> dict:
+    """`approval` per version from {version (None: base): (up, down)} (Store.ratings_by_version)."""
+    return {version: approval(up, down) for version, (up, down) in counts.items()}
 
 
 def pairwise(prompts: list[str], answers_a: list[str], answers_b: list[str], chat, template: str,

@@ -83,26 +83,29 @@ class Launched:
 
 def config_text(home: Path, model: str, mode: str, port: int, engine_port: int,
                 ui_port: int | None = None, kv_cache_gib: int = 1, engine: str = "",
-                extra: str = "", dtype: str = "", ui_settings: str = "") -> str:
-    """The TOML of a local server; `engine`, `ui_settings`: more lines of its [engine] and [ui]
-    sections, `extra`: more sections at the end, `dtype`: model.dtype (else "auto")."""
+                extra: str = "", dtype: str = "", ui_settings: str = "",
+                server: str = "") -> str:
+    """The TOML of a local server; `engine`, `server`, `ui_settings`: more lines of its [engine],
+    [server] and [ui] sections, `extra`: more sections at the end, `dtype`: model.dtype (else
+    "auto")."""
     ui = (f'[ui]\nenabled = true\nhost = "127.0.0.1"\nport = {ui_port}\n{ui_settings}\n' if ui_port
           else '[ui]\nenabled = false\n\n')
     dtype = f'dtype = "{dtype}"\n' if dtype else ""
     return (f'state_dir = "{home}"\n\n[model]\npath = "{model}"\n{dtype}\n'
             f'[engine]\nport = {engine_port}\nswap = "{mode}"\nkv_cache_gib = {kv_cache_gib}\n'
-            f'{engine}\n[server]\nport = {port}\n\n{ui}{extra}')
+            f'{engine}\n[server]\nport = {port}\n{server}\n{ui}{extra}')
 
 
 def launch(root: Path, model: str, mode: str, env: dict, ui: bool = False,
            kv_cache_gib: int = 1, engine: str = "", extra: str = "", dtype: str = "",
-           ui_settings: str = "") -> Launched:
+           ui_settings: str = "", server_settings: str = "") -> Launched:
     """Write root/dynalign.toml and start `dynalign serve` on it (not yet ready: see wait_ready)."""
     root.mkdir(parents=True, exist_ok=True)
     port, engine_port, ui_port = free_port(), free_port(), free_port() if ui else None
     server = Launched(None, root, port, engine_port, ui_port)  # type: ignore[arg-type]
     server.config.write_text(config_text(server.home, model, mode, port, engine_port, ui_port,
-                                         kv_cache_gib, engine, extra, dtype, ui_settings))
+                                         kv_cache_gib, engine, extra, dtype, ui_settings,
+                                         server_settings))
     with open(server.output_path, "ab") as out:
         server.proc = subprocess.Popen(
             [sys.executable, "-m", "dynalign.cli", "--config", str(server.config), "serve",

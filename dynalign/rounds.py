@@ -4,7 +4,9 @@ A round's prompts are the user prompts logged since the last finished round (nev
 ones, never failed requests; the last user turn of each conversation; de-duplicated; over-long
 ones skipped and counted), topped up with a replay sample of the seed set's train split. The
 held-out split is never trained on: evaluation uses it. Within the logged share, prompts whose
-answer a user rated down come first: that is where the served model is weakest.
+answer a user rated down come first: that is where the served model is weakest. No one user (the
+request's `user`, else its client) fills more than `learn.max_user_share` of the logged share,
+rated down or not: ratings and prompts cannot steer a round to one person's taste.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ class Selection:
     duplicates: int = 0
     heldout_excluded: int = 0  # logged or seed-train prompts equal to a held-out one
     rated_down: int = 0  # logged prompts taken first because a user rated their answer down
+    user_capped: int = 0  # logged prompts left out: their user had their share already
     exchanges_upto: int = 0
 
     def summary(self) -> dict:
         return {"prompts": len(self.prompts), "logged": self.logged, "seed": self.seed,
                 "skipped_long": self.skipped_long, "duplicates": self.duplicates,
                 "heldout_excluded": self.heldout_excluded, "rated_down": self.rated_down,
-                "exchanges_upto": self.exchanges_upto}
+                "user_capped": self.user_capped, "exchanges_upto": self.exchanges_upto}
 
 
 def system_prompt(prompts: PromptsConfig) -> str:
@@ -79,9 +82,9 @@ def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnCon
             seen.add(_key(text))
             rating = {"rating": row["rating"]} if row.get("rating") is not None else {}
             logged.append({"prompt": text, "source": "logged", "id": f"exchange-{row['id']}",
-                           **rating})
+                           "who": row.get("who"), **rating})
     logged.sort(key=lambda p: p.get("rating") != -1)  # stable: newest first within each
-    logged = logged[: int(learn.prompts * learn.logged_share)]
+    logged = _per_user(logged, int(learn.prompts * learn.logged_share), learn.max_user_share, sel)
     sel.rated_down = sum(p.get("rating") == -1 for p in logged)
     train = [r for r in seed_rows if r.get("split") == "train" and _key(r["prompt"]) not in seen]
     sel.heldout_excluded += sum(_key(r["prompt"]) in heldout for r in train)
@@ -92,6 +95,23 @@ def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnCon
     rng.shuffle(sel.prompts)
     sel.logged, sel.seed = len(logged), len(replay)
     return sel
+
+
+def _per_user(logged: list[dict], room: int, share: float, sel: Selection) -> list[dict]:
+    """The first `room` of `logged` (in order) with at most max(1, share x room) per user; the
+    user (`who`) is not kept in the prompt list. A row that names no one (no user and no
+    client: not from the gateway, which always knows the client) is attributed to nobody."""
+    cap, taken, counts = max(1, int(share * room)), [], {}
+    for prompt in logged:
+        who = prompt.pop("who", None)
+        if len(taken) == room:
+            continue
+        if who is not None and counts.get(who, 0) >= cap:
+            sel.user_capped += 1
+            continue
+        counts[who] = counts.get(who, 0) + 1
+        taken.append(prompt)
+    return taken
 
 
 def longest_prompt(exchanges: list[dict], seed_rows: list[dict], learn: LearnConfig) -> int:

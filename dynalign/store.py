@@ -21,6 +21,8 @@ from dynalign.errors import RoundBusyError, UnknownRoundError, UnknownVersionErr
 
 OPEN_ROUND = ("queued", "running", "evaluating")  # a round in one of these blocks a new one
 ROUND_END = ("promoted", "rejected", "failed", "cancelled")
+CHECKPOINT_TRIES = 30  # after a delete: 30 tries of up to 100 ms while readers hold the WAL
+CHECKPOINT_WAIT_MS = 100
 
 MIGRATIONS = []
 
@@ -125,6 +127,24 @@ def m009_canary(db):
         pk="id")
 
 
+@migration
+def m010_feedback_once(db):
+    """A rating counts once per exchange: the latest replaces the earlier ones (so rows stay
+    bounded, one per rated answer); the rater and the canary's arms are indexed for the sums
+    that the canary's review and /metrics read; each exchange records which chat key sent it
+    (`key_id`, a digest prefix: only that client may rate the answer when keys identify
+    clients)."""
+    db.execute("delete from feedback where id not in "
+               "(select max(id) from feedback group by exchange_id)")
+    db["feedback"].create_index(["exchange_id"], unique=True, index_name="feedback_once")
+    db["feedback"].create_index(["user"])
+    # covering: a review's counts read the index alone; the median latency walks the second
+    db["exchanges"].create_index(["canary", "arm", "status", "completion_tokens"])
+    db["exchanges"].create_index(["canary", "arm", "latency_ms"])
+    db["exchanges"].add_column("key_id", str)
+    db["canaries"].add_column("min_raters", int)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -188,22 +208,29 @@ class Store:
     # feedback
     def add_feedback(self, exchange_id: int, rating: int, comment: str | None = None,
                      user: str | None = None) -> dict:
-        """Record a rating of an exchange's answer (earlier ones are kept: the latest counts)."""
+        """Rate an exchange's answer: one row per exchange, a later rating replaces the earlier
+        one (the latest counts, and a client cannot pile up rows)."""
         row = {"exchange_id": exchange_id, "created": now(), "rating": rating,
                "comment": comment, "user": user}
-        row["id"] = self.db["feedback"].insert(row).last_pk
+        with self.db.conn:
+            row["id"] = self.db.execute(
+                "insert into feedback (exchange_id, created, rating, comment, user) "
+                "values (:exchange_id, :created, :rating, :comment, :user) "
+                "on conflict (exchange_id) do update set created = excluded.created, "
+                "rating = excluded.rating, comment = excluded.comment, user = excluded.user "
+                "returning id", row).fetchone()[0]
         return row
 
     def feedback(self, exchange_id: int) -> list[dict]:
-        """Every rating given to an exchange, oldest first (the last one counts)."""
+        """The rating given to an exchange ([] or one row: the latest replaced earlier ones)."""
         return list(self.db["feedback"].rows_where("exchange_id = ?", [exchange_id],
                                                    order_by="id"))
 
-    def latest_ratings(self) -> list[tuple[int | None, int]]:
-        """(version that answered, its latest rating) for every rated exchange."""
-        return [tuple(r) for r in self.db.execute(
-            "select e.version, f.rating from feedback f join exchanges e on e.id = f.exchange_id "
-            "where f.id in (select max(id) from feedback group by exchange_id)")]
+    def ratings_by_version(self) -> dict[int | None, tuple[int, int]]:
+        """{version that answered (None: base): (thumbs up, thumbs down)}, summed in SQL."""
+        return {version: (up, down) for version, up, down in self.db.execute(
+            "select e.version, sum(f.rating > 0), sum(f.rating < 0) from feedback f "
+            "join exchanges e on e.id = f.exchange_id group by e.version")}
 
     def delete_exchange(self, exchange_id: int) -> bool:
         return bool(self.delete_exchanges(ids=[exchange_id]))
@@ -226,22 +253,47 @@ class Store:
         """Every exchange logged for `user`, oldest first (an iterator: exports may be large)."""
         return self.db["exchanges"].rows_where("user = ?", [user], order_by="id")
 
+    def feedback_given(self, user: str) -> list[dict]:
+        """Every rating `user` gave (feedback.user is the rater), on any exchange, oldest first."""
+        return list(self.db["feedback"].rows_where("user = ?", [user], order_by="id"))
+
     def delete_exchanges(self, user: str | None = None, before: str | None = None,
                          ids: list[int] | None = None) -> list[int]:
-        """Delete the exchanges of `user`, created before the ISO time `before` and/or with these
-        `ids`; returns the ids deleted. Deleted text is overwritten in the file (secure_delete),
-        and the WAL is checkpointed so old copies do not linger there either (as far as readers
-        allow). Other copies (rounds' prompt lists) are dynalign/erasure.py's job."""
+        """`erase`, returning only the ids of the exchanges deleted."""
+        return self.erase(user, before, ids)[0]
+
+    def erase(self, user: str | None = None, before: str | None = None,
+              ids: list[int] | None = None) -> tuple[list[int], int]:
+        """In one transaction, delete the exchanges of `user`, created before the ISO time
+        `before` and/or with these `ids`, every rating of them (comments are user text too),
+        and the ratings `user` gave on other exchanges (feedback.user is the rater; `before`
+        and `ids` apply to those as well). Returns (the exchange ids, how many ratings).
+        Deleted text is overwritten in the file (secure_delete); old copies stay in the WAL
+        until `checkpoint` succeeds. Rounds' prompt lists are dynalign/erasure.py's job."""
         where, params = _delete_filter(user, before, ids)
         self.db.execute("pragma secure_delete = on")
         with self.db.conn:
             deleted = [row[0] for row in self.db.execute(
                 f"delete from exchanges where {where} returning id", params).fetchall()]
-            if deleted:  # their feedback goes with them (comments are user text too)
-                self.db.execute("delete from feedback where exchange_id not in "
-                                "(select id from exchanges)")
-        self.db.execute("pragma wal_checkpoint(truncate)")
-        return sorted(deleted)
+            ratings = self.db.execute("delete from feedback where exchange_id not in "
+                                      "(select id from exchanges)").rowcount if deleted else 0
+            if user is not None:
+                where, params = _delete_filter(user, before, ids, id_column="exchange_id")
+                ratings += self.db.execute(f"delete from feedback where {where}", params).rowcount
+        return sorted(deleted), ratings
+
+    def checkpoint(self, tries: int = CHECKPOINT_TRIES) -> bool:
+        """Fold the WAL into the file and truncate it, so no copy of deleted text stays there.
+        A reader holding an older snapshot blocks that: each try waits up to
+        CHECKPOINT_WAIT_MS for readers (SQLite's busy handler), `tries` at most. True when
+        the WAL is empty; False when readers still held it after the last try."""
+        busy_ms = self.db.execute("pragma busy_timeout").fetchone()[0]
+        self.db.execute(f"pragma busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            return any(self.db.execute("pragma wal_checkpoint(truncate)").fetchone()[0] == 0
+                       for _ in range(tries))
+        finally:
+            self.db.execute(f"pragma busy_timeout = {busy_ms}")
 
     # adapters
     def add_adapter(self, path: str, *, base_model: str, rank: int, version: int | None = None,
@@ -331,11 +383,12 @@ class Store:
 
     def training_exchanges(self, after: int) -> list[dict]:
         """Logged exchanges after id `after` that may be trained on: answered, not opted out;
-        with `rating`, the latest feedback on the answer (None: not rated)."""
+        with `rating`, the rating of the answer (None: not rated), and `who`, the user that
+        sent it (else the client: X-Client-Id or its address)."""
         return list(self.db["exchanges"].rows_where(
             "id > ? and opt_out = 0 and status = 'ok'", [after], order_by="id",
-            select="id, messages, (select rating from feedback where exchange_id = exchanges.id "
-                   "order by feedback.id desc limit 1) as rating"))
+            select="id, messages, coalesce(user, client_id) as who, (select rating from "
+                   "feedback where exchange_id = exchanges.id) as rating"))
 
     # canaries
     def start_canary(self, **fields) -> dict:
@@ -360,14 +413,35 @@ class Store:
                 "status = 'running'", [status, reason, now(), canary_id])
         return cursor.rowcount == 1
 
-    def canary_exchanges(self, canary_id: int) -> list[dict]:
-        """Each exchange a canary routed: its arm, status, answer length, latency and latest
-        rating (None: not rated)."""
-        return [dict(zip(("arm", "status", "completion_tokens", "latency_ms", "rating"), row))
-                for row in self.db.execute(
-                    "select arm, status, completion_tokens, latency_ms, (select rating from "
-                    "feedback where exchange_id = exchanges.id order by feedback.id desc "
-                    "limit 1) from exchanges where canary = ?", [canary_id])]
+    def canary_arms(self, canary_id: int, latency: bool = False) -> dict[str, dict]:
+        """Each arm's sums for a canary, in SQL over the (canary, arm) index: requests, errors,
+        answer tokens (sum and count), ratings up and down and distinct raters (the rating's
+        user, else the exchange's client); with `latency`, the median latency as well."""
+        arms = {arm: {"requests": n, "errors": errors, "tokens": tokens or 0,
+                      "answers": answers} for arm, n, errors, tokens, answers in self.db.execute(
+            "select arm, count(*), sum(status not in ('ok', 'aborted')), "
+            "sum(completion_tokens), count(completion_tokens) from exchanges "
+            "where canary = ? group by arm", [canary_id])}
+        for arm, up, down, raters in self.db.execute(  # from the ratings (far fewer) outward
+                "select e.arm, sum(f.rating > 0), sum(f.rating < 0), "
+                "count(distinct coalesce(f.user, e.client_id)) from feedback f "
+                "cross join exchanges e on e.id = f.exchange_id where e.canary = ? "
+                "group by e.arm", [canary_id]):
+            arms.setdefault(arm, {}).update(up=up, down=down, raters=raters)
+        for arm, numbers in arms.items() if latency else ():
+            numbers["p50_latency_ms"] = self._median_latency(canary_id, arm)
+        return arms
+
+    def _median_latency(self, canary_id: int, arm: str) -> float | None:
+        where = "canary = ? and arm = ? and latency_ms is not null"
+        n = self.db.execute(f"select count(*) from exchanges where {where}",
+                            [canary_id, arm]).fetchone()[0]
+        if not n:
+            return None
+        middle = [row[0] for row in self.db.execute(
+            f"select latency_ms from exchanges where {where} order by latency_ms "
+            "limit ? offset ?", [canary_id, arm, 2 - n % 2, (n - 1) // 2])]
+        return sum(middle) / len(middle)
 
     # the refresh schedule's state
     def schedule_state(self, name: str = "refresh") -> dict | None:
@@ -378,14 +452,15 @@ class Store:
         self.db["schedule"].upsert({"name": name, **fields}, pk="name")
 
 
-def _delete_filter(user: str | None, before: str | None,
-                   ids: list[int] | None) -> tuple[str, list]:
+def _delete_filter(user: str | None, before: str | None, ids: list[int] | None,
+                   id_column: str = "id") -> tuple[str, list]:
+    """The where clause of a delete (`id_column`: where the exchange's id is)."""
     if user is None and before is None and ids is None:
         raise ValueError("delete_exchanges needs a user, a time or ids: it never deletes everything")
     where = [w for w, v in (("user = ?", user), ("created < ?", before)) if v is not None]
     params = [v for v in (user, before) if v is not None]
     if ids is not None:
-        where.append(f"id in ({', '.join('?' * len(ids))})" if ids else "0")
+        where.append(f"{id_column} in ({', '.join('?' * len(ids))})" if ids else "0")
         params += [int(i) for i in ids]
     return " and ".join(where), params
 

@@ -1,21 +1,27 @@
-"""LoRA adapter folders: checked against the served base model before anything is swapped, copied
-into the state dir as an immutable version, and (merged mode) merged into full weights.
+"""LoRA adapter folders: copied into the state dir as an immutable version, the copy checked
+against the served base model before anything is swapped (what is checked is what is served),
+and (merged mode) merged into full weights.
 
 The check reads only JSON: adapter_config.json and the safetensors header, so it needs no torch.
+The copy follows no symbolic link: neither the folder nor the files it copies may be one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import stat
 import struct
 from pathlib import Path
 
 from dynalign.errors import AdapterError
+from dynalign.nofollow import open_no_link
 
 WEIGHTS = "adapter_model.safetensors"
+SERVED = ("adapter_config.json", WEIGHTS)  # what a version holds
 BASE_KEYS = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers")
 KEY = re.compile(r"layers\.(\d+)\..*?(\w+_proj)\.lora_([AB])(?:\.default)?\.weight$")
 
@@ -150,10 +156,49 @@ def _read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
 
 
 def copy_adapter(source: str | Path, target: Path) -> None:
-    """Copy only what serving needs, so a registered version never changes under the engine."""
-    target.mkdir(parents=True, exist_ok=False)
-    for name in ("adapter_config.json", WEIGHTS):
-        shutil.copy2(Path(source) / name, target / name)
+    """Copy only what serving needs into `target` (made here), so a registered version never
+    changes under the engine; check_adapter then checks the copy. The folder and its files are
+    opened without following symbolic links (a link is refused), and only regular files are
+    read (a FIFO or a folder in their place is refused before anything is read)."""
+    source = Path(source)
+    folder = _open_folder(source)
+    try:
+        target.mkdir(parents=True, exist_ok=False)
+        for name in SERVED:
+            _copy_file(folder, source / name, target / name)
+    finally:
+        os.close(folder)
+
+
+def _open_folder(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        if _is_link(path):
+            raise AdapterError(f"{path} is a symbolic link: give the adapter folder itself") \
+                from None
+        raise AdapterError(f"adapter folder not found: {path}") from None
+
+
+def _copy_file(folder: int, path: Path, dest: Path) -> None:
+    """`path`, a file of the folder open as `folder`, to `dest` (a new file)."""
+    fd = open_no_link(path.name, os.O_RDONLY | os.O_NONBLOCK, AdapterError,  # NONBLOCK: a FIFO
+                      "adapter files must be regular files",
+                      f"missing {path} (or not a regular file)", dir_fd=folder, shown=path)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AdapterError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as src, open(dest, "xb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return path.is_symlink()
+    except (OSError, ValueError):
+        return False
 
 
 def merge_adapter(base_path: str, adapter_path: str | Path, target: Path) -> None:

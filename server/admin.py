@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Request
 from dynalign.erasure import forget
 from dynalign.evaluate import approval, approval_by_version
 from dynalign.rounds import round_view
+from dynalign.store import Store
 from server.validate import MAX_ID, MAX_PAGE, MIN_ID, RequestError, read_json, read_object
 from server.versions import Versions, parse_version, public_name
 
@@ -28,11 +29,11 @@ def adapter_view(versions: Versions, row: dict) -> dict:
 @router.get("/adapters")
 async def list_adapters(request: Request):
     versions = _versions(request)
-    approvals = approval_by_version(versions.store.latest_ratings())
+    approvals = approval_by_version(await request.app.state.db(Store.ratings_by_version))
     return {"active": public_name(versions.cfg, versions.active), "swap": versions.mode,
-            "base_approval": approvals.get(None, approval([])),
+            "base_approval": approvals.get(None, approval()),
             "data": [{**adapter_view(versions, row),
-                      "approval": approvals.get(row["version"], approval([]))}
+                      "approval": approvals.get(row["version"], approval())}
                      for row in versions.store.adapters()]}
 
 
@@ -143,8 +144,13 @@ async def recent_exchanges(request: Request, limit: int = Query(20, ge=1), q: st
 
 @router.delete("/exchanges/{exchange_id}")
 async def delete_exchange(request: Request, exchange_id: int = Path(ge=MIN_ID, le=MAX_ID)):
-    store = _versions(request).store
-    if not forget(request.app.state.cfg, store, ids=[exchange_id]):
+    """One exchange with its ratings, every copy (dynalign/erasure.py), on the store's thread:
+    the WAL checkpoint may wait for readers. `copies_remain`: null, or that copies remain in
+    dynalign.db-wal and how to finish (the deletion stands)."""
+    cfg = request.app.state.cfg
+    erased = await request.app.state.db(lambda store: forget(cfg, store, ids=[exchange_id]))
+    if not erased.exchanges:
         raise RequestError(f"no exchange with id {exchange_id}", status=404,
                            code="exchange_not_found")
-    return {"deleted": exchange_id}
+    return {"deleted": exchange_id, "ratings": erased.ratings,
+            "copies_remain": erased.copies_remain}

@@ -28,6 +28,7 @@ from dynalign.keys import admin_key_path, first_key, read_admin_key, split_keys
 from server.validate import RequestError
 
 BEARER_HINT = "send it as the header 'Authorization: Bearer KEY'"
+ADMIN = "admin"  # client_key's name for the admin key
 
 
 @dataclass(frozen=True)
@@ -128,15 +129,28 @@ def _unauthorized(message: str) -> RequestError:
 
 
 def require_chat_key(request: Request) -> None:
-    """FastAPI dependency of the /v1 routes."""
+    """FastAPI dependency of the /v1 routes: a chat key, or the admin key (an operator's
+    client, such as `dynalign eval`, which may also ask for versions that are not serving).
+    Sets request.state.key_id (client_key)."""
     keys: Keys = request.app.state.keys
+    given = bearer(request)
+    if given is not None and keys.admin is not None and matches(given, (keys.admin,)):
+        request.state.key_id = ADMIN
+        return
+    request.state.key_id = None
     if not keys.chat:
         return
-    given = bearer(request)
     if given is None:
         raise _unauthorized(f"missing API key: {BEARER_HINT}")
     if not matches(given, keys.chat):
         raise _unauthorized("invalid API key")
+    request.state.key_id = digest(given)[:6].hex()
+
+
+def client_key(request: Request) -> str | None:
+    """Which key sent a /v1 request: ADMIN, a chat key's id (a digest prefix: it names no key),
+    or None when chat keys are off (anyone may chat on loopback)."""
+    return getattr(request.state, "key_id", None)
 
 
 def require_admin_key(request: Request) -> None:

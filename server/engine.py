@@ -138,7 +138,11 @@ class EngineClient:
             return False
 
     async def load_lora(self, name: str, path: str) -> None:
-        await self._post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        """Load adapter `path` as `name`; one the engine already holds under that name is loaded
+        (vLLM answers 400 "... has already been loaded": a load that raced an engine restart's
+        bookkeeping, server/versions.py, must not turn that version into 502s)."""
+        await self._post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+                         tolerate=lambda r: r.status_code == 400 and "already been loaded" in r.text)
 
     async def reload_weights(self, weights_path: str) -> None:
         """Swap the served weights in place. Running requests are frozen, not dropped; they are
@@ -151,9 +155,10 @@ class EngineClient:
         finally:
             await self._post("/resume")
 
-    async def _post(self, path: str, **kwargs) -> httpx.Response:
+    async def _post(self, path: str, tolerate=None, **kwargs) -> httpx.Response:
+        """POST to the engine; an error status raises EngineCallError unless `tolerate(response)`."""
         response = await self.http.post(f"{self.url}{path}", timeout=300, **kwargs)
-        if response.status_code >= 400:
+        if response.status_code >= 400 and not (tolerate and tolerate(response)):
             raise EngineCallError(f"engine {path} answered {response.status_code}: {response.text[:500]}")
         return response
 

@@ -180,6 +180,7 @@ def to_row(record: dict, redact_text: bool = False) -> dict:
         "opt_out": int(record["opt_out"]), "status": record["status"],
         "completion_id": result.get("id"),  # what the client got: POST /v1/feedback names it
         "canary": record.get("canary"), "arm": record.get("arm"),
+        "key_id": record.get("key_id"),  # which chat key sent it: only that one may rate it
     }
 
 

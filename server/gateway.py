@@ -23,12 +23,13 @@ from dynalign.config import Config
 from dynalign.errors import (CanaryError, DynalignError, RoundBusyError, RoundError,
                              UnknownRoundError, UnknownVersionError)
 from dynalign.store import Store
-from server import admin, canary, feedback, learning
-from server.auth import Keys, load_keys, require_admin_key, require_chat_key
+from server import admin, canary, feedback, guard, learning
+from server.auth import ADMIN, Keys, client_key, load_keys, require_admin_key, require_chat_key
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog
 from server.metrics import CONTENT_TYPE as METRICS_TYPE
 from server.metrics import CountAnswers, Metrics
+from server.store_thread import StoreThread
 from server.supervisor import STREAM_CUT_EVENT, EngineSupervisor, EngineUnavailable
 from server.validate import Limits, RequestError, read_json, validate_chat
 from server.versions import Target, Versions, public_name
@@ -44,27 +45,32 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
         async with httpx.AsyncClient(limits=limits, timeout=cfg.server.request_timeout_s) as http:
             app.state.http, app.state.engine_url = http, engine_url
             app.state.store = Store(cfg.db_path)
+            app.state.db = StoreThread(cfg.db_path)  # reads and writes kept off the loop
             app.state.versions = Versions(cfg, mode, EngineClient(engine_url, http),
                                           app.state.store, on_swap=metrics.swaps.observe)
             await app.state.versions.startup()
             app.state.log = ExchangeLog(cfg.db_path, redact=cfg.privacy.redact,
                                         on_row=metrics.exchange)
-            app.state.rounds, app.state.schedule = learning.start(cfg, app.state.versions)
+            app.state.rounds, app.state.schedule = learning.start(cfg, app.state.versions,
+                                                                  app.state.db)
             metrics.watch(app.state)
             if on_ready:
                 on_ready(app)
             yield
             learning.stop(app.state.rounds, app.state.schedule)
             app.state.log.close()
+            app.state.db.close()
             app.state.store.close()
 
     metrics = Metrics()
     app = FastAPI(title="dynalign gateway", lifespan=lifespan)
+    guard.install(app, cfg.server)  # Host, Origin (CORS): before CountAnswers, which counts them
     app.add_middleware(CountAnswers, metrics=metrics)
     app.state.cfg, app.state.metrics = cfg, metrics
     app.state.engine_status = engine_status  # None: not supervised (always taken as up)
     app.state.keys = keys if keys is not None else load_keys(cfg)
     app.state.prompt_logprobs_lock = asyncio.Lock()
+    app.state.feedback_limit = feedback.RateLimit(cfg.server.feedback_per_minute)
     app.state.started = int(time.time())
     app.state.limits = Limits(cfg.server.max_n, cfg.model.max_model_len, mode == "lora")
     _add_error_handlers(app)
@@ -84,8 +90,8 @@ def error_response(status: int, message: str, type: str, code: str | None = None
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(request, e: RequestError):
-        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {}
+        return JSONResponse(e.body(), status_code=e.status, headers={**headers, **e.headers})
 
     @app.exception_handler(DynalignError)
     async def dynalign_error(request, e: DynalignError):
@@ -140,7 +146,8 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/metrics", dependencies=[Depends(require_admin_key)])
     async def metrics(request: Request):
         """Prometheus text (server/metrics.py); the admin key, as for /admin (docs/api.md)."""
-        return Response(request.app.state.metrics.text(), media_type=METRICS_TYPE)
+        text = await request.app.state.db(lambda store: request.app.state.metrics.text())
+        return Response(text, media_type=METRICS_TYPE)  # read on the store's thread: not the loop
 
     @app.get("/v1/models", dependencies=[Depends(require_chat_key)])
     async def models(request: Request):
@@ -159,7 +166,8 @@ def _add_routes(app: FastAPI) -> None:
         body = await read_json(request)
         validate_chat(body, request.app.state.limits)
         versions: Versions = request.app.state.versions
-        target = await versions.resolve(body.get("model"), routing_key(body, request.headers))
+        target = await versions.resolve(body.get("model"), routing_key(body, request.headers),
+                                        admin=client_key(request) == ADMIN)
         if request.app.state.limits.lora_enabled and body.get("prompt_logprobs") is not None:
             async with request.app.state.prompt_logprobs_lock:  # see validate._check_logprobs
                 return await forward_chat(request, body, target)
@@ -186,6 +194,7 @@ class Exchange:
     epoch: int  # the weights' epoch it started under (merged mode swaps in place)
     canary: int | None = None  # the running canary that routed it, and to which arm
     arm: str | None = None
+    key_id: str | None = None  # the chat key that sent it (server/auth.py: client_key)
     start: float = field(default_factory=time.perf_counter)
     ttft_ms: float | None = None
     handed_over: bool = False
@@ -201,7 +210,7 @@ class Exchange:
             "stream": self.stream, "ttft_ms": self.ttft_ms,
             "latency_ms": (time.perf_counter() - self.start) * 1000,
             "mixed_versions": self.epoch != state.versions.weights_epoch,
-            "canary": self.canary, "arm": self.arm,
+            "canary": self.canary, "arm": self.arm, "key_id": self.key_id,
             "status": status, "content": content, "events": events})
 
 
@@ -212,7 +221,8 @@ async def forward_chat(request: Request, body: dict, target: Target):
     record = Exchange(body, request.headers.get("x-client-id") or request.client.host,
                       request.headers.get("x-dynalign-user"), target.public_name, target.version,
                       _opt_out(request, body), bool(body.get("stream")),
-                      state.versions.weights_epoch, target.canary, target.arm)
+                      state.versions.weights_epoch, target.canary, target.arm,
+                      client_key(request))
     rename = (f'"model":"{target.engine_model}"'.encode(), f'"model":"{target.public_name}"'.encode())
     url = f"{state.engine_url}/v1/chat/completions"
     if record.stream:
@@ -283,6 +293,7 @@ async def _stream(state, url, payload, record, rename, wants_usage):
             if status != "error":
                 status = "ok"
         except httpx.TransportError:  # the engine died mid-answer: say so in-band, then end
+            status = "error"  # logged as such, not as "aborted" (that is the client hanging up)
             yield STREAM_CUT_EVENT
         finally:
             await response.aclose()

@@ -32,11 +32,11 @@ log = logging.getLogger("dynalign.retention")
 CANARY_REVIEW_S = 60
 
 
-def start(cfg: Config, versions: Versions):
+def start(cfg: Config, versions: Versions, db):
     """The round manager (publishing through `versions`, the operator's hot-swap path) and the
     refresh schedule, whose scheduler also runs retention and a running canary's review (its
     time limit; ratings review it at once). Rounds left open by a previous gateway are failed
-    first."""
+    first. `db`: the gateway's store thread, which the review reads the canary's sums on."""
     from learner.manager import RoundManager
     from learner.schedule import Schedule
 
@@ -48,7 +48,7 @@ def start(cfg: Config, versions: Versions):
     schedule.start()
     add_retention(cfg, schedule.scheduler)
     schedule.scheduler.add_job(
-        lambda: asyncio.run_coroutine_threadsafe(review(versions), loop).result(), "interval",
+        lambda: asyncio.run_coroutine_threadsafe(review(versions, db), loop).result(), "interval",
         seconds=CANARY_REVIEW_S, id="canary-review", coalesce=True, max_instances=1)
     return rounds, schedule
 
@@ -78,10 +78,12 @@ def purge_old_exchanges(cfg: Config) -> int:
     from dynalign.store import Store
 
     with closing(Store(cfg.db_path)) as store:
-        count = len(forget(cfg, store, older_than=cfg.privacy.retention_days))
-    log.warning("retention: deleted %d exchange(s) older than %s days", count,
-                cfg.privacy.retention_days)
-    return count
+        erased = forget(cfg, store, older_than=cfg.privacy.retention_days)
+    log.warning("retention: deleted %d exchange(s) older than %s days and %d rating(s)",
+                len(erased.exchanges), cfg.privacy.retention_days, erased.ratings)
+    if erased.copies_remain:
+        log.error("retention: %s", erased.copies_remain)
+    return len(erased.exchanges)
 
 
 def versions_publisher(versions: Versions, loop: asyncio.AbstractEventLoop):

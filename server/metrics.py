@@ -8,7 +8,9 @@ Two kinds, so that no state is kept twice:
 - what is, is read when scraped (`StateCollector`): the active version, the engine's state and
   restarts, the log writer's backlog and failures, rounds by status, the running round's step
   and reward, users' feedback per version and rating, and the running canary's arms, from the
-  objects and the SQLite store that already hold them.
+  objects and the SQLite store that already hold them. The store is read through the gateway's
+  store thread (server/store_thread.py): the /metrics route renders the text there, so a scrape
+  never holds the event loop while SQLite sums the ratings.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from dynalign.canary import arm_stats
 from dynalign.evaluate import approval_by_version
+from dynalign.store import Store
 from server.versions import public_name
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -64,10 +67,15 @@ class Metrics:
 
 
 class StateCollector:
-    """Read at scrape time from the gateway's state (app.state): nothing is copied ahead."""
+    """Read at scrape time from the gateway's state (app.state): nothing is copied ahead. It
+    runs on the store thread (the /metrics route), so it reads that thread's connection."""
 
     def __init__(self, state):
         self.state = state
+
+    @property
+    def store(self) -> Store:
+        return self.state.db.store
 
     def collect(self):
         yield from self._serving()
@@ -100,7 +108,7 @@ class StateCollector:
                                   "for a failing disk was full", value=status["dropped"])
 
     def _rounds(self):
-        store = self.state.store
+        store = self.store
         by_status = GaugeMetricFamily("dynalign_rounds", "Refresh rounds by status",
                                       labels=["status"])
         for status, count in store.round_counts().items():
@@ -122,14 +130,13 @@ class StateCollector:
     def _feedback(self):
         family = GaugeMetricFamily("dynalign_feedback", "Users' ratings (the latest per answer) "
                                    "by the version that answered", labels=["version", "rating"])
-        approvals = approval_by_version(self.state.store.latest_ratings())
+        approvals = approval_by_version(self.store.ratings_by_version())
         for version, numbers in sorted(approvals.items(), key=lambda item: str(item[0])):
             for rating in ("up", "down"):
                 if numbers[rating]:
                     family.add_metric([public_name(self.state.cfg, version), rating],
                                       numbers[rating])
         yield family
-
 
     def _canary(self):
         requests = GaugeMetricFamily("dynalign_canary_requests", "The running canary's exchanges "
@@ -140,7 +147,7 @@ class StateCollector:
                                     "(the latest per answer) by arm", labels=["arm", "rating"])
         canary = self.state.versions.canary
         if canary:
-            arms = arm_stats(self.state.store.canary_exchanges(canary["id"]))
+            arms = arm_stats(self.store.canary_arms(canary["id"]))
             for arm, stats in arms.items():
                 version = public_name(self.state.cfg, canary["version" if arm == "canary"
                                                              else "active"])

@@ -44,9 +44,11 @@ INSTEAD = {"best_of": "sample n answers and choose yourself", "functions": "use 
 
 class RequestError(Exception):
     def __init__(self, message: str, *, param: str | None = None, status: int = 400,
-                 code: str | None = None, type: str = "invalid_request_error"):
+                 code: str | None = None, type: str = "invalid_request_error",
+                 headers: dict | None = None):
         super().__init__(message)
         self.message, self.param, self.status, self.code, self.type = message, param, status, code, type
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
@@ -261,16 +263,49 @@ def _check_stop(stop) -> None:
                            param="stop")
 
 
-# request bodies (the gateway's and the admin routers')
+# request bodies (the gateway's and the admin routers': the one reader)
 async def read_body(request: Request) -> bytes:
-    """The request body, or 413 past `server.max_body_mb` (refused on its Content-Length before
-    anything is read, when the client sends one)."""
+    """The request body, read as it streams in, for every route that takes one. 413
+    request_too_large past `server.max_body_mb`: on a Content-Length over it before anything is
+    read, else as soon as the bytes read pass it (a chunked body, or one whose Content-Length lies
+    low), so no more than the limit is ever held. 415 for a body not declared application/json
+    (_not_json)."""
     limit = int(request.app.state.cfg.server.max_body_mb * 2**20)
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _is_json(content_type):
+        raise _not_json(content_type)  # refused unread
     declared = request.headers.get("content-length", "")
-    if (declared.isdigit() and int(declared) > limit) or len(body := await request.body()) > limit:
-        raise RequestError(f"request body over {request.app.state.cfg.server.max_body_mb:g} MiB "
-                           "(server.max_body_mb)", status=413, code="request_too_large")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(request)
+    chunks, size = [], 0  # joined once at the end: a growing buffer would copy itself
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(request)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if content_type is None and body.strip():
+        raise _not_json(content_type)  # no type at all: only the routes taking no body
     return body
+
+
+def _too_large(request: Request) -> RequestError:
+    return RequestError(f"request body over {request.app.state.cfg.server.max_body_mb:g} MiB "
+                        "(server.max_body_mb)", status=413, code="request_too_large")
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == "application/json"
+
+
+def _not_json(content_type: str | None) -> RequestError:
+    """415 for a body not declared `Content-Type: application/json`: a browser sends a
+    cross-site form or text/plain fetch without asking the server first (no CORS preflight),
+    and such a chat would be logged and trained on. A request without a body (how the routes
+    that take none are called) needs no type."""
+    return RequestError("the body must be JSON sent with 'Content-Type: application/json' "
+                        f"(got {content_type or 'no Content-Type'!r})", status=415,
+                        code="unsupported_media_type")
 
 
 async def read_json(request: Request):
@@ -279,9 +314,10 @@ async def read_json(request: Request):
 
 async def read_object(request: Request, what: str, required: bool = False) -> dict:
     """A JSON object body (`what` names it in the error); an empty body is {} unless required."""
-    if not required and not (await read_body(request)).strip():
+    raw = await read_body(request)  # read once: the stream cannot be read again
+    if not required and not raw.strip():
         return {}
-    body = await read_json(request)
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise RequestError(f"body must be a JSON object{what}")
     return body

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from server.validate import MAX_ID, RequestError
 ALIAS = "dynalign"
 CANARY_ENDS = {"promote": "promoted", "rollback": "rolled_back", "keep": "expired",
                "stop": "stopped"}  # how a canary ended, by the action that ended it
-VERSION_NAME = re.compile(r"^dynalign-v(\d+)$")
+VERSION_NAME = re.compile(r"^dynalign-v(\d{1,19})$")  # 19 digits: MAX_ID's (and int()'s limit)
 
 
 @dataclass
@@ -52,7 +53,7 @@ def parse_version(text: str) -> int | None:
     """'base' -> None; '3', 'v3', 'dynalign-v3' -> 3."""
     if text == "base":
         return None
-    m = re.fullmatch(r"(?:dynalign-)?v?(\d+)", text)
+    m = re.fullmatch(r"(?:dynalign-)?v?(\d{1,19})", text)
     if not m or int(m.group(1)) > MAX_ID:
         raise RequestError(f"not a version: {text!r}", status=404, code="version_not_found")
     return int(m.group(1))
@@ -80,30 +81,39 @@ class Versions:
         return self.swap.epoch
 
     async def startup(self) -> None:
-        """Put the version the store says is active into the engine; resume a running canary."""
+        """Put the version the store says is active into the engine; resume a running canary
+        (in LoRA mode: merged mode cannot serve its two versions, so it is ended, saying why)."""
         version = self.store.active_version()
         if version is not None:
             await self.swap.install(version)
         self.active = version
         self.canary = self.store.running_canary()
+        if self.canary and self.mode != "lora":
+            reason = (f"not resumed: the gateway restarted with engine.swap = {self.mode!r}, "
+                      "which serves one version at a time; the active version stays")
+            self.store.end_canary(self.canary["id"], CANARY_ENDS["stop"], reason)
+            print(f"canary {self.canary['id']} (version {self.canary['version']}) ended: {reason}",
+                  file=sys.stderr, flush=True)
+            self.canary = None
 
     async def reopen(self, wait_ready) -> None:
         """After the engine died and a fresh one was started: `wait_ready` (blocking, in a
         thread) until it answers, then the startup path puts the active version back into it.
         Registrations and activations wait (the lock) until it is there."""
         async with self.lock:
+            self.swap.forget()  # the new engine holds nothing of ours: forgotten before it is up
             await asyncio.to_thread(wait_ready)
-            self.swap.forget()  # the new engine holds nothing of ours yet
             await self.startup()
 
     def base_names(self) -> set[str]:
         return {self.cfg.model_name, self.cfg.model_path, Path(self.cfg.model_path).name}
 
-    async def resolve(self, requested: str | None, key: str = "") -> Target:
+    async def resolve(self, requested: str | None, key: str = "", admin: bool = False) -> Target:
         """The version that answers; the alias goes to a running canary's arm for `key`'s user
-        (dynalign/canary.py)."""
+        (dynalign/canary.py). By name, only the serving versions (`serving`) answer, but for
+        the admin key (an operator's `dynalign eval` of a candidate)."""
         await self.swap.wait_open()
-        version, canary = self._requested_version(requested), self.canary
+        version, canary = self._requested_version(requested, admin), self.canary
         arm = None
         if canary and requested in (None, ALIAS):
             arm = arm_of(key, canary["id"], canary["share"])
@@ -112,19 +122,31 @@ class Versions:
         return dataclasses.replace(self._target(version), arm=arm,
                                    canary=canary["id"] if arm else None)
 
-    def _requested_version(self, requested: str | None) -> int | None:
+    def _requested_version(self, requested: str | None, admin: bool) -> int | None:
         if requested in (None, ALIAS):
             return self.active
         if requested == self.cfg.model_name:
             return None
         m = VERSION_NAME.match(requested)
-        if m and self._known(int(m.group(1))):
-            return int(m.group(1))
-        raise RequestError(f"The model '{requested}' does not exist", param="model",
-                           status=404, code="model_not_found")
+        row = self._row(int(m.group(1))) if m else None
+        if row is None:
+            raise RequestError(f"The model '{requested}' does not exist", param="model",
+                               status=404, code="model_not_found")
+        if not (admin or self.serving(row["version"])):
+            raise RequestError(
+                f"the model '{requested}' is not serving (it is {row['status']}): only the "
+                f"active version ({public_name(self.cfg, self.active)}), a running canary's "
+                "and the base model answer; activate it to serve it", param="model",
+                status=404, code="model_not_serving")
+        return row["version"]
 
-    def _known(self, version: int) -> bool:
-        return any(row["version"] == version for row in self.store.adapters())
+    def _row(self, version: int) -> dict | None:
+        return next((r for r in self.store.adapters() if r["version"] == version), None)
+
+    def serving(self, version: int | None) -> bool:
+        """Whether `version` answers chats now: the active one, a running canary's, the base."""
+        return version in (None, self.active) or bool(
+            self.canary and self.canary["version"] == version)
 
     def _target(self, version: int | None) -> Target:
         name = public_name(self.cfg, version)
@@ -132,22 +154,26 @@ class Versions:
                       version=version)
 
     def servable(self) -> list[Target]:
-        return [self._target(v) for v in self.swap.servable()]
+        return [self._target(v) for v in self.swap.servable() if self.serving(v)]
 
     # registration and activation
     async def register(self, source: str, parent: int | None = None, note: str = "",
                        origin: str = "registered") -> dict:
         async with self.lock:
-            config = adapters.check_adapter(source, self.cfg.model_path, self.base_names(),
-                                            self.swap.max_rank)
             if parent is not None:
                 self.store.adapter(parent)
             version = self.store.next_version()
             target = self.cfg.adapter_dir(version)
             folders = [target, self.cfg.merged_dir(version)]
             _remove(folders)  # left by a registration that died half-way: never registered
-            try:
+            try:  # copied (no symlink followed), then the copy checked: it is what is served
                 await asyncio.to_thread(adapters.copy_adapter, source, target)
+                try:
+                    config = adapters.check_adapter(target, self.cfg.model_path,
+                                                    self.base_names(), self.swap.max_rank)
+                except adapters.AdapterError as e:  # named as given: the copy is removed
+                    raise adapters.AdapterError(str(e).replace(str(target), str(source))) \
+                        from None
                 await self.swap.prepare(version, target)
                 self.store.add_adapter(str(target), version=version, parent=parent, note=note,
                                        base_model=self.cfg.model_name, rank=config["r"],
@@ -183,9 +209,9 @@ class Versions:
     async def start_canary(self, settings: dict) -> dict:
         """Serve settings["version"] to settings["share"] of the alias's users next to the
         active version; the store keeps it, so a restart resumes it."""
-        async with self.canary_lock:
+        async with self.canary_lock, self.lock:  # no activation meanwhile: `active` is current
             self._check_can_start(settings["version"])
-            await self.resolve(public_name(self.cfg, settings["version"]))  # loaded first
+            await self.swap.serve(None, settings["version"])  # loaded before anyone is routed
             self.canary = self.store.start_canary(active=self.active, **settings)
             return self.canary
 
@@ -204,15 +230,18 @@ class Versions:
         if version == self.active:
             raise CanaryError(f"version {version} is already active", "already_active")
 
-    async def end_canary(self, action: str, reason: str, if_running: bool = False) -> None:
+    async def end_canary(self, action: str, reason: str, if_running: bool = False,
+                         canary_id: int | None = None) -> bool:
         """Promote (serve the canary's version to all), roll back (mark it rejected, with why),
         keep or stop (the active version stays); the canary ends, once. No canary: 409
-        no_canary, or nothing with `if_running`."""
+        no_canary, or nothing with `if_running`. With `canary_id` (a review's numbers are that
+        canary's), only that canary ends: one that ended or was replaced meanwhile is left
+        alone. True when it ended one."""
         async with self.canary_lock:
             canary = self.canary
-            if canary is None and if_running:
-                return
-            if canary is None:
+            if canary is None or (canary_id is not None and canary["id"] != canary_id):
+                if if_running or canary_id is not None:
+                    return False
                 raise CanaryError("no canary is running", "no_canary")
             if action == "promote":
                 await self.activate(canary["version"], ending_canary=True)
@@ -221,6 +250,7 @@ class Versions:
             if action == "rollback":
                 self.store.set_adapter_status(canary["version"], "rejected",
                                               note=f"canary {canary['id']}: {reason}")
+            return True
 
     async def roll_back_to(self, version: int | None) -> None:
         """A drift rollback: a running canary is stopped first (its arms would change); one that
@@ -256,13 +286,16 @@ class LoraSwap:
         self.versions, self.cfg = versions, versions.cfg
         self.max_rank = self.cfg.engine.max_lora_rank
         self.loaded: set[int] = set()
+        self.engine_epoch = 0  # bumped when an engine restart empties it (forget)
         self.load_lock = asyncio.Lock()  # concurrent first requests for a version load it once
 
     async def install(self, version: int) -> None:
         await self._ensure_loaded(version)
 
     def forget(self) -> None:
+        """A new engine holds no adapter: a load that was under way counts for the old one."""
         self.loaded.clear()
+        self.engine_epoch += 1
 
     async def wait_open(self) -> None:
         pass
@@ -291,9 +324,10 @@ class LoraSwap:
             return
         async with self.load_lock:
             if version not in self.loaded:
-                path = self.versions.store.adapter(version)["path"]
+                path, epoch = self.versions.store.adapter(version)["path"], self.engine_epoch
                 await self.versions.engine.load_lora(public_name(self.cfg, version), path)
-                self.loaded.add(version)
+                if epoch == self.engine_epoch:
+                    self.loaded.add(version)
 
 
 class MergedSwap:

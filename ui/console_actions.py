@@ -135,7 +135,10 @@ def delete_exchange(admin: Admin, exchange_id) -> str:
     if exchange_id is None:
         return "⚠️ give an exchange id"
     result, error = attempt(admin.delete_exchange, int(exchange_id))
-    return error or f"deleted exchange {result['deleted']}"
+    if error:
+        return error
+    left = result.get("copies_remain")
+    return f"deleted exchange {result['deleted']}" + (f"; ⚠️ {left}" if left else "")
 
 
 def canary(admin: Admin) -> str:

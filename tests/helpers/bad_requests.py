@@ -100,6 +100,7 @@ BAD_FIELDS = [
     chat("model-empty-string", model=""),
     chat("model-path-traversal", model="../../etc/passwd", status=(404, 404)),
     chat("model-missing-version", model="dynalign-v99", status=(404, 404)),
+    chat("model-version-of-4301-digits", model="dynalign-v" + "1" * 4301, status=(404, 404)),
     chat("prompt-beyond-context", {"messages": [{"role": "user", "content": "word " * 5000}],
                                    "max_tokens": 4}),
     chat("20k-messages", {"messages": [{"role": "user", "content": "hi"}] * 20_000,
@@ -139,6 +140,9 @@ BAD_ADMIN = [
     activate("activate-version-beyond-sqlite", "99999999999999999999999"),
     Bad("adapter-version-beyond-sqlite", "GET", "/admin/adapters/99999999999999999999999",
         status=(404, 404)),
+    Bad("adapter-version-of-4301-digits", "GET", "/admin/adapters/" + "1" * 4301,
+        status=(404, 404)),
+    activate("activate-version-of-4301-digits", "1" * 4301),
     register("register-parent-beyond-sqlite", lambda d: d["good"], words="parent",
              parent=10**30),
     activate("activate-negative-version", "-1"),
@@ -171,7 +175,9 @@ BAD_ADMIN = [
 BAD_AUTH = [
     Bad("chat-without-key", "POST", CHAT, {"messages": HI}, auth="none", status=(401, 401)),
     Bad("chat-with-wrong-key", "POST", CHAT, {"messages": HI}, auth="wrong", status=(401, 401)),
-    Bad("chat-with-admin-key", "POST", CHAT, {"messages": HI}, auth="admin", status=(401, 401)),
+    # the admin key may chat (an operator's `dynalign eval`), and name any registered version
+    Bad("chat-with-admin-key-names-a-missing-version", "POST", CHAT,
+        {"messages": HI, "model": "dynalign-v99"}, auth="admin", status=(404, 404)),
     Bad("models-with-wrong-key", "GET", "/v1/models", auth="wrong", status=(401, 401)),
     Bad("admin-list-without-key", "GET", "/admin/adapters", auth="none", status=(401, 401)),
     Bad("admin-list-with-wrong-key", "GET", "/admin/adapters", auth="wrong", status=(401, 401)),

@@ -68,8 +68,9 @@ class Server(launch.Launched):
     def db_path(self) -> Path:
         return self.home / "dynalign.db"
 
-    def client(self, timeout: float = 300) -> openai.OpenAI:
-        key = self.api_key.split(",")[0] if self.api_key else "x"
+    def client(self, timeout: float = 300, key: str | None = None) -> openai.OpenAI:
+        """The openai client with the first chat key (or `key`: the admin key, another one)."""
+        key = key or (self.api_key.split(",")[0] if self.api_key else "x")
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=timeout)
 
     def cli(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -105,6 +106,18 @@ class Server(launch.Launched):
         response = self.get("/admin/adapters")
         assert response.status_code == 200, response.text
         return response.json()["active"]
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        """The gateway's GET /metrics (admin key), parsed by prometheus_client's own parser:
+        {(sample name, frozenset of its labels' items): value}. `metric(scraped, name, **labels)`
+        reads one sample of it."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        response = self.get("/metrics")
+        assert response.status_code == 200, response.text
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(response.text)
+                for s in family.samples}
 
     def engine_running_requests(self) -> float | None:
         """vLLM's gauge of requests running in the engine (None if it cannot be read)."""
@@ -185,17 +198,19 @@ def server_env(admin_key: str | None = None, api_key: str | None = None) -> dict
 
 def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
                  admin_key: str | None = None, engine_settings: str = "",
-                 api_key: str | None = None, settings: str = "", ui_settings: str = "") -> Server:
+                 api_key: str | None = None, settings: str = "", ui_settings: str = "",
+                 server_settings: str = "") -> Server:
     """`dynalign serve` in `root`, ready: its /health answers (and its UI's page, with `ui`);
     its admin key is `admin_key` (DYNALIGN_ADMIN_KEY), else the <state>/admin.key it creates;
     with `api_key` (DYNALIGN_API_KEY) its chat API asks for a key; `engine_settings`: more TOML
     lines of its [engine] section ("max_restarts = 1\n"); `settings`: more TOML sections at the
-    end ("[privacy]\nretention_days = 30\n"), `ui_settings` more lines of its [ui] section. A state
-    dir already in `root/state` is used."""
+    end ("[privacy]\nretention_days = 30\n"), `ui_settings`, `server_settings` more lines of its
+    [ui] and [server] sections. A state dir already in `root/state` is used."""
     # Rounds on these servers test training and publishing; the gate (which would reject
     # nearly everything a 135M judge sees) is switched on by the tests that test it.
     started = launch.launch(root, model_path, mode, server_env(admin_key, api_key), ui=ui,
                             engine=engine_settings, ui_settings=ui_settings,
+                            server_settings=server_settings,
                             extra=f"[learn.gate]\nenabled = false\n\n{settings}")
     server = Server(started.proc, root, started.port, started.engine_port, started.ui_port,
                     mode=mode, model_path=model_path, admin_key=admin_key, api_key=api_key)
@@ -213,12 +228,13 @@ def start_server(root: Path, model_path: str, mode: str, ui: bool = False,
 
 def run_server(tmp_path_factory, model_path: str, mode: str, ui: bool = False,
                admin_key: str | None = None, api_key: str | None = None,
-               root: Path | None = None, settings: str = "", ui_settings: str = ""):
+               root: Path | None = None, settings: str = "", ui_settings: str = "",
+               server_settings: str = ""):
     """A fixture body: yield a started server, then stop it and check that SIGINT stopped all of it."""
     name = f"{mode}-ui-server" if ui else f"{mode}-server"
     server = start_server(root or tmp_path_factory.mktemp(name), model_path, mode, ui=ui,
                           admin_key=admin_key, api_key=api_key, settings=settings,
-                          ui_settings=ui_settings)
+                          ui_settings=ui_settings, server_settings=server_settings)
     try:
         yield server
     finally:
@@ -248,3 +264,8 @@ def resolve_base_model(tmp_path_factory) -> str:
 def gone(pid: int) -> bool:
     """The process has ended (or is a zombie nobody has reaped yet)."""
     return not launch.running(pid)
+
+
+def metric(scraped: dict, name: str, **labels) -> float | None:
+    """One sample of a `Server.metrics()` scrape (None when it is not there)."""
+    return scraped.get((name, frozenset(labels.items())))

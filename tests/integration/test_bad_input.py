@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from dynalign.config import ServerConfig
 from helpers.bad_requests import CATALOGUE, CHAT, HI, ODD_BUT_VALID
 from helpers.live_server import run_server, server_env
 
@@ -31,9 +32,13 @@ CHAT_KEYS = "bad-input-chat-key-1,bad-input-chat-key-2"
 PROBE = "bad-input-probe"  # the user tag of the after-each chats (not part of the snapshot)
 
 
+FEEDBACK_PER_MINUTE = 4  # server.feedback_per_minute here: the limit is reached in a test
+
+
 @pytest.fixture(scope="module")
 def server(base_model, tmp_path_factory):
-    yield from run_server(tmp_path_factory, base_model, "merged", api_key=CHAT_KEYS)
+    yield from run_server(tmp_path_factory, base_model, "merged", api_key=CHAT_KEYS,
+                          server_settings=f"feedback_per_minute = {FEEDBACK_PER_MINUTE}\n")
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +185,125 @@ def test_the_cli_reads_the_key_file_and_refuses_a_wrong_key(server, ready):
     assert "refused the admin key" in refused.stderr and "wrong-key-0000" not in refused.stderr
     assert "Traceback" not in refused.stderr
     assert server.active() == "dynalign-v1"
+
+
+def chunked(size: int):
+    """`size` bytes made as they are sent: httpx sends a generator chunked, without a
+    Content-Length, and the test never holds the body."""
+    piece = b" " * 2**16
+    for _ in range(size // len(piece)):
+        yield piece
+
+
+def peak_growth(pid: int, send) -> tuple[httpx.Response, float]:
+    """`send()`'s answer and how far the process's peak RSS (VmHWM, reset first through
+    /proc/PID/clear_refs) rose above its RSS before, in MiB."""
+    def status(key: str) -> int:
+        line = next(x for x in open(f"/proc/{pid}/status") if x.startswith(key + ":"))
+        return int(line.split()[1]) * 1024
+
+    before = status("VmRSS")
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    response = send()
+    return response, (status("VmHWM") - before) / 2**20
+
+
+@pytest.mark.parametrize("path, auth", [(CHAT, "chat"), ("/v1/feedback", "chat"),
+                                        ("/admin/adapters", "admin")])
+def test_a_chunked_body_over_the_limit_gets_413_and_changes_nothing(server, ready, path, auth):
+    """64 MiB sent chunked against server.max_body_mb (the default, 4), on every route that reads a body:
+    413, and the gateway's memory grew by less than 2 x the limit (it stops reading at the
+    limit: server/validate.py, read_body; it read it whole before). Then a chat is answered."""
+    before = snapshot(server)
+    headers = {"Authorization": f"Bearer {key_for(server, auth)}", "X-Dynalign-User": "bad-chunk",
+               "Content-Type": "application/json"}
+    response, grew = peak_growth(server.proc.pid, lambda: httpx.post(
+        f"{server.url}{path}", content=chunked(64 * 2**20), headers=headers, timeout=300))
+    sent = response.request.headers
+    assert sent.get("transfer-encoding") == "chunked" and "content-length" not in sent
+    assert response.status_code == 413, response.text[:500]
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert_readable_error(response, "server.max_body_mb")
+    assert grew < 2 * ServerConfig().max_body_mb, f"the gateway's RSS grew by {grew:.1f} MiB"
+    assert_alive(server, ready)
+    assert snapshot(server) == before
+
+
+def test_cross_site_requests_are_refused_and_changes_nothing(server, ready):
+    """What a web page in a local browser could send: a text/plain chat (no CORS preflight), a
+    request under a rebound domain name (DNS rebinding: its Host), a request from another origin
+    and its preflight. Each is refused with a readable error and nothing is logged."""
+    before = snapshot(server)
+    url, body = f"{server.url}{CHAT}", json.dumps({"messages": HI, "max_tokens": 1}).encode()
+    chat_key = {"Authorization": f"Bearer {key_for(server, 'chat')}",
+                "X-Dynalign-User": "bad-cross-site"}
+    json_type = {**chat_key, "Content-Type": "application/json"}
+    for response, status, words in [
+        (httpx.post(url, content=body, headers={**chat_key, "Content-Type": "text/plain"}),
+         415, "application/json"),
+        (httpx.post(url, content=body, headers={**json_type, "Host": "rebound.example"}),
+         421, "server.allowed_hosts"),
+        (httpx.get(f"{server.url}/health", headers={"Host": "rebound.example:80"}),
+         421, "server.allowed_hosts"),
+        (httpx.post(url, content=body, headers={**json_type, "Origin": "http://evil.example"}),
+         403, "server.cors_origins"),
+        (httpx.options(url, headers={"Origin": "http://evil.example",
+                                     "Access-Control-Request-Method": "POST"}),
+         403, "server.cors_origins")]:
+        assert response.status_code == status, response.text[:500]
+        assert_readable_error(response, words)
+    assert_alive(server, ready)
+    assert snapshot(server) == before
+
+
+def test_the_gateways_own_origin_and_a_route_without_a_body_are_answered(server, ready):
+    """A page served by the gateway's own origin may call it; the CLI's POSTs without a body
+    (activate) need no Content-Type."""
+    own = httpx.post(f"{server.url}{CHAT}", json={"messages": HI, "max_tokens": 1}, timeout=300,
+                     headers={"Authorization": f"Bearer {key_for(server, 'chat')}",
+                              "X-Dynalign-User": PROBE, "Origin": server.url})
+    assert own.status_code == 200, own.text[:500]
+    activated = cli(server, "adapters", "activate", "1")
+    assert activated.returncode == 0, activated.stderr
+    assert server.active() == "dynalign-v1"
+
+
+# ratings: only the key that received an answer rates it, and each key at a bounded rate
+def answer_for(server, key: str, user: str):
+    return server.client(key=key).chat.completions.create(
+        model="dynalign", messages=HI, max_tokens=1, extra_headers={"X-Dynalign-User": user})
+
+
+def rate_with(server, key: str, completion_id: str, rating: int = -1) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/feedback", json={"id": completion_id, "rating": rating},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def test_only_the_key_that_received_an_answer_may_rate_it(server, ready):
+    first, second = CHAT_KEYS.split(",")
+    answer = answer_for(server, first, "rater-owner")
+    [row] = server.wait_rows("rater-owner")
+    other = rate_with(server, second, answer.id)
+    assert other.status_code == 404 and other.json()["error"]["code"] == "not_found", other.text
+    assert server.query("select * from feedback where exchange_id = ?", (row["id"],)) == []
+    own = rate_with(server, first, answer.id)
+    assert own.status_code == 200 and own.json()["exchange_id"] == row["id"], own.text
+    assert own.json()["user"] == "rater-owner"
+
+
+def test_a_key_rating_past_its_rate_gets_429_with_retry_after(server, ready):
+    first, second = CHAT_KEYS.split(",")
+    answer = answer_for(server, first, "rater-limited")
+    answers = [rate_with(server, first, answer.id) for _ in range(FEEDBACK_PER_MINUTE + 1)]
+    limited = [r for r in answers if r.status_code == 429]
+    assert limited and {r.status_code for r in answers} <= {200, 429}, [r.text for r in answers]
+    assert int(limited[0].headers["retry-after"]) >= 1
+    error = limited[0].json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "server.feedback_per_minute" in error["message"]
+    assert server.query("select count(*) as n from feedback f join exchanges e on "
+                        "e.id = f.exchange_id where e.user = 'rater-limited'")[0]["n"] == 1
+    theirs = answer_for(server, second, "rater-other-key")  # another key has its own budget
+    assert rate_with(server, second, theirs.id).status_code == 200
+    assert_alive(server, ready)
+

@@ -5,8 +5,9 @@ Retry-After, never vLLM's 500; a stream ends with an error event the openai clie
 and a Retry-After header while the gateway restarts the engine; then the same active adapter
 version answers again with the greedy answer from before the death (merged mode: its merged
 weights are reloaded into the fresh engine; lora mode: the adapter is loaded into it again), a
-hot-swap sent meanwhile waits or gets the same clear 503, /health counts the restart, and the
-exchange log holds every completed exchange. A death past engine.max_restarts stops the service
+hot-swap sent meanwhile waits or gets the same clear 503, /health and /metrics show the engine
+down (dynalign_engine_up 0) and then count the restart, and the exchange log holds every completed
+exchange and the cut-off stream as an error. A death past engine.max_restarts stops the service
 (exit code 1) and leaves no process of the engine's group behind.
 
 A server of its own per swap mode (engine.max_restarts = 1; its engine is killed twice), stopped
@@ -26,6 +27,8 @@ import httpx
 import openai
 import psutil
 import pytest
+
+from helpers.live_server import metric
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +91,11 @@ def raw_chat(server, user: str) -> httpx.Response:
                       json={"model": "dynalign", "messages": PROMPT, "max_tokens": 8})
 
 
+def engine_samples(scraped: dict) -> tuple[float | None, float | None]:
+    """(dynalign_engine_up, dynalign_engine_restarts_total) of a /metrics scrape."""
+    return metric(scraped, "dynalign_engine_up"), metric(scraped, "dynalign_engine_restarts_total")
+
+
 def health(server) -> tuple[int, dict]:
     response = httpx.get(f"{server.url}/health", timeout=30)
     return response.status_code, response.json()
@@ -126,6 +134,8 @@ def test_engine_death_answers_503_then_restarts_with_the_active_version(server, 
     assert before.model == name and before.choices[0].message.content != base_text
     status, body = health(server)
     assert status == 200 and body["engine_state"] == "up" and body["engine_restarts"] == 0, body
+    scraped = server.metrics()  # Prometheus reads the supervisor too, not a default
+    assert engine_samples(scraped) == (1, 0)
 
     running = [InFlight(server, stream=False), InFlight(server, stream=True)]
     for t in running:
@@ -151,6 +161,8 @@ def test_engine_death_answers_503_then_restarts_with_the_active_version(server, 
                                    120, "/health to see the restart", interval=0.2)
     assert status == 503 and body["status"] == "engine_restarting", body
     assert body["engine_state"] == "restarting" and body["engine_restarts"] == 0, body
+    # the restart takes 30 s at least: still restarting (up 0, the restart not counted yet)
+    assert engine_samples(server.metrics()) == (0, 0), "/metrics while /health says restarting"
 
     for t in running:
         t.join(120)
@@ -181,11 +193,25 @@ def test_engine_death_answers_503_then_restarts_with_the_active_version(server, 
     assert after.choices[0].message.content == before.choices[0].message.content, \
         "after the restart the engine does not serve the active version's weights"
 
-    [row] = server.wait_rows(user)
+    [row] = server.wait_rows(user)  # committed: so is every exchange handed over before it
     assert row["status"] == "ok" and row["model_served"] == name
     assert json.loads(row["response"])[0]["content"] == after.choices[0].message.content
-    for t in running:  # what the engine never finished is not logged as answered
-        assert all(r["status"] != "ok" for r in server.rows_for(t.user)), t.user
+    # What the engine never finished is not logged as answered: the cut-off stream is logged
+    # once, as an error (docs/api.md); the non-streamed chat got a 503 and is not an exchange.
+    assert server.rows_for(plain.user) == [], "a chat answered 503 was logged"
+    cut = server.rows_for(streamed.user)
+    assert [(r["status"], r["model_served"]) for r in cut] == [("error", name)], \
+        [{k: r[k] for k in ("status", "model_served", "finish_reason")} for r in cut]
+
+    final = server.metrics()
+    assert engine_samples(final) == (1, 1)  # up, and one restart more than before
+
+    def moved(sample: str, **labels) -> float:
+        return (metric(final, sample, **labels) or 0) - (metric(scraped, sample, **labels) or 0)
+    assert moved("dynalign_chat_exchanges_total", version=name, status="error") == 1
+    # the first refused chat and the one in flight at least (more if the poll saw several)
+    assert moved("dynalign_http_requests_total", route="/v1/chat/completions", method="POST",
+                 code="503") >= 2
     server.refresh_tree()  # the fixture's stop() then checks the new engine's processes too
 
 

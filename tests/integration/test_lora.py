@@ -121,15 +121,22 @@ def test_swap_under_load_fails_nothing(lora, test_adapter, swap_under_load, chec
     check_swaps(results, activations, before="dynalign-v1")
 
 
-def test_first_requests_to_an_unloaded_version_at_once(lora, test_adapter):
+def test_first_requests_to_an_unloaded_version_at_once(lora, test_adapter, openai_error):
+    """A registered version that is not serving answers by name only to the admin key (an
+    operator's `dynalign eval`); eight such first requests at once load it once."""
     response = lora.post("/admin/adapters", json={"path": str(test_adapter)})  # a new version
     assert response.status_code == 201, response.text
     name = response.json()["name"]
+    refused = httpx.post(f"{lora.url}/v1/chat/completions", timeout=60, json={
+        "model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert refused.status_code == 404 and openai_error(refused)["code"] == "model_not_serving"
+    assert "it is candidate" in openai_error(refused)["message"]
+    assert name not in {m.id for m in lora.client().models.list().data}
 
     def ask(client):
         return lambda: client.chat.completions.create(
             model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    results = in_threads(*[ask(lora.client()) for _ in range(8)])
+    results = in_threads(*[ask(lora.client(key=lora.admin_key)) for _ in range(8)])
     failed = [r for r in results if isinstance(r, Exception)]
     assert all(isinstance(r, openai.APIStatusError) for r in failed), failed
     assert lora.get("/health").json()["engine"] is True
@@ -216,7 +223,8 @@ def rate_by_arm(server, users: int, canary_rating: int, active_rating: int):
 
 
 def test_ratings_promote_a_canary_that_does_as_well(lora):
-    started = lora.post("/admin/canary", json={"version": 3, "share": 0.5, "min_feedback": 4})
+    started = lora.post("/admin/canary", json={"version": 3, "share": 0.5, "min_feedback": 4,
+                                               "min_raters": 4})
     assert started.status_code == 201, started.text
     lora.canary_name = "dynalign-v3"
     rate_by_arm(lora, 60, canary_rating=1, active_rating=1)
@@ -227,7 +235,8 @@ def test_ratings_promote_a_canary_that_does_as_well(lora):
 
 
 def test_ratings_roll_back_a_canary_that_does_worse(lora):
-    started = lora.post("/admin/canary", json={"version": 2, "share": 0.5, "min_feedback": 4})
+    started = lora.post("/admin/canary", json={"version": 2, "share": 0.5, "min_feedback": 4,
+                                               "min_raters": 4})
     assert started.status_code == 201, started.text
     lora.canary_name = "dynalign-v2"
     rate_by_arm(lora, 60, canary_rating=-1, active_rating=1)

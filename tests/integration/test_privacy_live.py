@@ -1,6 +1,7 @@
 """Privacy and the exchange log on the real server (gateway + vLLM CPU engine, swap "merged"):
 redaction before storing, opt-out kept out of training data, a completed exchange committed before
-its response ends, and a failing disk that neither stops serving nor loses what was served.
+its response ends, and a failing disk that neither stops serving nor loses what was served, and
+that /health and /metrics (dynalign_log_ok, dynalign_log_pending) report until it recovers.
 
 The failing disk is real: RLIMIT_FSIZE 0 on the gateway process (prlimit, as root or as its user)
 makes every file write of that process fail with EFBIG, which SQLite reports as "disk I/O error" -
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 from dynalign.store import Store
-from helpers.live_server import run_server
+from helpers.live_server import metric, run_server
 
 pytestmark = pytest.mark.slow
 OLD, RECENT = "retention-40-days-old", "retention-recent"
@@ -100,10 +101,18 @@ def test_every_completed_exchange_is_in_sqlite_when_its_response_ends(merged, st
         assert len(rows) == 1 and rows[0]["status"] == "ok", rows
 
 
+def log_samples(scraped: dict) -> dict:
+    """The exchange log's samples of a /metrics scrape, for assertion messages."""
+    return {name: value for (name, _), value in scraped.items() if name.startswith("dynalign_log")}
+
+
 def test_a_failing_disk_does_not_stop_serving_and_loses_nothing(merged):
     gateway = psutil.Process(merged.proc.pid)
     soft, hard = gateway.rlimit(psutil.RLIMIT_FSIZE)
     users = [tag() for _ in range(4)]
+    before = merged.metrics()
+    assert metric(before, "dynalign_log_ok") == 1 and metric(before, "dynalign_log_pending") == 0, \
+        log_samples(before)
     gateway.rlimit(psutil.RLIMIT_FSIZE, (0, hard))  # every file write of the gateway fails now
     try:
         answers = [chat(merged, user, stream=i % 2 == 1) for i, user in enumerate(users)]
@@ -114,10 +123,23 @@ def test_a_failing_disk_does_not_stop_serving_and_loses_nothing(merged):
         assert log["ok"] is False and log["pending"] == 4 and log["failed"] >= 1, log
         assert log["error"] and log["since"], log
         assert all(merged.rows_for(user) == [] for user in users)
+        failing = merged.metrics()  # Prometheus sees the failure too, read from the log writer
+        shown = log_samples(failing)
+        assert metric(failing, "dynalign_log_ok") == 0, shown
+        assert metric(failing, "dynalign_log_pending") == 4, shown
+        assert metric(failing, "dynalign_log_write_failures_total") >= 1 + metric(
+            before, "dynalign_log_write_failures_total"), (shown, log_samples(before))
+        answered = {"version": merged.base_name, "status": "ok"}  # counted, not on disk yet
+        assert metric(failing, "dynalign_chat_exchanges_total", **answered) == 4 + (
+            metric(before, "dynalign_chat_exchanges_total", **answered) or 0)
     finally:
         gateway.rlimit(psutil.RLIMIT_FSIZE, (soft, hard))  # the disk recovers
     merged.wait_for(lambda: merged.get("/health").json()["log"]["ok"], 60, "the log to recover")
     assert merged.get("/health").json()["log"]["pending"] == 0
+    recovered = merged.metrics()
+    assert metric(recovered, "dynalign_log_ok") == 1, log_samples(recovered)
+    assert metric(recovered, "dynalign_log_pending") == 0, log_samples(recovered)
+    assert metric(recovered, "dynalign_log_dropped_total") == 0, log_samples(recovered)
     for user in users:
         [row] = merged.rows_for(user)
         assert row["status"] == "ok" and "[EMAIL]" in row["messages"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sqlite3
 import uuid
 
 import httpx
@@ -155,7 +156,7 @@ def test_client_that_hangs_up_before_a_non_streamed_answer_is_not_served_on(merg
     merged.wait_for(lambda: merged.engine_running_requests() == 0, 120, "an idle engine")
     before = merged.engine_metric(GENERATED)
     with socket.create_connection(("127.0.0.1", merged.port), timeout=60) as client:
-        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                        b"Content-Type: application/json\r\nX-Dynalign-User: " + user.encode() +
                        b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         merged.wait_for(lambda: merged.engine_running_requests() == 1, 120,
@@ -215,11 +216,13 @@ def test_feedback_rates_an_answer_by_the_id_its_client_received(merged, openai_e
     def rate(body):
         return httpx.post(f"{merged.url}/v1/feedback", json=body, timeout=60)
 
-    changed = rate({"id": answer.id, "rating": 1, "user": "ann"})
+    another = rate({"id": answer.id, "rating": 1, "user": "ann"})  # not the user it answered
+    assert another.status_code == 403 and openai_error(another)["code"] == "not_your_answer"
+    changed = rate({"id": answer.id, "rating": 1, "user": user})
     assert changed.status_code == 200 and changed.json()["rating"] == 1, changed.text
     history = merged.query("select rating, user from feedback where exchange_id = ? order by id",
                            (row["id"],))
-    assert history == [{"rating": -1, "user": user}, {"rating": 1, "user": "ann"}]  # all kept
+    assert history == [{"rating": 1, "user": user}]  # one rating per answer: the latest
     by_stream = rate({"id": chunks[0].id, "rating": 1})  # every chunk carries the id
     assert by_stream.status_code == 200 and by_stream.json()["exchange_id"] == streamed["id"]
     base = merged.get("/admin/adapters").json()["base_approval"]  # the base answered both
@@ -536,12 +539,28 @@ def test_ctrl_c_stops_everything_and_a_restart_serves_the_active_version(
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
+    # a canary left running by a LoRA-mode gateway over this state dir (merged mode cannot
+    # serve its two versions: it is ended at start, not resumed to answer 404 to its arm)
+    with sqlite3.connect(merged.db_path) as db:
+        db.execute("insert into canaries (version, active, share, min_feedback, min_raters, "
+                   "max_hours, margin, confidence, on_timeout, started, status) values "
+                   "(2, 1, 0.5, 50, 10, 24, 0.05, 0.95, 'decide', '2026-12-07T00:00:00', "
+                   "'running')")
+    db.close()
     again = start_server(merged.home.parent, merged.model_path, "merged")
     try:
         assert again.get("/health").json()["active"] == "dynalign-v1"
         answer = greedy(again)
         assert answer.model == "dynalign-v1"
         assert answer.choices[0].message.content == tuned.choices[0].message.content
+        users = [tag() for _ in range(16)]  # half would land on the canary's arm
+        served = {again.client().chat.completions.create(
+            model="dynalign", messages=GREEDY_MESSAGES, max_tokens=1,
+            extra_headers={"X-Dynalign-User": u}).model for u in users}
+        assert served == {"dynalign-v1"}
+        [canary] = again.query("select status, reason from canaries")
+        assert canary["status"] == "stopped" and "engine.swap = 'merged'" in canary["reason"]
+        assert "canary 1 (version 2) ended" in again.output(400)
         assert again.exchange_count() >= rows_before  # the log survives restarts
         response = again.activate("base")
         assert response.status_code == 200, response.text

@@ -220,3 +220,41 @@ def test_a_non_regular_file_is_refused_without_reading_it(tmp_path, base, name, 
     os.mkfifo(path / name) if kind == "fifo" else (path / name).mkdir()
     with pytest.raises(AdapterError, match="regular file"):
         check_adapter(path, base, BASE_NAMES)
+
+
+# copy_adapter: the registration copies first (following no link), then checks the copy
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors"])
+def test_copy_refuses_a_file_that_is_a_symlink(tmp_path, name):
+    """Even one pointing at a valid file: what is registered must be the folder's own."""
+    source, elsewhere = _adapter(tmp_path), _adapter(tmp_path, "elsewhere")
+    (source / name).unlink()
+    (source / name).symlink_to(elsewhere / name)
+    target = tmp_path / "state" / "adapters" / "0001"
+    with pytest.raises(AdapterError, match="is a symbolic link"):
+        copy_adapter(source, target)
+    assert not (target / name).exists()
+
+
+def test_copy_refuses_a_folder_that_is_a_symlink(tmp_path):
+    (tmp_path / "link").symlink_to(_adapter(tmp_path))
+    target = tmp_path / "state" / "adapters" / "0001"
+    with pytest.raises(AdapterError, match="link is a symbolic link"):
+        copy_adapter(tmp_path / "link", target)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors"])
+@pytest.mark.parametrize("kind", ["directory", "fifo", "missing"])
+def test_copy_refuses_what_is_not_a_regular_file_without_reading_it(tmp_path, name, kind):
+    source = _adapter(tmp_path)
+    (source / name).unlink()
+    if kind != "missing":
+        os.mkfifo(source / name) if kind == "fifo" else (source / name).mkdir()
+    with pytest.raises(AdapterError, match="regular file"):
+        copy_adapter(source, tmp_path / "state" / "adapters" / "0001")
+
+
+def test_copy_of_a_folder_that_is_not_there(tmp_path):
+    for path in (tmp_path / "nope", tmp_path / ("a" * 5000), f"{tmp_path}/a\x00b"):
+        with pytest.raises(AdapterError, match="not found"):
+            copy_adapter(path, tmp_path / "state" / "adapters" / "0001")

@@ -1,11 +1,17 @@
-"""Deleting and exporting logged exchanges: `dynalign logs export|delete` (a subprocess, as a user
-runs it, on the state dir's SQLite) and retention ([privacy] retention_days on a daily job)."""
+"""Deleting and exporting logged exchanges: `dynalign logs export|delete|checkpoint` (a subprocess,
+as a user runs it, on the state dir's SQLite) and retention ([privacy] retention_days on a daily
+job). A reader holding a snapshot is a second sqlite3 connection inside an open read transaction."""
 
 import datetime as dt
 import json
+import logging
+import os
+import sqlite3
+import stat
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -15,7 +21,7 @@ from dynalign.erasure import cutoff
 from dynalign.errors import ConfigError
 from dynalign.store import Store
 from learner.schedule import Schedule
-from server.learning import add_retention
+from server.learning import add_retention, purge_old_exchanges
 
 DAY = dt.timedelta(days=1)
 
@@ -52,23 +58,68 @@ def _texts(store: Store) -> list[str]:
 def test_export_a_users_exchanges_as_jsonl(store, tmp_path):
     out = _run("export", "--user", "alice", "--out", str(tmp_path / "alice.jsonl"))
     assert out.returncode == 0, out.stderr
-    assert "2 exchange(s) of user 'alice'" in out.stderr
+    assert "2 exchange(s) of user 'alice' and 0 rating(s)" in out.stderr
     rows = [json.loads(line) for line in (tmp_path / "alice.jsonl").read_text().splitlines()]
     assert [r["messages"][0]["content"] for r in rows] == ["alice one", "alice two"]
     assert rows[0]["response"][0]["content"] == "answer to alice one"
     assert rows[0]["params"] == {"max_tokens": 8} and rows[0]["user"] == "alice"
     assert {"id", "created", "opt_out", "status"} <= set(rows[0])
+    assert [r["record"] for r in rows] == ["exchange", "exchange"]
     assert rows[0]["feedback"] == [] and rows[1]["feedback"] == []
 
 
-def test_export_carries_each_answers_feedback(store, tmp_path):
-    [two, one] = [r["id"] for r in store.exchanges(user="alice")]
-    store.add_feedback(one, 1, "useful", "alice")
-    store.add_feedback(one, -1, "on second thought, wrong", "alice")
-    rows = [json.loads(line) for line in _run("export", "--user", "alice").stdout.splitlines()]
-    assert [(f["rating"], f["comment"]) for f in rows[0]["feedback"]] == [
-        (1, "useful"), (-1, "on second thought, wrong")]
-    assert rows[1]["id"] == two and rows[1]["feedback"] == []
+def _rate_around(store: Store) -> dict[str, int]:
+    """alice rates her second exchange, bob's and the one logged with no user; bob rates
+    alice's first; carol rates her own. Returns the exchanges' ids by text."""
+    ids = {json.loads(r["messages"])[0]["content"]: r["id"] for r in store.exchanges()}
+    ids["carol one"] = _log(store, "carol", "carol one")
+    for text, rating, comment, rater in [
+            ("alice two", 1, "alice on her own answer", "alice"),
+            ("bob one", -1, "alice on bob's answer", "alice"),
+            ("nobody", 1, "alice on the anonymous answer", "alice"),
+            ("alice one", -1, "bob on alice's answer", "bob"),
+            ("carol one", 1, "carol on her own answer", "carol")]:
+        store.add_feedback(ids[text], rating, comment, rater)
+    return ids
+
+
+def test_export_lists_only_the_ratings_the_user_gave(store):
+    """Her exchanges carry only her own ratings (bob's comment on hers is his, not hers), then
+    one line per rating she gave on an exchange not logged under her."""
+    ids = _rate_around(store)
+    out = _run("export", "--user", "alice")
+    assert out.returncode == 0, out.stderr
+    assert "bob on alice" not in out.stdout and "carol" not in out.stdout
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["record"], r["id"]) for r in rows[:2]] == [
+        ("exchange", ids["alice one"]), ("exchange", ids["alice two"])]
+    assert rows[0]["feedback"] == []
+    assert [(f["rating"], f["comment"], f["user"]) for f in rows[1]["feedback"]] == [
+        (1, "alice on her own answer", "alice")]
+    assert [(r["record"], r["exchange_id"], r["comment"], r["user"]) for r in rows[2:]] == [
+        ("rating", ids["bob one"], "alice on bob's answer", "alice"),
+        ("rating", ids["nobody"], "alice on the anonymous answer", "alice")]
+    assert "bob one" not in out.stdout  # her rating of bob's answer, not his text
+    assert "2 exchange(s) of user 'alice' and 2 rating(s) they gave" in out.stderr
+
+
+def test_export_file_is_private_and_never_written_through_a_symlink(store, tmp_path):
+    path = tmp_path / "alice.jsonl"
+    umask = os.umask(0o022)  # the usual default: files 0644, readable by every local user
+    try:
+        assert _run("export", "--user", "alice", "--out", str(path)).returncode == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)  # an existing file is made private too, before anything is written
+    assert _run("export", "--user", "alice", "--out", str(path)).returncode == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and "alice two" in path.read_text()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("kept")
+    (tmp_path / "link.jsonl").symlink_to(victim)
+    out = _run("export", "--user", "alice", "--out", str(tmp_path / "link.jsonl"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "is a symbolic link" in out.stderr and victim.read_text() == "kept"
 
 
 def test_export_to_stdout_and_of_an_unknown_user(store):
@@ -79,26 +130,77 @@ def test_export_to_stdout_and_of_an_unknown_user(store):
     assert out.returncode == 0 and out.stdout == "" and "0 exchange(s)" in out.stderr
 
 
+def _stored() -> bytes:
+    """The log's files. Not dynalign.db-shm (page numbers, no text): closing a descriptor of it
+    would drop this process's POSIX locks there, a reader's snapshot with them."""
+    return b"".join(p.read_bytes() for p in load_config().home.glob("dynalign.db*")
+                    if not p.name.endswith("-shm"))
+
+
 def test_delete_a_user_leaves_no_trace_in_the_files(store):
     store.add_feedback(store.exchanges(user="alice")[0]["id"], -1, "alice remarks", "alice")
     store.db.execute("pragma wal_checkpoint(truncate)")
     out = _run("delete", "--user", "alice")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "deleted 2 exchange(s) of user 'alice'"
+    assert out.stdout.strip() == "deleted 2 exchange(s) of user 'alice' and 1 rating(s)"
     assert _texts(store) == ["bob one", "nobody"]
-    home = load_config().home
-    stored = b"".join(p.read_bytes() for p in home.glob("dynalign.db*"))
+    stored = _stored()
     assert b"alice one" not in stored and b"alice two" not in stored  # secure_delete
     assert b"alice remarks" not in stored  # her feedback went with her exchanges
     assert b"bob one" in stored
 
 
+def test_delete_a_user_deletes_the_ratings_they_gave_on_anyones_exchanges(store):
+    """Hers on bob's answer and on the one logged with no user (the chat UI sends none) go,
+    with every rating of her own exchanges (bob's too); others' ratings stay."""
+    _rate_around(store)
+    store.db.execute("pragma wal_checkpoint(truncate)")
+    out = _run("delete", "--user", "alice")
+    assert out.returncode == 0, out.stderr
+    assert [(f["user"], f["comment"]) for f in store.db["feedback"].rows] == [
+        ("carol", "carol on her own answer")]
+    assert out.stdout.strip() == "deleted 2 exchange(s) of user 'alice' and 4 rating(s)"
+    assert _texts(store) == ["bob one", "nobody", "carol one"]
+    stored = _stored()
+    assert b"alice on" not in stored and b"bob on alice" not in stored
+    assert b"carol on her own answer" in stored
+
+
+def _reader(store: Store) -> sqlite3.Connection:
+    """A second connection inside an open read transaction: it holds a snapshot of the log."""
+    reader = sqlite3.connect(load_config().db_path)
+    reader.execute("begin")
+    assert reader.execute("select count(*) from exchanges").fetchone() == (4,)
+    return reader
+
+
+def test_a_reader_holding_a_snapshot_the_cli_says_copies_remain_and_how_to_finish(store):
+    db = load_config().db_path
+    with closing(_reader(store)) as reader:
+        out = _run("delete", "--user", "alice")
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert out.stdout.strip() == "deleted 2 exchange(s) of user 'alice' and 0 rating(s)"
+        assert f"the deletion is committed, but copies of the deleted text remain in {db}-wal" \
+            in out.stderr and "`dynalign logs checkpoint`" in out.stderr
+        assert _texts(store) == ["bob one", "nobody"]  # deleted all the same
+        assert b"alice one" in _stored()  # as it says: not yet overwritten in the files
+        out = _run("checkpoint")  # while the reader is still there: no better
+        assert out.returncode == 1 and "still cannot be folded into" in out.stderr
+        reader.rollback()  # the reader is done
+        out = _run("checkpoint")
+        assert out.returncode == 0, out.stderr
+        assert "checkpointed" in out.stdout
+    wal = db.with_name(db.name + "-wal")  # gone when the CLI closed the last connection
+    assert b"alice one" not in _stored() and (not wal.exists() or wal.stat().st_size == 0)
+
+
 def test_delete_older_than_and_both_filters(store):
     out = _run("delete", "--older-than", "30", "--user", "bob")
-    assert out.stdout.strip() == "deleted 1 exchange(s) of user 'bob' older than 30 days"
+    assert out.stdout.strip() == ("deleted 1 exchange(s) of user 'bob' older than 30 days and 0 "
+                                  "rating(s)")
     assert _texts(store) == ["alice one", "alice two", "nobody"]
     out = _run("delete", "--older-than", "30")
-    assert out.stdout.strip() == "deleted 1 exchange(s) older than 30 days"
+    assert out.stdout.strip() == "deleted 1 exchange(s) older than 30 days and 0 rating(s)"
     assert _texts(store) == ["alice two", "nobody"]
 
 
@@ -144,6 +246,16 @@ def test_retention_runs_at_start_and_daily_at_its_hour(store):
     finally:
         schedule.stop()
     assert not scheduler.running
+
+
+def test_retention_logs_plainly_when_copies_remain(store, caplog):
+    cfg = load_config(overrides={"privacy.retention_days": 30})
+    with closing(_reader(store)), caplog.at_level(logging.WARNING, "dynalign.retention"):
+        assert purge_old_exchanges(cfg) == 2
+    assert _texts(store) == ["alice two", "nobody"]
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "copies of the deleted text remain in" in error.getMessage()
+    assert "dynalign logs checkpoint" in error.getMessage()
 
 
 def test_retention_off_and_a_bad_hour():

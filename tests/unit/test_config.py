@@ -163,6 +163,8 @@ def test_a_sections_own_defaults_survive_setting_some_of_its_keys(tmp_path):
 BAD = '''
 [server]
 max_body_mb = -1
+allowed_hosts = ["http://chat.example.com"]
+cors_origins = ["app.example.com"]
 
 [learn]
 reward = "vibes"
@@ -183,7 +185,8 @@ max_tokens = 0
 NAMED = ("server.max_body_mb must be above 0", "learn.reward must be one of self, rule, judge",
          "learn.num_generations must be at least 2", "learn.gate.on_drift must be one of",
          "learn.schedule: ", "privacy.retention_hour must be between 0 and 23",
-         "ui.max_tokens must be at least 1")
+         "ui.max_tokens must be at least 1", "server.allowed_hosts: 'http://chat.example.com'",
+         "server.cors_origins: 'app.example.com' is not an origin")
 
 
 def test_every_bad_key_is_named_in_one_error_when_the_config_loads(tmp_path):

@@ -232,6 +232,6 @@ def test_wilson_interval_matches_known_values_and_stays_in_bounds():
     low, high = wilson(5, 10)
     assert abs(low - 0.2366) < 1e-3 and abs(high - 0.7634) < 1e-3  # the textbook example
     assert wilson(0, 4)[0] == 0.0 and wilson(4, 4)[1] == 1.0 and wilson(0, 0) is None
-    assert approval([1, 1, -1]) == {"ratings": 3, "up": 2, "down": 1, "approval": 2 / 3,
-                                    "interval": list(wilson(2, 3))}
-    assert approval([])["approval"] is None and approval([])["interval"] is None
+    assert approval(2, 1) == {"ratings": 3, "up": 2, "down": 1, "approval": 2 / 3,
+                              "interval": list(wilson(2, 3))}
+    assert approval()["approval"] is None and approval()["interval"] is None

@@ -59,18 +59,23 @@ def test_state_is_read_at_scrape_time_from_the_store_and_the_versions(tmp_path):
     from dynalign.store import Store
     from server.engine import EngineClient
     from server.exchange_log import ExchangeLog
+    from server.store_thread import StoreThread
+    from server.supervisor import EngineSupervisor
     from server.versions import Versions
 
     cfg = Config(state_dir=str(tmp_path / "state"), model=ModelConfig(path="/models/tiny"))
     store = Store(cfg.db_path)
     versions = Versions(cfg, "lora", EngineClient("http://127.0.0.1:9", None), store)
     log = ExchangeLog(cfg.db_path)
+    supervisor = EngineSupervisor(cfg, engine=None)  # its state is read, its engine never used
+    supervisor.state, supervisor.restarts = "restarting", 2
     metrics = Metrics()
+    db = StoreThread(cfg.db_path)  # what the scrape reads, on its own thread (as /metrics does)
     metrics.watch(SimpleNamespace(cfg=cfg, versions=versions, store=store, log=log,
-                                  engine_status=None))
+                                  engine_status=supervisor, db=db))
     store.add_adapter("/a/1", base_model="tiny", rank=4)
     versions.canary = store.start_canary(version=1, active=None, share=0.5, min_feedback=5,
-                                         max_hours=1.0, margin=0.05, confidence=0.95,
+                                         min_raters=1, max_hours=1.0, margin=0.05, confidence=0.95,
                                          on_timeout="keep")
     for arm, rating in (("canary", -1), ("canary", None), ("active", 1)):
         exchange = store.log_exchange({"version": 1 if arm == "canary" else None, "status": "ok",
@@ -79,7 +84,7 @@ def test_state_is_read_at_scrape_time_from_the_store_and_the_versions(tmp_path):
             store.add_feedback(exchange, rating)
     store.update_round(store.open_round("operator", "", 1), status="running",
                        progress={"step": 2, "reward": 0.75})
-    got = samples(metrics)
+    got = db.run(lambda _: samples(metrics))
     log.close()
     key = lambda name, **labels: (name, frozenset(labels.items()))  # noqa: E731
     assert got[key("dynalign_active_info", version="tiny", swap="lora")] == 1
@@ -91,4 +96,9 @@ def test_state_is_read_at_scrape_time_from_the_store_and_the_versions(tmp_path):
     assert got[key("dynalign_rounds", status="running")] == 1
     assert got[key("dynalign_round_step", round="1")] == 2
     assert got[key("dynalign_round_reward", round="1")] == 0.75
-    assert got[key("dynalign_log_pending")] == 0 and got[key("dynalign_engine_up")] == 1
+    assert got[key("dynalign_log_pending")] == 0 and got[key("dynalign_log_ok")] == 1
+    assert got[key("dynalign_engine_up")] == 0 and got[key("dynalign_engine_restarts_total")] == 2
+    supervisor.state, supervisor.restarts = "up", 3  # read again at the next scrape
+    got = db.run(lambda _: samples(metrics))
+    db.close()
+    assert got[key("dynalign_engine_up")] == 1 and got[key("dynalign_engine_restarts_total")] == 3

@@ -51,6 +51,29 @@ def test_opted_out_and_failed_exchanges_are_never_selected(store):
     assert ids == {f"exchange-{keep}", f"exchange-{last}"}
 
 
+def test_no_user_fills_more_than_its_share_of_the_logged_prompts_even_rated_down(store):
+    """One user logs 10 prompts and rates each answer down; two others log one each: with
+    max_user_share 0.25 of 8 logged places, the first user gets 2, rated down or not."""
+    flood = [store.log_exchange({"messages": [{"role": "user", "content": f"mine {i}"}],
+                                 "status": "ok", "opt_out": 0, "user": "mallory"})
+             for i in range(10)]
+    for exchange in flood:
+        store.add_feedback(exchange, -1, user="mallory")
+    for who in ("ann", "bob"):
+        store.log_exchange({"messages": [{"role": "user", "content": f"{who}'s prompt"}],
+                            "status": "ok", "opt_out": 0, "client_id": who})  # no user: client
+    learn = LearnConfig(prompts=8, logged_share=1.0, max_user_share=0.25)
+    sel = select_prompts(store.training_exchanges(0), _seeds(), learn)
+    logged = _logged(sel)
+    assert len([t for t in logged if t.startswith("mine")]) == 2
+    assert {"ann's prompt", "bob's prompt"} <= logged
+    assert sel.user_capped == 8 and sel.summary()["user_capped"] == 8
+    assert all("who" not in p for p in sel.prompts)  # who sent it is not copied into the list
+    everyone = select_prompts(store.training_exchanges(0), _seeds(),
+                              LearnConfig(prompts=8, logged_share=1.0, max_user_share=1.0))
+    assert len([t for t in _logged(everyone) if t.startswith("mine")]) == 8  # the cap did it
+
+
 def test_prompts_rated_down_come_first_in_the_logged_share_and_keep_their_rating(store):
     old_down = _log(store, "an old prompt its user rated down")
     liked = _log(store, "a prompt whose answer was liked")
@@ -140,7 +163,7 @@ def test_newest_logged_prompts_win_when_capped_by_the_share(store):
     assert (sel.logged, sel.seed, len(sel.prompts)) == (2, 2, 4)
     assert sel.summary() == {"prompts": 4, "logged": 2, "seed": 2, "skipped_long": 0,
                              "duplicates": 0, "heldout_excluded": 0, "rated_down": 0,
-                             "exchanges_upto": 6}
+                             "user_capped": 0, "exchanges_upto": 6}
 
 
 def test_heldout_prompts_are_never_trained_on_whatever_their_source(store):

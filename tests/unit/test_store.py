@@ -193,16 +193,35 @@ def test_exchanges_filter_and_delete(tmp_path):
     store.close()
 
 
-def test_feedback_history_is_kept_and_found_by_completion_id(store):
+def test_one_rating_per_exchange_the_latest_replacing_it_found_by_completion_id(store):
     first = store.log_exchange({"user": "ann", "completion_id": "chatcmpl-1", "status": "ok"})
     other = store.log_exchange({"user": "bob", "completion_id": "chatcmpl-2", "status": "ok"})
     assert store.exchange_by_completion("chatcmpl-1")["id"] == first
     assert store.exchange_by_completion("chatcmpl-3") is None
-    up = store.add_feedback(first, 1, "good", "ann")
-    down = store.add_feedback(first, -1, None, "ann")
+    store.add_feedback(first, 1, "good", "ann")
+    for _ in range(50):  # a client rating the same answer again and again stores one row
+        store.add_feedback(first, -1, None, "ann")
     store.add_feedback(other, 1)
-    assert [(f["id"], f["rating"], f["comment"]) for f in store.feedback(first)] == \
-        [(up["id"], 1, "good"), (down["id"], -1, None)]  # the latest (last) counts
+    assert [(f["rating"], f["comment"]) for f in store.feedback(first)] == [(-1, None)]
+    assert store.db["feedback"].count == 2
+
+
+def test_the_feedback_migration_keeps_the_latest_rating_of_each_exchange(tmp_path, monkeypatch):
+    """A log written before m010 (every rating kept) keeps only the latest per exchange."""
+    from dynalign import store as store_mod
+
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [m for m in store_mod.MIGRATIONS
+                                                  if m.__name__ < "m010"])
+    old = store_mod.Store(path)
+    ann = old.log_exchange({"user": "ann", "completion_id": "a", "status": "ok"})
+    for rating in (1, -1, 1, -1):
+        old.db["feedback"].insert({"exchange_id": ann, "rating": rating, "created": "t"})
+    old.close()
+    monkeypatch.undo()
+    new = store_mod.Store(path)
+    assert [f["rating"] for f in new.feedback(ann)] == [-1]
+    new.close()
 
 
 def test_deleting_exchanges_deletes_their_feedback(store):
@@ -215,11 +234,34 @@ def test_deleting_exchanges_deletes_their_feedback(store):
     assert [f["comment"] for f in store.db["feedback"].rows] == ["his comment"]
 
 
-def test_latest_ratings_count_each_rated_exchange_once_under_the_version_that_answered(store):
+def test_ratings_by_version_count_each_rated_exchange_once_under_the_version_that_answered(store):
     base = store.log_exchange({"version": None, "completion_id": "a", "status": "ok"})
     v1 = store.log_exchange({"version": 1, "completion_id": "b", "status": "ok"})
     store.log_exchange({"version": 1, "completion_id": "c", "status": "ok"})  # never rated
     store.add_feedback(base, 1)
     store.add_feedback(v1, 1)
     store.add_feedback(v1, -1)  # changed its mind: this one counts
-    assert sorted(store.latest_ratings(), key=str) == [(1, -1), (None, 1)]
+    assert store.ratings_by_version() == {None: (1, 0), 1: (0, 1)}
+
+
+def test_canary_arms_are_sums_per_arm_with_distinct_raters_and_the_median_latency(store):
+    rows = [("active", "ok", 10, 100.0, "ann"), ("active", "error", None, 300.0, "ann"),
+            ("active", "ok", 20, 200.0, "bob"), ("canary", "ok", 5, 50.0, "cy"),
+            ("canary", "aborted", None, None, "cy")]
+    ids = [store.log_exchange({"canary": 7, "arm": arm, "status": status, "client_id": "ip",
+                               "completion_tokens": tokens, "latency_ms": ms, "user": user})
+           for arm, status, tokens, ms, user in rows]
+    store.log_exchange({"canary": 8, "arm": "active", "status": "error"})  # another canary
+    store.add_feedback(ids[0], 1, user="ann")
+    store.add_feedback(ids[1], -1, user="ann")  # the same rater twice
+    store.add_feedback(ids[2], 1, user="bob")
+    store.add_feedback(ids[3], -1)  # no user: the exchange's client counts as the rater
+    arms = store.canary_arms(7, latency=True)
+    assert arms["active"] == {"requests": 3, "errors": 1, "tokens": 30, "answers": 2, "up": 2,
+                              "down": 1, "raters": 2, "p50_latency_ms": 200.0}
+    assert arms["canary"] == {"requests": 2, "errors": 0, "tokens": 5, "answers": 1, "up": 0,
+                              "down": 1, "raters": 1, "p50_latency_ms": 50.0}
+    store.log_exchange({"canary": 7, "arm": "canary", "status": "ok", "latency_ms": 70.0})
+    assert store.canary_arms(7, latency=True)["canary"]["p50_latency_ms"] == 60.0  # even: mean
+    assert "p50_latency_ms" not in store.canary_arms(7)["active"]  # only when asked
+    assert store.canary_arms(99) == {}

@@ -151,7 +151,8 @@ def test_a_chat_while_the_engine_restarts_is_a_503_with_retry_after(service):
     s.kill_engine()
     wait_for(lambda: s.starts() == 2, 30, "the restart to start an engine")
     assert s.supervisor.info()["engine_state"] == "restarting"
-    client = TestClient(create_app(s.cfg, "merged", s.engine.url, engine_status=s.supervisor))
+    client = TestClient(create_app(s.cfg, "merged", s.engine.url, engine_status=s.supervisor),
+                        base_url="http://127.0.0.1:8000")  # a local Host (server/guard.py)
     response = client.post("/v1/chat/completions",
                            json={"model": "dynalign", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 503
