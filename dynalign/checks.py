@@ -46,7 +46,8 @@ AT_LEAST = {  # key: smallest allowed value
     "learn.converge_window": 1, "learn.lora_rank": 1, "learn.lora_alpha": 1, "learn.threads": 1,
     "learn.rule_words": 1, "learn.gate.prompts": 1, "learn.gate.min_judged": 1,
     "learn.gate.max_tokens": 1, "learn.gate.limit": 0, "learn.gate.max_length_ratio": 1.0,
-    "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1,
+    "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1, "eval.scoreboard_tokens": 1,
+    "eval.ifeval_limit": 0,
     "learn.converge_tolerance": 0.0, "learn.gate.max_kl": 0.0, "privacy.retention_days": 0,
     "ui.max_tokens": 1, "server.feedback_per_minute": 0}
 ABOVE = (  # must be above 0
@@ -100,6 +101,8 @@ def _schedule(cfg) -> list[str]:
 def _together(cfg) -> list[str]:
     """Rules over several keys."""
     learn, out = cfg.learn, []
+    if isinstance(cfg.eval.scoreboard, str) and cfg.eval.scoreboard != "auto":
+        out.append(f'eval.scoreboard must be true, false or "auto"; got {cfg.eval.scoreboard!r}')
     if isinstance(learn.promote, str) and learn.promote != "canary":
         out.append(f'learn.promote must be true, false or "canary"; got {learn.promote!r}')
     if learn.promote == "canary" and cfg.engine.swap != "lora":

@@ -153,8 +153,8 @@ def _overrides(args) -> dict:
         for role in ("goal_writer", "prompt_writer", "evaluator"):
             pairs |= {f"generate.{role}.url": args.url, f"generate.{role}.model": args.model}
     elif args.command == "eval":
-        pairs = {"eval.max_tokens": args.max_tokens,
-                 "eval.judge.url": getattr(args, "judge_url", None),  # pairwise only
+        pairs = {"eval.max_tokens": getattr(args, "max_tokens", None),  # not the scoreboard's
+                 "eval.judge.url": getattr(args, "judge_url", None),  # pairwise, scoreboard
                  "eval.judge.model": getattr(args, "judge_model", None)}
     else:
         pairs = {}

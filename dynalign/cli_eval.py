@@ -26,10 +26,6 @@ def add_parser(sub) -> None:
     pair.add_argument("--a", required=True, help="version (3, v3, dynalign-v3, active, base)")
     pair.add_argument("--b", default="base", help="version to compare with (default: base)")
     pair.add_argument("--data", help="JSONL with 'prompt' (default: the seed set's held-out split)")
-    pair.add_argument("--judge-url", help="judge endpoint (eval.judge.url; default this server; "
-                      "'local': --judge-model is loaded in this process)")
-    pair.add_argument("--judge-model", help="judge model (eval.judge.model): a served name, or "
-                      "with --judge-url local a prepared name (qwen2.5-coder-1.5b) or a folder")
     for kind, what in (("ifeval", "IFEval input_data.jsonl (default: our 14-prompt sample)"),
                        ("math", "JSONL with problem, answer"),
                        ("mc", "GPQA-style CSV (Question, Correct Answer, Incorrect Answer 1-3)")):
@@ -41,6 +37,18 @@ def add_parser(sub) -> None:
         parser.add_argument("--max-tokens", type=int, help="answer length (eval.max_tokens)")
         parser.add_argument("--url", help="server answering (default: this dynalign server)")
         parser.add_argument("--no-progress", action="store_true")
+    board = ev.add_parser("scoreboard", help="a version vs the base model on held-out prompts: "
+                          "win rates with intervals, IFEval, tokens, KL (stored, cached)")
+    board.add_argument("--version", help="version to measure (3, v3; default: the active one)")
+    board.add_argument("--prompts", help="JSONL with 'prompt' per row (default: the seed set's "
+                       "held-out split)")
+    board.add_argument("--list", action="store_true", help="show the stored scoreboards only")
+    for parser in (pair, board):
+        parser.add_argument("--judge-url", help="judge endpoint (eval.judge.url; default this "
+                            "server; 'local': --judge-model is loaded in this process)")
+        parser.add_argument("--judge-model", help="judge model (eval.judge.model): a served name, "
+                            "or with --judge-url local a prepared name (qwen2.5-coder-1.5b) or a "
+                            "folder")
 
 
 def served_name(cfg, spec: str) -> str:
@@ -55,6 +63,8 @@ def served_name(cfg, spec: str) -> str:
 def eval_command(cfg, args) -> int:
     from dynalign.evaluate import markdown, write_report
 
+    if args.kind == "scoreboard":
+        return scoreboard_command(cfg, args)
     report = pairwise_command(cfg, args) if args.kind == "pairwise" else benchmark(cfg, args)
     folder = write_report(cfg.home, args.kind, report)
     print(markdown(args.kind, report), end="")
@@ -115,3 +125,39 @@ def benchmark(cfg, args) -> dict:
     model = served_name(cfg, args.model)
     responses = answers(cfg, args, model, [r["messages"] for r in rows], model)
     return {"model": model, "data": data, **score(rows, responses)}
+
+
+def scoreboard_command(cfg, args) -> int:
+    """Measure a version (in this process: it loads torch and the judge), or --list the stored
+    scoreboards, one line per version and judge."""
+    from contextlib import closing
+
+    from dynalign.scoreboard import markdown
+    from dynalign.store import Store
+
+    version = None if args.version is None else version_number(args.version)
+    if not args.list:
+        from learner.scoreboard import run
+
+        print(markdown(run(cfg, version, args.prompts)), end="")
+        return 0
+    with closing(Store(cfg.db_path)) as store:
+        if version is not None:
+            store.adapter(version)  # unknown: an error naming it
+        rows = store.scoreboards(version)
+    if not rows:
+        print("no scoreboards yet: `dynalign eval scoreboard --version N` measures one")
+    for row in rows:
+        h = row["summary"]
+        rate, ci = h["pointwise"]["win_rate"], h["pointwise"]["ci"]
+        shown = "n/a" if rate is None else f"{rate:.0%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]"
+                                                             if ci else "")
+        print(f"v{row['version']}\tpointwise {shown}\tjudge {row['judge']}\t{row['created']}")
+    return 0
+
+
+def version_number(spec: str) -> int:
+    m = re.fullmatch(r"(?:dynalign-)?v?(\d{1,19})", spec)
+    if not m:
+        raise DataError(f"--version: not a version number: {spec!r} (3, v3 or dynalign-v3)")
+    return int(m.group(1))

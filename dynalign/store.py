@@ -145,6 +145,18 @@ def m010_feedback_once(db):
     db["canaries"].add_column("min_raters", int)
 
 
+@migration
+def m011_scoreboard(db):
+    """The scoreboard (dynalign/scoreboard.py): each measurement of a version against the base
+    model, and the cache of the answers and judgements behind them, each under a digest of what
+    determines it (so the base is answered and judged once per judge)."""
+    db["eval_cache"].create({"key": str, "kind": str, "value": str, "created": str}, pk="key")
+    db["scoreboards"].create(
+        {"id": int, "version": int, "judge": str, "prompts": str, "settings": str,
+         "summary": str, "result": str, "created": str}, pk="id")
+    db["scoreboards"].create_index(["version"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -334,6 +346,50 @@ class Store:
         fields = {"status": status} if note is None else {"status": status, "note": note}
         self.db["adapters"].update(version, fields)
 
+    # the scoreboard and its cache
+    def cached(self, keys: list[str]) -> dict[str, object]:
+        """The cached values of those keys that have one."""
+        out = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            rows = self.db.execute("select key, value from eval_cache where key in "
+                                   f"({','.join('?' * len(part))})", part)
+            out |= {key: json.loads(value) for key, value in rows}
+        return out
+
+    def cache(self, kind: str, values: dict[str, object]) -> None:
+        rows = [{"key": key, "kind": kind, "value": json.dumps(value), "created": now()}
+                for key, value in values.items()]
+        if rows:
+            with self.db.conn:
+                self.db["eval_cache"].upsert_all(rows, pk="key")
+
+    def add_scoreboard(self, version: int, judge: str, prompts: str, settings: dict,
+                       summary: dict, result: dict) -> dict:
+        """`summary`: the headline numbers (what lists, plots and /metrics read); `result`: all,
+        with every item."""
+        row = {"version": version, "judge": judge, "prompts": prompts,
+               "settings": json.dumps(settings), "summary": json.dumps(summary),
+               "result": json.dumps(result), "created": now()}
+        with self.db.conn:
+            row_id = self.db["scoreboards"].insert(row).last_pk
+        return self.scoreboard(row_id)
+
+    def scoreboard(self, row_id: int) -> dict:
+        return _scoreboard_row(self.db["scoreboards"].get(row_id))
+
+    def scoreboards(self, version: int | None = None, latest: bool = True) -> list[dict]:
+        """Scoreboard rows without their items, oldest version first; `latest`: only each
+        (version, judge, prompts)'s newest measurement."""
+        where, args = ("where version = ?", [version]) if version is not None else ("", [])
+        cursor = self.db.execute("select id, version, judge, prompts, settings, summary, created "
+                                 f"from scoreboards {where} order by version, id", args)
+        names = [d[0] for d in cursor.description]
+        rows = [_scoreboard_row(dict(zip(names, r))) for r in cursor.fetchall()]
+        if latest:
+            rows = list({(r["version"], r["judge"], r["prompts"]): r for r in rows}.values())
+        return rows
+
     # refresh rounds: queued -> running -> evaluating -> promoted | rejected | failed | cancelled
     def open_round(self, trigger: str, config: str, owner_pid: int) -> int:
         """Insert a queued round, unless one is open already (checked in the same write
@@ -463,6 +519,10 @@ def _delete_filter(user: str | None, before: str | None, ids: list[int] | None,
         where.append(f"{id_column} in ({', '.join('?' * len(ids))})" if ids else "0")
         params += [int(i) for i in ids]
     return " and ".join(where), params
+
+
+def _scoreboard_row(row: dict) -> dict:
+    return {**row, **{k: json.loads(row[k]) for k in ("settings", "summary", "result") if k in row}}
 
 
 def _jsonable(value):

@@ -83,7 +83,24 @@ async def get_adapter(version: str, request: Request):
     row = adapter_view(versions, versions.store.adapter(number))
     made_by = versions.store.round_of_version(number)
     row["round"] = round_view(made_by) if made_by else None
+    row["scoreboard"] = await request.app.state.db(Store.scoreboards, number)
     return row
+
+
+@router.get("/scoreboard")
+async def scoreboard(request: Request, version: str | None = None):
+    """Every version's latest scoreboard against the base (dynalign/scoreboard.py): its headline
+    numbers per judge and prompt set; `?version=3` for one version (404 if unknown)."""
+    number = None
+    if version is not None:
+        number = parse_version(version)
+        if number is None:
+            raise RequestError("'base' is what versions are measured against, not a version",
+                               status=404, code="version_not_found")
+        _versions(request).store.adapter(number)  # unknown: 404 naming it
+    cfg = _versions(request).cfg
+    rows = await request.app.state.db(Store.scoreboards, number)
+    return {"data": [{**r, "name": public_name(cfg, r["version"])} for r in rows]}
 
 
 @router.post("/adapters/{version}/activate")

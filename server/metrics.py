@@ -83,6 +83,7 @@ class StateCollector:
         yield from self._rounds()
         yield from self._feedback()
         yield from self._canary()
+        yield from self._scoreboard()
 
     def _serving(self):
         versions, supervised = self.state.versions, self.state.engine_status
@@ -137,6 +138,28 @@ class StateCollector:
                     family.add_metric([public_name(self.state.cfg, version), rating],
                                       numbers[rating])
         yield family
+
+    def _scoreboard(self):
+        """Each version's latest scoreboard against the base, per judge (the pointwise reading:
+        the judge's 0-5 score higher than the base's on the same prompt)."""
+        rate = GaugeMetricFamily("dynalign_scoreboard_win_rate", "A version's win rate against "
+                                 "the base (dynalign eval scoreboard), with its interval's bounds",
+                                 labels=["version", "reading", "bound", "judge"])
+        kl = GaugeMetricFamily("dynalign_scoreboard_kl", "A version's per-token KL to the base on "
+                               "its own held-out answers", labels=["version", "judge"])
+        for row in self.store.scoreboards():
+            name, summary = public_name(self.state.cfg, row["version"]), row["summary"]
+            for reading in ("pointwise", "pairwise", "balanced", "length_controlled"):
+                tally = summary.get(reading)
+                if tally and tally["win_rate"] is not None:
+                    bounds = [("value", tally["win_rate"])] + list(zip(("low", "high"),
+                                                                       tally["ci"] or []))
+                    for bound, value in bounds:
+                        rate.add_metric([name, reading, bound, row["judge"]], value)
+            if summary.get("kl") is not None:
+                kl.add_metric([name, row["judge"]], summary["kl"])
+        yield rate
+        yield kl
 
     def _canary(self):
         requests = GaugeMetricFamily("dynalign_canary_requests", "The running canary's exchanges "
