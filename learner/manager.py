@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Callable
 
 from dynalign.config import Config, _build, _set_dotted, resolved_toml
-from dynalign.errors import RoundError
+from dynalign.errors import RoundBusyError, RoundError
 from dynalign.gate import Decision, decide, last_good
 from dynalign.dataset import read_rows, seed_path
 from dynalign.memory import check_fits, local_judges
 from dynalign.procs import alive, die_with_parent, preload_tcmalloc, signal_group
 from dynalign.checks import check
 from dynalign.rounds import longest_prompt
-from dynalign.store import Store, now
+from dynalign.scoreboard import enabled as scoreboard_enabled
+from dynalign.store import OPEN_ROUND, Store, now
 
 log = logging.getLogger("dynalign.rounds")
 
@@ -87,6 +88,7 @@ class RoundManager:
         self.gpu = gpu
         self.procs: dict[int, subprocess.Popen] = {}
         self.threads: dict[int, threading.Thread] = {}
+        self.scoring: int | None = None  # the version a scoreboard is measuring now
 
     def store(self) -> Store:
         return Store(self.cfg.db_path)  # one connection per call: rounds run on their own threads
@@ -105,6 +107,9 @@ class RoundManager:
         return failed
 
     def trigger(self, trigger: str = "operator", overrides: dict | None = None) -> dict:
+        if self.scoring is not None:  # the scoreboard is the end of the last round's work
+            raise RoundBusyError(f"the scoreboard of version {self.scoring} is running; the next "
+                                 "round starts when it is done", None)
         cfg = with_overrides(self.cfg, overrides)
         self.check_memory(cfg)
         with closing(self.store()) as store:
@@ -147,9 +152,12 @@ class RoundManager:
         for round_id, thread in list(self.threads.items()):
             if thread.is_alive():
                 with closing(self.store()) as store:
-                    store.update_round(round_id, cancel_requested=1,
-                                       error="cancelled: the server stopped")
+                    if store.round(round_id)["status"] in OPEN_ROUND:
+                        store.update_round(round_id, cancel_requested=1,
+                                           error="cancelled: the server stopped")
                     _kill_group(store.round(round_id)["pid"])
+                proc = self.procs.get(round_id)  # the round's learner, or its scoreboard
+                _kill_group(proc.pid if proc else None)
                 thread.join(wait_s)
 
     def wait(self, round_id: int, timeout: float | None = None) -> None:
@@ -181,14 +189,8 @@ class RoundManager:
     def _train(self, store: Store, round_id: int, cfg: Config, folder: Path) -> int:
         if store.round(round_id)["cancel_requested"]:
             return -1
-        env = preload_tcmalloc({**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1",
-                                "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(cfg.learn.threads),
-                                "DYNALIGN_HOME": str(cfg.home)})
-        with open(folder / "learner.log", "ab") as out:
-            proc = subprocess.Popen(learner_command(cfg, folder / "config.toml", round_id),
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True,
-                                    preexec_fn=_child_setup(cfg.learn.nice))
+        proc = self._child(cfg, learner_command(cfg, folder / "config.toml", round_id),
+                           folder / "learner.log")
         self.procs[round_id] = proc
         store.update_round(round_id, status="running", started=now(), pid=proc.pid)
         if store.round(round_id)["cancel_requested"]:  # a cancel that came before the pid
@@ -197,6 +199,16 @@ class RoundManager:
             return proc.wait()
         finally:
             self.procs.pop(round_id, None)
+
+    def _child(self, cfg: Config, command: list[str], log_path: Path) -> subprocess.Popen:
+        """A learner-side child process: niced, its own process group, dying with us."""
+        env = preload_tcmalloc({**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1",
+                                "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(cfg.learn.threads),
+                                "DYNALIGN_HOME": str(cfg.home)})
+        with open(log_path, "ab") as out:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                    preexec_fn=_child_setup(cfg.learn.nice))
 
     def conclude(self, store: Store, cfg: Config, row: dict) -> None:
         """A round whose learner left a candidate: gate it, publish it (served or rejected),
@@ -207,12 +219,44 @@ class RoundManager:
         note = f"round {row['id']}: " + "; ".join(decision.reasons)
         version = self.publish(row["candidate"], summary.get("parent"), note, decision.promote)
         verdict = {"promote": decision.promote, "reasons": decision.reasons, **decision.report}
+        measure = decision.promote and version is not None and scoreboard_enabled(cfg)
+        self.scoring = version if measure else None  # before the round ends: no round between
         store.update_round(row["id"], status="promoted" if decision.promote else "rejected",
                            adapter_version=version, metrics={**summary, "gate": verdict},
                            error=None if decision.promote else "; ".join(decision.reasons))
         if decision.rollback:
             verdict["rolled_back_to"] = self._rollback(store)
             store.update_round(row["id"], metrics={**summary, "gate": verdict})
+        if measure:
+            try:
+                summary["scoreboard"] = self._scoreboard(cfg, row["id"], version)
+            finally:
+                self.scoring = None
+            store.update_round(row["id"], metrics={**summary, "gate": verdict})
+
+    def _scoreboard(self, cfg: Config, round_id: int, version: int) -> dict:
+        """`learner.scoreboard` on the promoted version, in a child like the learner's; its
+        outcome (the row's id, or why it failed) goes into the round's metrics. A failed
+        scoreboard changes nothing about the promotion."""
+        folder = self.cfg.round_dir(round_id)
+        command = [sys.executable, "-m", "learner.scoreboard", str(folder / "config.toml"),
+                   "--version", str(version)]
+        try:
+            proc = self._child(cfg, command, folder / "scoreboard.log")
+        except OSError as e:  # the round stays promoted whatever happens here
+            return {"version": version, "status": "failed", "error": f"not started: {e}"}
+        self.procs[round_id] = proc
+        try:
+            rc = proc.wait()
+        finally:
+            self.procs.pop(round_id, None)
+        if rc != 0:
+            log.warning("the scoreboard of version %s failed (exit %s)", version, rc)
+            return {"version": version, "status": "failed",
+                    "error": _tail(folder / "scoreboard.log", 5)}
+        with closing(self.store()) as store:
+            rows = store.scoreboards(version)
+        return {"version": version, "status": "measured", "id": rows[-1]["id"] if rows else None}
 
     def _rollback(self, store: Store) -> int | None:
         """Serve the newest version whose round was not flagged for drift (None: the base)."""

@@ -411,3 +411,30 @@ def served(tmp_path, json_server):
     for one in made:
         one.loop.call_soon_threadsafe(one.loop.stop)
         one.store.close()
+
+
+def test_a_promotion_runs_the_scoreboard_whose_failure_is_recorded_and_changes_nothing(store):
+    """eval.scoreboard on: after the promotion the manager runs `learner.scoreboard` as a child;
+    here its config file is missing, so it fails, which the round records (still promoted)."""
+    from dynalign.gate import Decision
+
+    cfg = load_config(None, {"eval.scoreboard": True})
+    round_id = store.open_round("test", "", os.getpid())
+    store.update_round(round_id, status="running", candidate="/nowhere/adapter")
+    cfg.round_dir(round_id).mkdir(parents=True)  # trigger() makes it, with the round's config
+    manager = RoundManager(cfg, lambda *a: 7,
+                           gate=lambda cfg, row: Decision(True, ["a test gate"]))
+    manager.conclude(store, cfg, store.round(round_id))
+    row = store.round(round_id)
+    board = json.loads(row["metrics"])["scoreboard"]
+    assert row["status"] == "promoted" and row["adapter_version"] == 7
+    assert board["status"] == "failed" and board["version"] == 7
+    assert "config" in board["error"]  # the child's own message: no such config file
+    assert manager.scoring is None
+
+
+def test_no_round_starts_while_the_last_promotion_is_being_scoreboarded(cfg):
+    manager = RoundManager(cfg, _publish)
+    manager.scoring = 3
+    with pytest.raises(RoundBusyError, match="scoreboard of version 3"):
+        manager.trigger("operator")
