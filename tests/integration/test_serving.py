@@ -468,6 +468,41 @@ def test_register_activate_and_roll_back(merged, registered, tiny_adapter, tmp_p
 
 
 # 7. swaps under load
+def test_the_scoreboard_is_served_by_version_and_exported_as_metrics(merged, registered,
+                                                                     openai_error):
+    """A row as learner/scoreboard.py stores it (its computation: tests/integration/
+    test_continual.py): the admin routes and /metrics show it; unknown versions are 404s."""
+    from contextlib import closing
+
+    from dynalign import scoreboard as sb
+    from dynalign.config import load_config
+    from dynalign.store import Store
+
+    items = [{"a": "x", "b": "y", "pointwise": o, "outcome": o} for o in ["win"] * 7 + ["loss"] * 3]
+    result = {"readings": sb.readings(items, load_config(None), balanced=False), "kl": 0.25,
+              "scores": {"base": 2.0, "version": 2.5}, "tokens": {"base": 40, "version": 30},
+              "ifeval": None}
+    with closing(Store(merged.db_path)) as store:
+        store.add_scoreboard(registered["version"], "judge-x", "seed held-out split", {},
+                             sb.headline(result), result)
+    listed = merged.get("/admin/scoreboard").json()["data"]
+    mine = [r for r in listed if r["judge"] == "judge-x"]
+    assert [r["name"] for r in mine] == [registered["name"]]
+    assert mine[0]["summary"]["pointwise"]["win_rate"] == pytest.approx(0.7)
+    shown = merged.get(f"/admin/adapters/{registered['version']}").json()["scoreboard"]
+    assert [r["judge"] for r in shown] == ["judge-x"]
+    for version in ("999", "base"):
+        missing = merged.get(f"/admin/scoreboard?version={version}")
+        assert missing.status_code == 404 and openai_error(missing), missing.text
+    after = scrape(merged)
+    labels = {"version": registered["name"], "reading": "pointwise", "judge": "judge-x"}
+    value = after[("dynalign_scoreboard_win_rate", frozenset({**labels, "bound": "value"}.items()))]
+    low = after[("dynalign_scoreboard_win_rate", frozenset({**labels, "bound": "low"}.items()))]
+    assert value == pytest.approx(0.7) and low < value
+    assert after[("dynalign_scoreboard_kl", frozenset({"version": registered["name"],
+                                                       "judge": "judge-x"}.items()))] == 0.25
+
+
 def test_swaps_under_load_fail_nothing(merged, registered, swap_under_load, check_swaps):
     assert merged.active() == merged.base_name
     results, activations = swap_under_load(merged, ["1", "base", "1", "base"])
