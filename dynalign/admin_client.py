@@ -88,6 +88,12 @@ class Admin:
     def cancel(self, round_id: int) -> dict:
         return self.call("POST", f"/rounds/{round_id}/cancel")
 
+    def scoreboard(self, version: int | str | None = None) -> dict:
+        """Each version's latest scoreboard against the base, per judge and prompt set
+        ({"data": [...]}, oldest version first); `version`: that one only."""
+        params = None if version is None else {"version": str(version)}
+        return self.call("GET", "/scoreboard", params=params)
+
     def schedule(self) -> dict:
         return self.call("GET", "/schedule")
 

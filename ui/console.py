@@ -82,12 +82,16 @@ def _schedule_section(gr, c: dict) -> None:
 
 
 def _plots_section(gr, c: dict) -> None:
-    gr.Markdown("### Plots\nRedrawn when a round takes a step or a version changes.")
+    gr.Markdown("### Plots\nRedrawn when a round takes a step, a version changes or a "
+                "scoreboard is added.")
     with gr.Row():
         c["reward_plot"] = gr.Plot(label="Reward per step", show_label=False, format="png",
                                    elem_id="reward-plot")
         c["eval_plot"] = gr.Plot(label="Evaluation gate: scores per version", show_label=False,
                                  format="png", elem_id="eval-plot")
+    with gr.Row():
+        c["scoreboard_plot"] = gr.Plot(label="Win rate vs base (scoreboard)", show_label=False,
+                                       format="png", elem_id="scoreboard-plot")
     with gr.Row():
         for path in views.figures():
             gr.Image(str(path), label=f"seed set: {path.stem}", elem_id=f"figure-{path.stem}",

@@ -36,19 +36,23 @@ def exchanges_frame(rows: list[list]):
 
 
 def snapshot(admin: Admin) -> dict:
-    """What the console shows of the server, in two calls: the adapters listing and the rounds.
-    On an API error: {"error": message} (the console shows it where the table would be)."""
+    """What the console shows of the server, in three calls: the adapters listing, the rounds and
+    the scoreboards. On an API error: {"error": message} (the console shows it where the table
+    would be); scoreboards that cannot be read (a gateway without them) are shown as none."""
     listing, error = attempt(admin.adapters)
     rounds, _ = (None, "") if error else attempt(admin.rounds, ROUNDS_SEEN)
+    boards, _ = (None, "") if error else attempt(admin.scoreboard)
     return {"error": error, "adapters": (listing or {}).get("data", []), "listing": listing or {},
-            "rounds": (rounds or {}).get("data", [])}
+            "rounds": (rounds or {}).get("data", []),
+            "scoreboards": (boards or {}).get("data", []) if isinstance(boards, dict) else []}
 
 
 def adapters_view(snap: dict) -> tuple[str, list[list]]:
     """(the active-version text, the adapters table's rows)."""
     if snap["error"]:
         return snap["error"], []
-    return views.active_text(snap["listing"]), views.adapter_rows(snap["adapters"], snap["rounds"])
+    return views.active_text(snap["listing"]), views.adapter_rows(
+        snap["adapters"], snap["rounds"], snap.get("scoreboards"))
 
 
 def login(snap: dict) -> tuple[bool, str]:
@@ -115,13 +119,16 @@ def schedule_call(admin: Admin, call) -> str:
 
 
 def plots(admin: Admin, snap: dict):
-    """(the reward-per-step figure of the recent rounds, the gate's scores per version figure)."""
+    """(the reward-per-step figure of the recent rounds, the gate's scores per version figure,
+    the scoreboard's win rate vs the base per version figure)."""
     from ui import console_plots
 
     detailed, _ = attempt(admin.rounds, PLOT_ROUNDS, True)
     series = views.reward_series((detailed or {}).get("data", []))
     scores = views.version_scores(snap["rounds"], snap["adapters"])
-    return console_plots.reward_figure(series), console_plots.eval_figure(scores)
+    boards = views.scoreboard_series(snap.get("scoreboards") or [])
+    return (console_plots.reward_figure(series), console_plots.eval_figure(scores),
+            console_plots.scoreboard_figure(boards))
 
 
 def exchanges(admin: Admin, q: str, user: str, opt_out: str) -> tuple[list[list], str]:
@@ -164,6 +171,7 @@ def end_canary(admin: Admin, call) -> str:
 
 def signature(snap: dict) -> str:
     """What the console last drew, as one string: the timer redraws the table and the plots only
-    when it changes (a version, a status, a round's step)."""
+    when it changes (a version, a status, a round's step, a new scoreboard)."""
     rounds = [(r["id"], r.get("status"), (r.get("progress") or {}).get("step")) for r in snap["rounds"]]
-    return json.dumps([snap["error"], snap["listing"], rounds], default=str)
+    boards = [r.get("id") for r in snap.get("scoreboards") or []]
+    return json.dumps([snap["error"], snap["listing"], rounds, boards], default=str)

@@ -1,5 +1,6 @@
-"""The operator console's two charts, drawn with matplotlib (gr.Plot shows them as images):
-the reward per step of each recent round, and each version's scores from the evaluation gate.
+"""The operator console's three charts, drawn with matplotlib (gr.Plot shows them as images):
+the reward per step of each recent round, each version's scores from the evaluation gate, and
+each version's win rate against the base model from its scoreboard.
 
 matplotlib's object API (`Figure`, no pyplot): every call draws its own figure, so two operators'
 sessions drawing at once share nothing. The data comes from ui/console_views.py.
@@ -12,6 +13,10 @@ METRICS = {"win_rate": "win rate vs the active version", "ifeval": "IFEval promp
            "math": "math accuracy", "mc": "multiple-choice accuracy"}
 SIZE = (6.4, 3.6)
 MAX_TICKS = 10
+SCOREBOARD_EMPTY = "no scoreboard yet: `dynalign eval scoreboard` or eval.scoreboard"
+READING_STYLES = {"pointwise": {"marker": "o", "linestyle": "-"},
+                  "balanced": {"marker": "s", "linestyle": "--"}}
+DODGE = 0.06  # series side by side within a version, so their error bars do not hide each other
 
 
 def _figure(title: str):
@@ -83,4 +88,47 @@ def eval_figure(rows: list[dict]):
     ax.set_xticks(range(len(rows)), [_label(row) for row in rows])
     ax.set_ylabel("score (0-1)")
     ax.legend(loc="upper left", fontsize="small", ncols=2)
+    return fig
+
+
+def _error_bars(ax, xs: list[float], points: list[tuple], color: str) -> None:
+    """The 95 % intervals of the points that have one, as error bars."""
+    bars = [(x, rate, low, high) for x, (_, rate, low, high) in zip(xs, points) if low is not None]
+    if not bars:
+        return
+    bx, rates, lows, highs = zip(*bars)
+    below = [max(0.0, rate - low) for rate, low in zip(rates, lows)]
+    above = [max(0.0, high - rate) for rate, high in zip(rates, highs)]
+    ax.errorbar(bx, rates, yerr=[below, above], fmt="none", ecolor=color, capsize=3, alpha=0.7)
+
+
+def scoreboard_figure(data: dict):
+    """Each version's win rate against the base model (ui/console_views.scoreboard_series): per
+    judge, the pointwise reading as points joined by a line with its 95 % interval as error bars,
+    the balanced pairwise reading dashed in the same colour; the dotted line at 0.5 is even."""
+    fig, ax = _figure("Win rate vs base (scoreboard)")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("win rate against the base (0-1)")
+    versions = data.get("versions") or []
+    if not versions:
+        _empty(ax, SCOREBOARD_EMPTY)
+        return fig
+    at = {version: i for i, version in enumerate(versions)}
+    series = data.get("series") or []
+    ax.axhline(0.5, color="0.4", linestyle=":", linewidth=1, label="even with the base")
+    for i, one in enumerate(series):
+        shift = (i - (len(series) - 1) / 2) * DODGE
+        xs = [at[version] + shift for version, *_ in one["points"]]
+        color = f"C{one['group'] % 10}"
+        ax.plot(xs, [rate for _, rate, _, _ in one["points"]], color=color, label=one["label"],
+                **READING_STYLES.get(one["reading"], READING_STYLES["pointwise"]))
+        _error_bars(ax, xs, one["points"], color)
+    drawn = {version for one in series for version, *_ in one["points"]}
+    for version in versions:
+        if version not in drawn:
+            ax.text(at[version], 0.02, "n/a", ha="center", va="bottom", fontsize="x-small")
+    ax.set_xticks(range(len(versions)), [f"v{version}" for version in versions])
+    ax.set_xlim(-0.5, len(versions) - 0.5)
+    ax.set_xlabel("version")
+    ax.legend(loc="best", fontsize="small")
     return fig

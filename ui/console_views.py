@@ -15,12 +15,13 @@ from dynalign.rounds import last_user_turn, step_text
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "data" / "figures"
 ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "steps",
-                   "reward", "win rate", "IFEval", "users' approval", "note (why rejected)"]
+                   "reward", "win rate", "IFEval", "vs base", "users' approval",
+                   "note (why rejected)"]
 EXCHANGE_COLUMNS = ["id", "created", "user", "opt-out", "version", "last user message",
                     "answer start"]
 # without widths Gradio squeezes short columns until their headers wrap letter by letter
 ADAPTER_WIDTHS = ["80px", "120px", "90px", "170px", "75px", "85px", "65px", "110px", "85px", "75px",
-                  "150px", "420px"]
+                  "120px", "150px", "420px"]
 EXCHANGE_WIDTHS = ["60px", "170px", "100px", "80px", "130px", "360px", "300px"]
 ANSWER_START = 80
 OPEN_ROUND = ("queued", "running", "evaluating")
@@ -64,19 +65,40 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def adapter_rows(adapters: list[dict], rounds: list[dict]) -> list[list]:
-    """The adapters table: one row per version, newest first, with its round's win rate and IFEval."""
-    by_version = rounds_by_version(rounds)
+def adapter_rows(adapters: list[dict], rounds: list[dict],
+                 scoreboards: list[dict] | None = None) -> list[list]:
+    """The adapters table: one row per version, newest first, with its round's win rate and
+    IFEval, and its newest scoreboard's pointwise win rate against the base ("vs base")."""
+    by_version, boards = rounds_by_version(rounds), latest_scoreboards(scoreboards or [])
     rows = []
     for a in sorted(adapters, key=lambda a: a["version"], reverse=True):
         round_ = by_version.get(a["version"], {})
         metrics, summary = round_metrics(round_), round_.get("summary") or {}
+        vs_base = rate_text(_dig(boards.get(a["version"]), "summary", "pointwise"))
         rows.append([a["version"], a.get("name", ""), a.get("status", ""), _time(a.get("created")),
                      "" if a.get("parent") is None else a["parent"], a.get("source") or "",
                      summary.get("steps", ""), reward_text(summary), _fmt(metrics["win_rate"]),
-                     _fmt(metrics["ifeval"]), approval_text(a.get("approval")),
+                     _fmt(metrics["ifeval"]), vs_base, approval_text(a.get("approval")),
                      a.get("note") or ""])
     return rows
+
+
+def latest_scoreboards(rows: list[dict]) -> dict[int, dict]:
+    """Each version's newest scoreboard row (GET /admin/scoreboard), whichever judge measured."""
+    latest: dict[int, dict] = {}
+    for row in sorted(rows, key=lambda r: r.get("id") or 0):
+        latest[row["version"]] = row
+    return latest
+
+
+def rate_text(rate: dict | None) -> str:
+    """A scoreboard reading as "62 % [52, 71]" (win rate, its 95 % interval, in percent); "62 %"
+    without an interval; "-" when nothing was judged (or not measured)."""
+    if not rate or rate.get("win_rate") is None:
+        return "-"
+    ci = rate.get("ci")
+    bounds = f" [{ci[0] * 100:.0f}, {ci[1] * 100:.0f}]" if ci else ""
+    return f"{rate['win_rate'] * 100:.0f} %{bounds}"
 
 
 def approval_text(approval: dict | None) -> str:
@@ -295,6 +317,39 @@ def version_scores(rounds: list[dict], adapters: list[dict]) -> list[dict]:
     rows = [{**row, "status": status.get(row["version"], "base" if row["version"] is None else "")}
             for row in scores.values() if any(v is not None for k, v in row.items() if k != "version")]
     return sorted(rows, key=lambda row: -1 if row["version"] is None else row["version"])
+
+
+SCOREBOARD_READINGS = (("pointwise", "pointwise"), ("balanced", "pairwise (balanced)"))
+
+
+def scoreboard_series(rows: list[dict]) -> dict:
+    """The scoreboard chart's data from GET /admin/scoreboard's rows: {"versions": every version
+    measured, oldest first, "series": [{"label", "reading", "group", "points"}]}: per judge and
+    prompt set (`group`, numbered in order of appearance), its pointwise reading and, when the
+    judge weighs, its balanced pairwise one, each as (version, win rate, CI low, CI high) points
+    (low = high = None without an interval). A version whose reading judged nothing has no point
+    there but stays on the axis. Labels name the judge (and the prompt set) only when several
+    measured."""
+    groups: dict[tuple, dict] = {}
+    for row in sorted(rows, key=lambda r: (r["version"], r.get("id") or 0)):
+        groups.setdefault((row.get("judge"), row.get("prompts")), {})[row["version"]] = row
+    judges, prompt_sets = {j for j, _ in groups}, {p for _, p in groups}
+    series = []
+    for group, ((judge, prompts), by_version) in enumerate(groups.items()):
+        whose = [str(judge)] if len(judges) > 1 else []
+        whose += [Path(str(prompts)).name] if len(prompt_sets) > 1 else []
+        for reading, name in SCOREBOARD_READINGS:
+            points = []
+            for version, row in sorted(by_version.items()):
+                rate = _dig(row, "summary", reading)
+                if rate and rate.get("win_rate") is not None:
+                    low, high = rate.get("ci") or (None, None)
+                    points.append((version, rate["win_rate"], low, high))
+            if points:
+                label = f"{name}: {', '.join(whose)}" if whose else name
+                series.append({"label": label, "reading": reading, "group": group,
+                               "points": points})
+    return {"versions": sorted({row["version"] for row in rows}), "series": series}
 
 
 def figures(folder: Path = FIGURES_DIR) -> list[Path]:

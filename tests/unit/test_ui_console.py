@@ -35,11 +35,128 @@ def test_admin_url_is_the_gateway_host_under_admin():
 
 def test_adapter_rows_newest_first_with_round_metrics():
     rows = views.adapter_rows(ADAPTERS, ROUNDS)
-    assert rows[0] == [2, "dynalign-v2", "rejected", "", 1, "round", "", "", "", "", "",
+    assert rows[0] == [2, "dynalign-v2", "rejected", "", 1, "round", "", "", "", "", "-", "",
                        "win rate 0.20 < 0.5"]
     assert rows[1] == [1, "dynalign-v1", "active", "2026-11-22 20:38:34 UTC", "", "round", 3,
-                       "0.50 → 1.25", "0.60", "0.25", "67 % [21-94] of 3", "gate off"]
+                       "0.50 → 1.25", "0.60", "0.25", "-", "67 % [21-94] of 3", "gate off"]
     assert len(views.ADAPTER_COLUMNS) == len(rows[0])
+
+
+def rate(win_rate, ci=None, judged=10):
+    return {"win_rate": win_rate, "ci": ci, "judged": judged, "n": 10}
+
+
+def board(row_id, version, judge="qwen (local, float32)", pointwise=None, balanced=None,
+          prompts="seed held-out split"):
+    """A GET /admin/scoreboard row: the summary is dynalign/scoreboard.headline()'s."""
+    summary = {"pointwise": pointwise or rate(None, judged=0), "pairwise": rate(0.5),
+               "length_controlled": rate(None), "scores": {"base": 2.0, "version": 2.5},
+               "tokens": {"base": 90.0, "version": 80.0}, "kl": 0.01, "ifeval": None}
+    if balanced is not None:
+        summary["balanced"] = balanced
+    return {"id": row_id, "version": version, "judge": judge, "prompts": prompts,
+            "settings": {}, "summary": summary, "created": "2026-11-23T10:00:00+00:00",
+            "name": f"dynalign-v{version}"}
+
+
+QWEN, LLAMA = "qwen (local, float32)", "llama (http://judge:8001/v1)"
+BOARDS = [
+    board(1, 1, QWEN, rate(0.62, [0.52, 0.71]), rate(0.6, [0.5, 0.7])),
+    board(2, 1, LLAMA, rate(0.55, [0.45, 0.65])),  # this judge does not weigh: no balanced
+    board(3, 2, QWEN, rate(0.7)),  # an interval could not be drawn: the point without one
+    board(4, 3, QWEN, balanced=rate(None, judged=0)),  # nothing judged: no point, still a tick
+    board(5, 3, LLAMA, rate(0.4, [0.3, 0.5])),
+]
+
+
+def test_scoreboard_series_one_per_judge_and_reading():
+    data = views.scoreboard_series(BOARDS)
+    assert data["versions"] == [1, 2, 3]
+    assert [(s["label"], s["reading"], s["group"], s["points"]) for s in data["series"]] == [
+        (f"pointwise: {QWEN}", "pointwise", 0, [(1, 0.62, 0.52, 0.71), (2, 0.7, None, None)]),
+        (f"pairwise (balanced): {QWEN}", "balanced", 0, [(1, 0.6, 0.5, 0.7)]),
+        (f"pointwise: {LLAMA}", "pointwise", 1, [(1, 0.55, 0.45, 0.65), (3, 0.4, 0.3, 0.5)])]
+    # one judge: the labels need not name it; the newest row of a version is the one drawn
+    again = board(6, 2, QWEN, rate(0.8, [0.7, 0.9]))
+    one = views.scoreboard_series([b for b in BOARDS if b["judge"] == QWEN] + [again])
+    assert [s["label"] for s in one["series"]] == ["pointwise", "pairwise (balanced)"]
+    assert one["series"][0]["points"][1] == (2, 0.8, 0.7, 0.9)
+    # two prompt sets, one judge: the label names the prompt file
+    own = board(7, 1, QWEN, rate(0.5), prompts="/data/mine.jsonl")
+    labels = [s["label"] for s in views.scoreboard_series([BOARDS[0], own])["series"]]
+    assert labels == ["pointwise: seed held-out split", "pairwise (balanced): seed held-out split",
+                      "pointwise: mine.jsonl"]
+    assert views.scoreboard_series([]) == {"versions": [], "series": []}
+
+
+def test_the_vs_base_column_shows_the_newest_scoreboard():
+    assert views.rate_text(rate(0.62, [0.52, 0.714])) == "62 % [52, 71]"
+    assert views.rate_text(rate(0.7)) == "70 %"
+    assert views.rate_text(rate(None, judged=0)) == "-" and views.rate_text(None) == "-"
+    adapters = ADAPTERS + [{"version": 3, "name": "dynalign-v3", "status": "rejected"}]
+    column = views.ADAPTER_COLUMNS.index("vs base")
+    rows = views.adapter_rows(adapters, ROUNDS, BOARDS)
+    # v3: its newest row (the second judge's); v2: no interval; v1: the second judge's too
+    assert [row[column] for row in rows] == ["40 % [30, 50]", "70 %", "55 % [45, 65]"]
+    assert [row[column] for row in views.adapter_rows(adapters, ROUNDS, [BOARDS[3]])] == [
+        "-", "-", "-"]
+    assert len(views.ADAPTER_WIDTHS) == len(views.ADAPTER_COLUMNS)
+
+
+def test_scoreboard_figure_draws_a_series_per_judge_and_reading():
+    from matplotlib.container import ErrorbarContainer
+
+    from ui import console_plots as plots
+
+    fig = plots.scoreboard_figure(views.scoreboard_series(BOARDS))
+    ax = fig.axes[0]
+    assert ax.get_title() == "Win rate vs base (scoreboard)" and ax.get_ylim() == (0, 1)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["v1", "v2", "v3"]
+    _, labels = ax.get_legend_handles_labels()
+    assert labels == ["even with the base", f"pointwise: {QWEN}", f"pairwise (balanced): {QWEN}",
+                      f"pointwise: {LLAMA}"]
+    even = [line for line in ax.lines if line.get_label() == "even with the base"]
+    assert list(even[0].get_ydata()) == [0.5, 0.5]
+    qwen = [line for line in ax.lines if line.get_label() == f"pointwise: {QWEN}"][0]
+    assert list(qwen.get_ydata()) == [0.62, 0.7] and qwen.get_marker() == "o"
+    # an error bar per point with an interval: qwen's v1 (pointwise, balanced), llama's v1 and v3
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [len(c.lines[2][0].get_segments()) for c in bars] == [1, 1, 2]
+    assert len(ax.collections) == 3
+    assert not [t for t in ax.texts if t.get_text() == "n/a"]  # v3 has llama's point
+    qwen_only = plots.scoreboard_figure(views.scoreboard_series([BOARDS[0], BOARDS[3]]))
+    assert [t.get_text() for t in qwen_only.axes[0].texts] == ["n/a"]  # v3: nothing judged
+    empty = plots.scoreboard_figure(views.scoreboard_series([]))
+    assert [t.get_text() for t in empty.axes[0].texts] == [plots.SCOREBOARD_EMPTY]
+    assert not empty.axes[0].lines
+
+
+def test_the_snapshot_reads_the_scoreboards_and_a_new_one_redraws():
+    seen: list = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        path = request.url.path
+        body = {"/admin/adapters": {"active": "dynalign-v1", "data": ADAPTERS},
+                "/admin/rounds": {"data": ROUNDS}, "/admin/scoreboard": {"data": BOARDS[:1]}}
+        return httpx.Response(200, json=body[path]) if path in body else httpx.Response(
+            404, json={"error": {"message": "not found"}})
+
+    admin = Admin("http://gw.test/v1", "k", transport=httpx.MockTransport(handler))
+    snap = act.snapshot(admin)
+    assert snap["scoreboards"] == BOARDS[:1]
+    assert "62 % [52, 71]" in act.adapters_view(snap)[1][1]
+    assert act.signature(snap) != act.signature({**snap, "scoreboards": BOARDS[:2]})
+    figures = act.plots(admin, snap)
+    assert len(figures) == 3 and figures[2].axes[0].get_title() == "Win rate vs base (scoreboard)"
+    admin.scoreboard(3)
+    assert str(seen[-1].url) == "http://gw.test/admin/scoreboard?version=3"
+    # a gateway without scoreboards: none shown, nothing else lost
+    older = Admin("http://gw.test/v1", "k", transport=httpx.MockTransport(
+        lambda request: handler(request) if "scoreboard" not in request.url.path
+        else httpx.Response(404, json={"error": {"message": "Not Found"}})))
+    snap = act.snapshot(older)
+    assert snap["scoreboards"] == [] and snap["error"] == "" and snap["rounds"] == ROUNDS
 
 
 def test_progress_text_of_running_and_finished_rounds():
