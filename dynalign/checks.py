@@ -43,6 +43,7 @@ AT_LEAST = {  # key: smallest allowed value
     "generate.max_retries": 0, "generate.concurrency": 1, "learn.prompts": 1,
     "learn.max_prompt_chars": 1, "learn.num_generations": 2, "learn.prompts_per_step": 1,
     "learn.micro_batch": 1, "learn.max_completion_tokens": 1, "learn.max_steps": 1,
+    "learn.iterations": 1,
     "learn.converge_window": 1, "learn.lora_rank": 1, "learn.lora_alpha": 1, "learn.threads": 1,
     "learn.rule_words": 1, "learn.gate.prompts": 1, "learn.gate.min_judged": 1,
     "learn.gate.max_tokens": 1, "learn.gate.limit": 0, "learn.gate.max_length_ratio": 1.0,

@@ -214,7 +214,8 @@ class LearnConfig:
 
     # which prompts a round trains on
     prompts: int = 64  # prompts per round: logged user prompts first, the rest replayed from the
-    #                    seed set's train split
+    #                    seed set's train split. A round's batches take prompts_per_step
+    #                    each, ceil(max_steps / iterations) of them: more are not trained on
     logged_share: float = 0.5  # at most this share of a round's prompts comes from the log
     max_user_share: float = 0.25  # at most this share of those logged prompts comes from one user
     #                               (the request's `user`, else its client): no one fills a round
@@ -234,8 +235,12 @@ class LearnConfig:
     epsilon: float = 0.2  # PPO-style clip
     beta: float = 0.04  # KL to the base model
     loss_type: str = "grpo"  # "grpo" | "dapo" | "dr_grpo" | "bnpo" (TRL's); TRL's default is "dapo"
-    max_steps: int = 200  # upper bound on steps
-    converge_window: int = 10  # stop when the reward's moving average over this many steps ...
+    max_steps: int = 200  # upper bound on steps (optimiser steps)
+    iterations: int = 1  # optimiser steps per generated and scored batch (TRL's num_iterations,
+    #                      the GRPO paper's mu): a round judges ceil(max_steps / iterations)
+    #                      batches; above 1, each batch also costs a forward for the old log-probs
+    converge_window: int = 10  # stop when the reward's moving average over this many scored
+    #                            batches (steps, at iterations 1) ...
     converge_tolerance: float = 0.05  # ... moved less than this (0-5 scale) over the last window
     # the reward
     reward: str = "self"  # "self" (the paper) | "rule" | "judge"

@@ -16,6 +16,11 @@ The model (CPU, no gradient checkpointing), each term in bytes:
               token and layer, calibrated on the embedded model (2.27 MB per token in fp32 with
               LoRA r 16; linear in tokens from 320 to 1,280 tokens per micro-batch), x1.45
               where the learner runs on glibc's allocator instead of tcmalloc
+The no-grad passes between them (the reference log-probs, and with learn.iterations > 1 the
+policy's old log-probs TRL takes right after the rollout: a second pass of the same size) run a
+micro-batch at a time and keep no activations for backward: below the update's peak, no term of
+their own. The old log-probs they leave for the steps that reuse the batch are one float per
+completion token (kilobytes).
 A sequence is the longest prompt the round may select (logged since the last round, or from the
 seed set; ~4 characters a token, so text with more tokens per character, CJK or code, is
 underestimated) and max_completion_tokens; rollouts also hold the CA system prompt. On a GPU the

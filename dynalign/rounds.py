@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,18 +136,51 @@ PHASES = ("generation", "reference", "scoring", "update")
 PHASE_SHARE = {"generation": 0.46, "reference": 0.09, "scoring": 0.18, "update": 0.27}
 
 
+def scored_batches(learn) -> int:
+    """Batches a round of `learn` generates and scores at most: one per learn.iterations
+    optimiser steps (TRL's num_iterations), each of prompts_per_step prompts x G candidates."""
+    return -(-learn.max_steps // learn.iterations)
+
+
+def generates(step: int, iterations: int) -> bool:
+    """Does optimiser step `step` (1-based) generate and score a batch? TRL does at steps 1,
+    1 + mu, 1 + 2 mu, ...; the steps between reuse that batch (an update phase only)."""
+    return (step - 1) % iterations == 0
+
+
+def phase_shares(iterations: int = 1) -> dict[str, float]:
+    """Each phase's share of a step that generates. With iterations > 1 the reference phase
+    holds two passes of the same size (the policy's old log-probs, then the reference's)."""
+    if iterations <= 1:
+        return PHASE_SHARE
+    shares = {**PHASE_SHARE, "reference": 2 * PHASE_SHARE["reference"]}
+    return {phase: share / sum(shares.values()) for phase, share in shares.items()}
+
+
 def progress(step: int, max_steps: int, seconds: list[float], reward: float | None,
              current: dict | None = None, finished: dict | None = None,
-             step_elapsed: float = 0.0) -> dict:
+             step_elapsed: float = 0.0, iterations: int = 1) -> dict:
     """Live progress of a running round: steps done of N, the running phase (`current`: phase,
     done, total, unit, elapsed) and an ETA: the mean step time once a step has ended, else the
-    running step projected from the phases `finished` (seconds) and the running one's pace."""
+    running step projected from the phases `finished` (seconds) and the running one's pace.
+    With `iterations` (learn.iterations) > 1 the steps to come are of two kinds, timed apart:
+    those that generate (the mean of those done, or the projection) and those that reuse a
+    batch (the mean of those done, or the generating step's update share)."""
     per_step = sum(seconds) / len(seconds) if seconds else None
-    if per_step is None and current is not None:
-        per_step = _projected_step(current, finished or {})
+    shares = phase_shares(iterations)
+    generating = [s for i, s in enumerate(seconds) if generates(i + 1, iterations)]
+    reusing = [s for i, s in enumerate(seconds) if not generates(i + 1, iterations)]
+    full = statistics.fmean(generating) if generating else None
+    if full is None and current is not None:
+        full = _projected_step(current, finished or {}, shares)
+    per_step = full if per_step is None else per_step
     eta = None
-    if per_step is not None:
-        eta = max(0.0, per_step * (max_steps - step) - (step_elapsed if current else 0.0))
+    if full is not None:
+        update = statistics.fmean(reusing) if reusing else full * shares["update"]
+        to_come = range(step + 1, max_steps + 1)
+        full_steps = sum(generates(i, iterations) for i in to_come)
+        eta = max(0.0, full * full_steps + update * (len(to_come) - full_steps)
+                  - (step_elapsed if current else 0.0))
     out = {"step": step, "max_steps": max_steps, "reward": reward,
            "seconds_per_step": _round(per_step), "eta_s": _round(eta)}
     if current is not None:
@@ -167,13 +201,13 @@ def step_text(row: dict) -> str:
     return "; ".join(parts)
 
 
-def _projected_step(current: dict, finished: dict) -> float | None:
-    """Seconds of a whole step, from the phases seen so far and their measured shares."""
+def _projected_step(current: dict, finished: dict, shares: dict) -> float | None:
+    """Seconds of a whole step, from the phases seen so far and their `shares` of a step."""
     fraction = current["done"] / current["total"] if current["total"] else 0.0
     if fraction <= 0:
         return None
     seen = sum(finished.values()) + current["elapsed"] / fraction
-    share = sum(PHASE_SHARE[p] for p in finished) + PHASE_SHARE[current["phase"]]
+    share = sum(shares[p] for p in finished) + shares[current["phase"]]
     return seen / share
 
 

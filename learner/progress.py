@@ -10,6 +10,11 @@ The phases of one optimiser step, in TRL's order:
   scoring     the reward: candidates scored / to score (the reward is called a chunk at a time)
   update      the loss, backward and optimiser step: micro-batches done / to do
 
+With learn.iterations = mu > 1 the reference phase also holds the policy's old log-probs (TRL
+computes them right after the rollout), and the mu - 1 steps that reuse a batch are one update
+phase each: no generation, reference or scoring, and no reward of their own (`end_step(None)`
+keeps the last batch's). The ETA knows which steps to come will generate (dynalign/rounds.py).
+
 Forward hooks on the decoder's layers advance the running phase (generation, reference, update)
 layer by layer, so even one long forward pass (a prefill of 32 long prompts) shows movement;
 the reward wrapper advances scoring itself. Progress is handed to `report` at most every
@@ -58,8 +63,10 @@ class StepProgress:
     """Times, measures and reports the phases of each step (see the module docstring)."""
 
     def __init__(self, report: Callable[[dict], None] = lambda p: None, max_steps: int = 1,
-                 every_s: float = 1.0, clock: Callable[[], float] = time.perf_counter):
+                 every_s: float = 1.0, clock: Callable[[], float] = time.perf_counter,
+                 iterations: int = 1):
         self.report, self.max_steps, self.every_s, self.clock = report, max_steps, every_s, clock
+        self.iterations = iterations  # optimiser steps per generated batch (learn.iterations)
         self.memory = PeakMemory()
         self.steps_done = 0
         self.step_seconds: list[float] = []
@@ -73,12 +80,15 @@ class StepProgress:
         self.step_started = self.clock()
 
     def end_step(self, reward: float | None) -> dict:
-        """Close the step: its metrics (seconds and peak MiB per phase) for the metrics row."""
+        """Close the step: its metrics (seconds and peak MiB per phase) for the metrics row.
+        `reward`: its batch's mean reward; None for a step that reused the last batch (the
+        reward shown stays that batch's)."""
         self._close_phase()
         seconds = self.clock() - self.step_started
         self.steps_done += 1
         self.step_seconds.append(seconds)
-        self.reward = reward
+        if reward is not None:
+            self.reward = reward
         row = {f"seconds/{_key(p)}": round(self.seconds.get(p, 0.0), 3) for p in PHASES}
         row["seconds/step"] = round(seconds, 3)
         for name, peak in self.peaks.items():
@@ -135,7 +145,8 @@ class StepProgress:
                        "unit": c["unit"], "elapsed": now - c["started"]}
         step_elapsed = now - self.step_started if self.step_started is not None else 0.0
         out = progress(self.steps_done, self.max_steps, self.step_seconds, self.reward,
-                       current=current, finished=dict(self.seconds), step_elapsed=step_elapsed)
+                       current=current, finished=dict(self.seconds), step_elapsed=step_elapsed,
+                       iterations=self.iterations)
         if self.last_peak is not None:
             out["peak_rss_mb"] = self.last_peak
         return out

@@ -55,7 +55,12 @@ def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,
                   metrics_path: Path, reward=None):
     """Per logged step: one metrics line (TRL's figures, seconds and peak memory per phase), the
     progress in the store, and the convergence stop. A judge that has not given one readable
-    score in the first step fails the round there, rather than train on zeros."""
+    score in the first step fails the round there, rather than train on zeros.
+
+    With learn.iterations > 1 only the steps that generate have a reward (TRL logs the batch's
+    reward once, when it scores it): the steps that reuse the batch get a line without reward,
+    reward_std, zero-spread fraction or completion length, and each line names its `batch`.
+    Convergence reads one reward per scored batch, never a repeated one."""
     from transformers import TrainerCallback
 
     learn = cfg.learn
@@ -64,15 +69,20 @@ def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,
         rewards: list[float] = []
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or "reward" not in (logs or {}):
+            # a step's log has its loss (the end of training logs train_loss)
+            if not state.is_world_process_zero or "loss" not in (logs or {}):
                 return
-            self.rewards.append(logs["reward"])
-            check_readable(reward, state.global_step)
-            row = {"step": state.global_step, **{v: logs[k] for k, v in STEP_KEYS.items() if k in logs},
-                   **steps.end_step(logs["reward"])}
+            scored = logs.get("reward") is not None  # this step generated and scored a batch
+            if scored:
+                self.rewards.append(logs["reward"])
+                check_readable(reward, state.global_step)
+            row = {"step": state.global_step, "batch": len(self.rewards),
+                   **{v: logs[k] for k, v in STEP_KEYS.items() if k in logs},
+                   **steps.end_step(logs["reward"] if scored else None)}
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            stop = converged(self.rewards, learn.converge_window, learn.converge_tolerance)
+            stop = scored and converged(self.rewards, learn.converge_window,
+                                        learn.converge_tolerance)
             store.update_round(round_id, progress={
                 **steps.snapshot(), "phase": "converged" if stop else "training"})
             control.should_training_stop = control.should_training_stop or stop
@@ -93,9 +103,9 @@ def check_readable(reward, step: int) -> None:
 def live_progress(store: Store, round_id: int, learn) -> StepProgress:
     """A StepProgress that writes the running step's progress to the store (rank 0 only)."""
     if int(os.environ.get("RANK", "0")) != 0:
-        return StepProgress(max_steps=learn.max_steps)
+        return StepProgress(max_steps=learn.max_steps, iterations=learn.iterations)
     return StepProgress(lambda p: store.update_round(round_id, progress={**p, "phase": "training"}),
-                        max_steps=learn.max_steps)
+                        max_steps=learn.max_steps, iterations=learn.iterations)
 
 
 def run_round(cfg: Config, round_id: int) -> dict:
@@ -189,9 +199,12 @@ def _set_phase(store: Store, round_id: int, phase: str) -> None:
 
 
 def summarize(steps: list[dict], selection: dict, parent, seconds: float, unreadable, learn) -> dict:
-    rewards = [s["reward"] for s in steps]
+    """The round's summary; rewards are one per scored batch (steps that reused a batch, with
+    learn.iterations > 1, have none)."""
+    rewards = [s["reward"] for s in steps if s.get("reward") is not None]
     window = max(1, min(learn.converge_window, len(rewards)))
     return {"steps": len(steps), "max_steps": learn.max_steps, "parent": parent,
+            "iterations": learn.iterations, "batches": len(rewards),
             "reward_first": rewards[0] if rewards else None,
             "reward_last": rewards[-1] if rewards else None,
             "reward_last_window": sum(rewards[-window:]) / window if rewards else None,

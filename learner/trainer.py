@@ -12,6 +12,13 @@ What dynalign adds:
   fp32), all from `[learn]`;
 - micro-batches: the step's 32 completions go through the loss, the reference pass and
   self-scoring a few sequences at a time (gradient accumulation), still one optimiser step per 32;
+- `learn.iterations` (TRL's `num_iterations`, the GRPO paper's mu): each generated and scored
+  batch feeds that many optimiser steps. TRL generates when its micro-step counter is a multiple
+  of steps_per_generation x num_iterations (here: at optimiser steps 0, mu, 2 mu, ...), repeats
+  each batch of prompts mu x steps_per_generation times in its sampler, and, because generation
+  then no longer follows every optimiser step, computes the policy's "old" log-probs of the
+  batch right after the rollout (on the prompt ids we hand back, without the system prompt) for
+  the clipped ratio of the steps that reuse it. Those steps have only an update phase;
 - the no-grad phases (rollouts, self-scoring) in bf16 where that is faster (learner/precision.py);
 - per-phase seconds, peak memory and live progress of each step (learner/progress.py).
 """
@@ -32,7 +39,8 @@ from learner.progress import StepProgress
 
 def system_rollout(system_prompt: str, progress: StepProgress, dtype=None):
     """A `rollout_func`: sample with the system prompt (frozen weights in `dtype`), hand back ids
-    without it. Ends the generation phase and starts the reference phase (TRL's next)."""
+    without it. Ends the generation phase and starts the reference phase (TRL's next: the
+    policy's old log-probs when it will reuse the batch, then the reference log-probs)."""
     def rollout(prompts, trainer) -> dict:
         with_system = [[{"role": "system", "content": system_prompt}] + list(p) for p in prompts]
         sample_ids, _, _ = trainer._tokenize_prompts(with_system)
@@ -43,7 +51,9 @@ def system_rollout(system_prompt: str, progress: StepProgress, dtype=None):
             completion_ids, _ = trainer._generate_single_turn(sample_ids, None, {},
                                                               trainer.num_generations)
         loss_ids, _, _ = trainer._tokenize_prompts(prompts)
-        progress.phase("reference", -(-len(sample_ids) // trainer.args.per_device_train_batch_size),
+        passes = (trainer.num_iterations > 1) + (trainer.beta != 0.0)  # old, reference log-probs
+        progress.phase("reference", passes * -(-len(sample_ids)
+                                                // trainer.args.per_device_train_batch_size),
                        "micro-batches")
         return {"prompt_ids": loss_ids, "completion_ids": completion_ids, "logprobs": None}
     return rollout
@@ -85,13 +95,17 @@ def batches(learn) -> tuple[int, int]:
 
 
 class StepCallback(TrainerCallback):
-    """Opens each optimiser step on the trainer's StepProgress (round.py's callback closes it)."""
+    """Opens each optimiser step on the trainer's StepProgress (round.py's callback closes it).
+    A step that reuses the last batch (learn.iterations > 1: TRL generates at optimiser steps
+    0, mu, 2 mu, ...) has neither rollout nor reward to start its phases: it is all update."""
 
     def __init__(self, progress: StepProgress):
         self.progress = progress
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.progress.begin_step()
+        if state.global_step % args.num_iterations:
+            self.progress.phase("update", args.gradient_accumulation_steps, "micro-batches")
 
 
 def grpo_config(learn, out_dir: str, cuda: bool) -> GRPOConfig:
@@ -104,7 +118,8 @@ def grpo_config(learn, out_dir: str, cuda: bool) -> GRPOConfig:
         top_p=learn.top_p, top_k=0, learning_rate=learn.learning_rate,
         lr_scheduler_type="constant", warmup_steps=0, epsilon=learn.epsilon, beta=learn.beta,
         loss_type=learn.loss_type, use_bias_correction_kl=False, scale_rewards="group",
-        max_steps=learn.max_steps, seed=learn.seed, disable_dropout=True,
+        max_steps=learn.max_steps, num_iterations=learn.iterations, seed=learn.seed,
+        disable_dropout=True,
         gradient_checkpointing=cuda,  # saves GPU memory; on CPU it only costs ~15 % of a step
         bf16=cuda and learn.dtype == "bfloat16", use_cpu=not cuda,
         use_vllm=learn.use_vllm, vllm_mode="colocate",
@@ -154,7 +169,7 @@ def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str,
     """TRL's GRPOTrainer as a round runs it; `trainer.progress` times and reports each step."""
     from peft import set_peft_model_state_dict
 
-    progress = progress or StepProgress(max_steps=learn.max_steps)
+    progress = progress or StepProgress(max_steps=learn.max_steps, iterations=learn.iterations)
     dtype = rollout_dtype(learn)
     if getattr(reward, "reads_policy", False):  # self-reward: the rollout dtype too
         reward.dtype = dtype

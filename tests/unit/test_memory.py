@@ -15,7 +15,8 @@ from dynalign.config import LearnConfig, load_config
 from dynalign.errors import ConfigError
 from dynalign.memory import (GIB, Estimate, check_fits, estimate, learner_on_gpu, local_judges,
                              model_shape)
-from dynalign.rounds import PHASE_SHARE, longest_prompt, progress, step_text
+from dynalign.rounds import (PHASE_SHARE, generates, longest_prompt, phase_shares, progress,
+                             scored_batches, step_text)
 from learner.progress import CLEAR_REFS, StepProgress
 
 # SmolLM2-135M's shape (the embedded model)
@@ -162,6 +163,40 @@ def test_eta_before_the_first_step_ends_projects_the_phases_to_come():
     assert later["eta_s"] == pytest.approx(30.0 - 12.0)  # the mean step once one has ended
 
 
+def test_with_iterations_the_steps_that_generate_and_those_that_reuse_are_timed_apart():
+    """learn.iterations = 2: TRL generates at steps 1, 3, 5, ...; steps 2, 4, ... only update."""
+    assert [generates(step, 2) for step in range(1, 6)] == [True, False, True, False, True]
+    assert all(generates(step, 1) for step in range(1, 6))
+    assert scored_batches(LearnConfig(max_steps=5, iterations=2)) == 3
+    assert scored_batches(LearnConfig(max_steps=8, iterations=4)) == 2
+    shares = phase_shares(2)  # the reference phase holds the old log-probs too: two passes
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["reference"] / shares["update"] == pytest.approx(2 * 0.09 / 0.27)
+    assert phase_shares(1) == PHASE_SHARE
+    # one generating step of 40 s done; to come: 2 (reuse), 3 (generates), 4 (reuse), the reuse
+    # steps projected as the generating step's update share (not as 40 s each)
+    p = progress(1, 4, [40.0], 3.0, iterations=2)
+    assert p["eta_s"] == pytest.approx(40 + 2 * 40 * shares["update"], abs=0.1)
+    assert p["eta_s"] < 40 * 3 / 2
+    # once a reuse step is done, each kind has its own mean: step 3 as 40 s, step 4 as 10 s
+    done = progress(2, 4, [40.0, 10.0], 3.0, iterations=2)
+    assert done["eta_s"] == pytest.approx(50.0) and done["seconds_per_step"] == 25.0
+    running = progress(2, 4, [40.0, 10.0], 3.0, current={"phase": "generation", "done": 5,
+                                                          "total": 10, "unit": "tokens",
+                                                          "elapsed": 5.0},
+                       finished={}, step_elapsed=5.0, iterations=2)
+    assert running["eta_s"] == pytest.approx(45.0)
+    # before any step ends, the projection is of a generating step, with the doubled reference
+    first = progress(0, 4, [], None, current={"phase": "reference", "done": 1, "total": 2,
+                                              "unit": "micro-batches", "elapsed": 3.0},
+                     finished={"generation": 20.0}, step_elapsed=23.0, iterations=2)
+    full = (20 + 6) / (shares["generation"] + shares["reference"])
+    assert first["seconds_per_step"] == pytest.approx(full, abs=0.1)
+    assert first["eta_s"] == pytest.approx(2 * full + 2 * full * shares["update"] - 23, abs=0.2)
+    # iterations = 1: the mean step, as before
+    assert progress(2, 10, [1.0, 3.0], 2.5, iterations=1)["eta_s"] == 16.0
+
+
 class Clock:
     def __init__(self):
         self.t = 0.0
@@ -215,6 +250,28 @@ def test_step_progress_moves_layer_by_layer_and_reports_at_most_every_second():
     after = steps.snapshot()
     assert after["step"] == 1 and after["eta_s"] == pytest.approx(2 * 7.4)
     assert "step_phase" not in after and after["peak_rss_mb"] == row["peak_rss_mb"]
+
+
+def test_a_step_that_reuses_a_batch_is_one_update_phase_and_keeps_the_batchs_reward():
+    pytest.importorskip("torch")
+    clock, reports = Clock(), []
+    steps = StepProgress(reports.append, max_steps=4, every_s=0.0, clock=clock, iterations=2)
+    steps.begin_step()
+    for phase, seconds in (("generation", 4.0), ("reference", 1.0), ("scoring", 2.0),
+                           ("update", 3.0)):
+        steps.phase(phase, total=2, unit="x")
+        clock.t += seconds
+    steps.end_step(reward=2.5)
+    steps.begin_step()  # step 2 reuses step 1's batch: what StepCallback starts
+    steps.phase("update", total=2, unit="micro-batches")
+    clock.t += 3.0
+    assert reports[-1]["step_phase"] == "update" and reports[-1]["eta_s"] is not None
+    row = steps.end_step(reward=None)
+    assert row["seconds/update"] == 3.0 and row["seconds/generation"] == 0.0
+    assert row["seconds/step"] == 3.0
+    after = steps.snapshot()
+    assert after["step"] == 2 and after["reward"] == 2.5  # the last scored batch's
+    assert after["eta_s"] == pytest.approx(10.0 + 3.0)  # step 3 generates, step 4 reuses
 
 
 def test_each_phase_has_its_own_peak_rss():

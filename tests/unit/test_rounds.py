@@ -221,6 +221,7 @@ def test_defaults_pass_the_config_check():
     ({"loss_type": "ppo"}, "learn.loss_type"),
     ({"prompts": 0}, "learn.prompts"),
     ({"max_steps": 0}, "learn.max_steps"),
+    ({"iterations": 0}, "learn.iterations must be at least 1"),
     ({"lora_rank": 0}, "learn.lora_rank"),
     ({"num_generations": 1}, "learn.num_generations"),
     ({"logged_share": 1.5}, "learn.logged_share"),
@@ -229,6 +230,15 @@ def test_defaults_pass_the_config_check():
 def test_a_bad_learn_setting_is_named_when_the_config_loads(changes, key):
     with pytest.raises(ConfigError, match=key):
         load_config(overrides={f"learn.{k}": v for k, v in changes.items()})
+
+
+def test_iterations_is_a_learn_setting_checked_at_load():
+    assert load_config().learn.iterations == 1  # TRL's default num_iterations: no reuse
+    assert load_config(overrides={"learn.iterations": 4}).learn.iterations == 4
+    with pytest.raises(ConfigError, match=r"learn\.iterations must be at least 1; got -1"):
+        load_config(overrides={"learn.iterations": -1})
+    with pytest.raises(ConfigError, match=r"learn\.iterations"):
+        load_config(overrides={"learn.iterations": 1.5})
 
 
 def test_progress_eta_from_the_mean_step_time():
