@@ -1,11 +1,13 @@
 """The paper's split between sampling and the loss, on the real TRL trainer and the embedded model:
 candidates are sampled WITH the CA system prompt, the prompt ids TRL trains on are WITHOUT it.
 Also: a step's phases as a round times, measures and reports them, and micro-batching (bounded
-memory) changing nothing of the step the paper specifies.
+memory) changing nothing of the step the paper specifies; learn.iterations (TRL's mu) reusing
+each scored batch for several optimiser steps.
 
 Sampling runs at a temperature of 1e-4 (greedy in effect), so what the rollout generated can be
 compared with a plain greedy `generate` of the same prompt with and without the system prompt."""
 
+import json
 import os
 
 import pytest
@@ -186,3 +188,104 @@ def test_a_micro_batched_step_has_the_loss_and_gradients_of_the_whole_batch(setu
                                        msg=f"step {step + 1}: {name}")
     assert abs(whole["loss"][1]) > 1e-4  # the second step's KL term: a loss to compare
     assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-4, abs=1e-7)
+
+
+# learn.iterations: TRL's num_iterations (mu), each scored batch feeding mu optimiser steps
+def test_with_iterations_2_one_rollout_and_one_scoring_feed_two_optimiser_steps(tmp_path):
+    """Four optimiser steps at learn.iterations = 2 on a tiny random model (the embedded
+    tokenizer): two rollouts and two reward calls. Steps 1 and 2 train on rollout 1's batch,
+    steps 3 and 4 on rollout 2's; the loss's inputs carry TRL's old log-probs, taken once after
+    the rollout (the same at the reuse step, while the policy moved), and prompt ids without the
+    CA system prompt. Through round.py's callback: a metrics line per step, rewards only at the
+    scoring steps; the reuse steps show one update phase in the progress."""
+    from transformers import TrainerCallback
+
+    from learner.round import step_callback
+
+    model_path = os.environ.get("DYNALIGN_TEST_MODEL") or str(
+        __import__("pathlib").Path(__file__).resolve().parents[2] / "state" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    cfg = load_config(None, {"learn.max_steps": 4, "learn.iterations": 2,
+                             "learn.num_generations": 2, "learn.prompts_per_step": 1,
+                             "learn.max_completion_tokens": 6, "learn.micro_batch": 1,
+                             "learn.rollout_dtype": "float32", "learn.learning_rate": 5e-2,
+                             "learn.converge_window": 10})
+    policy = tiny_policy(tmp_path / "model", tokenizer, cfg.learn)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": text}]}
+                                 for text in ("Name a river.", "Name a mountain.")])
+    seen = {"rewards": 0, "rollouts": [], "losses": [], "optimiser_steps": 0}
+
+    def reward(prompts, completions, **kwargs):
+        seen["rewards"] += 1
+        return length_reward(prompts, completions)
+    reward.batch_size = 100  # one call per scored batch
+
+    class Count(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            seen["optimiser_steps"] += 1
+
+    reports = []
+    progress = StepProgress(reports.append, max_steps=4, every_s=0.0, iterations=2)
+    trainer = build_trainer(policy, tokenizer, dataset, cfg.learn, system_prompt(cfg.prompts),
+                            reward, str(tmp_path / "out"), callbacks=[Count()], progress=progress)
+
+    class Store:
+        def update_round(self, round_id, **fields):
+            pass
+
+    metrics = tmp_path / "metrics.jsonl"
+    trainer.add_callback(step_callback(cfg, Store(), 1, progress, metrics))
+    rollout, compute_loss = trainer.rollout_func, trainer.compute_loss
+
+    def counted_rollout(prompts, trainer_):
+        out = rollout(prompts, trainer_)
+        seen["rollouts"].append(out)
+        return out
+
+    def kept_loss(model, inputs, *args, **kwargs):
+        seen["losses"].append({k: inputs[k].detach().clone() for k in
+                               ("prompt_ids", "completion_ids", "old_per_token_logps")
+                               if inputs.get(k) is not None})
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.rollout_func, trainer.compute_loss = counted_rollout, kept_loss
+    trainer.train()
+
+    assert trainer.state.global_step == seen["optimiser_steps"] == 4
+    assert len(seen["rollouts"]) == 2 and seen["rewards"] == 2  # one per two optimiser steps
+    for out in seen["rollouts"]:
+        for ids in out["prompt_ids"]:
+            text = tokenizer.decode(ids)
+            assert "Name a" in text and "Collective Agency" not in text
+    steps = [seen["losses"][i:i + 2] for i in range(0, 8, 2)]  # 2 micro-batches a step
+    assert len(seen["losses"]) == 8
+    for micro in seen["losses"]:
+        assert "old_per_token_logps" in micro  # TRL computed them at generation (mu > 1)
+        assert "Collective Agency" not in tokenizer.decode(micro["prompt_ids"][0])
+
+    def rows(step):  # completion row -> its old log-probs, over a step's micro-batches
+        return {tuple(m["completion_ids"][0].tolist()): m["old_per_token_logps"][0]
+                for m in step}
+
+    first, reused, second = rows(steps[0]), rows(steps[1]), rows(steps[2])
+    assert first.keys() == reused.keys() and first.keys() != second.keys()
+    assert rows(steps[3]).keys() == second.keys()
+    for completion, old in first.items():
+        torch.testing.assert_close(reused[completion], old, rtol=0, atol=0)  # taken once
+
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4] and [r["batch"] for r in lines] == [1, 1, 2, 2]
+    assert [r.get("reward") is not None for r in lines] == [True, False, True, False]
+    assert all("kl" in r and "clip_ratio" in r for r in lines)
+    assert lines[1]["seconds/generation"] == lines[1]["seconds/scoring"] == 0.0
+    assert lines[1]["seconds/update"] > 0
+    during = {}  # the phases each step showed (its "step" is the steps done before it)
+    for r in reports:
+        if "step_phase" in r:
+            during.setdefault(r["step"], []).append(r["step_phase"])
+    assert set(during[0]) == set(during[2]) == {"generation", "reference", "scoring", "update"}
+    assert set(during[1]) == set(during[3]) == {"update"}
+    reference = [r for r in reports if r.get("step_phase") == "reference" and r["step"] == 0]
+    assert reference[-1]["total"] == 4  # old and reference log-probs: 2 passes x 2 micro-batches
+    assert reference[-1]["done"] == 4
+    assert all(r["eta_s"] is not None for r in reports if r["step"] >= 1)
