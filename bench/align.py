@@ -44,6 +44,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--policy", default="smollm2-135m", help="(a)'s policy: a name or a folder")
     p.add_argument("--judge", default="qwen2.5-coder-1.5b", help="the judge (and (b)'s policy)")
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--iterations", type=int, default=1,
+                   help="learn.iterations: optimiser steps per scored batch (TRL's mu)")
+    p.add_argument("--lora-rank", type=int, default=16, help="the fresh adapter's rank (alpha 2x)")
     p.add_argument("--prompts-per-step", type=int, default=4)
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--completion-tokens", type=int, default=256)
@@ -79,18 +82,25 @@ def prepared(name: str) -> str:
 
 
 def round_config(args):
-    """The experiment's config: the seed set only, the paper's step except where the flags say."""
-    from dynalign.config import load_config
+    """The experiment's config: the seed set only, the paper's step except where the flags say.
+    Its prompts are what its scored batches take (prompts_per_step x ceil(steps / iterations)):
+    each seed prompt is trained on once."""
+    from dynalign.config import LearnConfig, load_config
+    from dynalign.rounds import scored_batches
 
     policy = prepared(args.policy if args.experiment == "a" else args.judge)
     judge = {"url": "local", "model": prepared(args.judge), "temperature": 0.0, "max_tokens": 8}
+    batches = scored_batches(LearnConfig(max_steps=args.steps, iterations=args.iterations))
     os.environ["DYNALIGN_HOME"] = str(args.state)  # the rounds, the store: this experiment's own
     return load_config(None, {
         "state_dir": str(args.state), "model.path": policy,
         "learn.reward": "judge" if args.experiment == "a" else "self", "learn.judge": judge,
         "eval.judge": judge, "learn.gate.enabled": False,
-        "learn.prompts": args.steps * args.prompts_per_step, "learn.max_steps": args.steps,
+        "eval.scoreboard": False,  # the evaluation below is this benchmark's own
+        "learn.prompts": batches * args.prompts_per_step,
+        "learn.max_steps": args.steps, "learn.iterations": args.iterations,
         "learn.prompts_per_step": args.prompts_per_step,
+        "learn.lora_rank": args.lora_rank, "learn.lora_alpha": 2 * args.lora_rank,
         "learn.num_generations": args.generations,
         "learn.max_completion_tokens": args.completion_tokens, "learn.learning_rate": args.lr,
         "learn.converge_window": args.steps + 1, "learn.threads": args.threads,
@@ -208,7 +218,8 @@ def _mean_tokens(tokenizer, texts: list[str]) -> float:
 
 def curve(row: dict) -> list[dict]:
     folder = Path(row["candidate"]).parent
-    keep = ("step", "reward", "reward_std", "kl", "completion_length", "seconds/step")
+    keep = ("step", "batch", "reward", "reward_std", "kl", "completion_length", "seconds/scoring",
+            "seconds/step")
     return [{k: s.get(k) for k in keep}
             for s in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
 
@@ -249,7 +260,8 @@ def markdown(out: dict) -> str:
              + (f"; judged again: `{out['rejudged']['command']}`" if "rejudged" in out else ""),
              f"- policy: {out['policy']}; reward: {out['reward']}; judge: {ev['judge']}",
              f"- round: {len(out['curve'])} steps in {out['round_seconds']:.0f} s; rewards "
-             + ", ".join(f"{s['reward']:.2f}" for s in out["curve"]), "",
+             + ", ".join(f"{s['reward']:.2f}" for s in out["curve"]
+                         if s.get("reward") is not None), "",
              "| measure (trained vs base) | value |", "|---|---|"]
     lines += [f"| {name} | {_rate_line(result)} |" for name, result in _readings(ev)]
     lines += [f"| judge score, base -> trained | {ev['scores']['base']:.2f} -> "
