@@ -17,7 +17,7 @@ PUNKT := $(VENV)/nltk_data/tokenizers/punkt_tab/README
 BROWSER := /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: install eval-data model serve test test-unit test-integration bench bench-learn \
-	bench-align bench-gpu gpu-bundle clean
+	bench-align bench-continual bench-gpu gpu-bundle clean
 
 install: $(STAMP) $(PUNKT)
 
@@ -92,6 +92,12 @@ bench-align: model
 	$(PY) bench/align.py --experiment a --steps 8 --completion-tokens 128 --lr 2e-4
 	$(PY) bench/align.py --experiment b --steps 3 --prompts-per-step 2 --generations 4 \
 		--completion-tokens 64 --lr 2e-4 --heldout 40 --ifeval 20
+
+# continual alignment, unattended: 6 rounds back to back on simulated traffic, each promoted version
+# scoreboarded against the base by the 1.5B (many hours on 2 cores; stopped, it resumes: run it again)
+bench-continual: model
+	$(VENV)/bin/dynalign model prepare qwen2.5-coder-1.5b
+	$(PY) bench/continual.py
 
 # GPU evidence (docs/gpu.md): the refresh step on Qwen2.5-1.5B's architecture and the gpt-oss-20b
 # profile's learner side, random weights, one CUDA GPU (aimed at under 8 min; exit 1 without CUDA)

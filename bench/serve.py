@@ -79,7 +79,7 @@ class Server:
     with a fresh admin key; `stop()` returns when every process of its tree is gone, so the next
     measurement has the CPU to itself."""
 
-    def __init__(self, root: Path, model: str, swap: str, dtype: str = ""):
+    def __init__(self, root: Path, model: str, swap: str, dtype: str = "", extra: str = ""):
         from dynalign.config import load_config
         from dynalign.launch import launch
 
@@ -87,7 +87,7 @@ class Server:
             "DYNALIGN_HOME", "DYNALIGN_API_KEY", "DYNALIGN_ADMIN_KEY", "VLLM_CPU_KVCACHE_SPACE")}
         env["DYNALIGN_ADMIN_KEY"] = f"bench-{os.urandom(16).hex()}"  # /admin always needs a key
         self.admin_headers = {"Authorization": f"Bearer {env['DYNALIGN_ADMIN_KEY']}"}
-        self.launched = launch(root, model, swap, env, kv_cache_gib=2, dtype=dtype)
+        self.launched = launch(root, model, swap, env, kv_cache_gib=2, dtype=dtype, extra=extra)
         self.home = self.launched.home
         self.base_name = load_config(self.launched.config).model_name
         self.gateway = self.launched.url
