@@ -16,6 +16,8 @@ been revised exactly once. With `status=401` it refuses every request, as an end
 The 135M writes garbage, so the config turns off `check_rules` (its prompts break the length
 rules) and keeps `max_tokens` small (a few minutes for the module). The runs share one server and
 build on each other's outputs: the first run's files are copied for the dedup and auth runs.
+Last, bench/traffic.py's simulated users chat over the generated prompts and the seed set on the
+same server (it reuses the module's engine start; it runs after every test that counts rows).
 """
 
 from __future__ import annotations
@@ -418,3 +420,52 @@ def test_all_roles_on_the_embedded_model_run_and_reject_what_it_writes(workdir, 
     for round_ in attempt["rounds"]:
         assert round_["critique"] and round_["verdict"] in (None, False, True)
         assert isinstance(round_["flags"], list)
+
+
+# 8. simulated traffic (bench/traffic.py) over these generated prompts and the seed set
+def test_simulated_traffic_fails_nothing_and_is_logged_as_it_was_received(first_run, workdir,
+                                                                          merged):
+    """Three simulated users for 25 s (multi-turn, streamed and rated chats) through the real
+    gateway, with this module's generated file and one more whose row repeats a held-out prompt:
+    no request fails, each answer is logged with the history its client sent (the earlier
+    answers as it received them), only simulated users, no held-out prompt. Last in the module:
+    the tests above count this server's rows."""
+    from dynalign.dataset import SEED_FILE, read_rows
+    from dynalign.redact import redact_messages
+
+    heldout = {" ".join(r["prompt"].lower().split()) for r in read_rows(SEED_FILE)
+               if r["split"] == "heldout"}
+    repeat = workdir / "traffic-heldout.jsonl"
+    repeat.write_text(json.dumps({"prompt": sorted(heldout)[0].upper()}) + "\n")
+    out = workdir / "traffic.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "traffic.py"), "--url", f"{merged.url}/v1",
+         "--users", "3", "--rate", "40", "--concurrency", "3", "--max-tokens", "24",
+         "--duration", "25", "--multi-turn-share", "0.6", "--feedback-share", "0.4",
+         "--seed", "3", "--progress", "0", "--generated", str(first_run.out),
+         "--generated", str(repeat), "--out", str(out)],
+        cwd=workdir, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    result = json.loads(out.read_text())
+    counts = result["requests"]
+    assert counts["failed"] == counts["cancelled"] == 0 and counts["ok"] == counts["sent"] >= 5
+    assert 0 < counts["streamed"] < counts["sent"] and counts["multi_turn"] >= 1, counts
+    assert result["by_version"] == {merged.base_name: counts["ok"]}
+
+    rows = {row["completion_id"]: row for row in merged.query(
+        "select * from exchanges where user like 'sim-user-%'")}
+    assert len(rows) == counts["ok"] and {r["status"] for r in rows.values()} == {"ok"}
+    assert {r["user"] for r in rows.values()} <= {"sim-user-00", "sim-user-01", "sim-user-02"}
+    for t in result["transcripts"]:
+        for k, completion_id in enumerate(t["completion_ids"]):
+            row = rows[completion_id]  # turn k: the messages sent, then the answer received
+            sent = t["messages"][:2 * k + 1]
+            assert json.loads(row["messages"]) == redact_messages(sent), (t, row)
+            assert json.loads(row["response"])[0]["content"] == \
+                redact_messages(t["messages"][2 * k + 1:2 * k + 2])[0]["content"]
+            assert row["user"] == t["user"]
+        assert " ".join(t["messages"][0]["content"].lower().split()) not in heldout
+    assert any(len(t["completion_ids"]) >= 2 for t in result["transcripts"])
+    rated = merged.query("select count(*) as n from feedback f join exchanges e "
+                         "on e.id = f.exchange_id where e.user like 'sim-user-%'")[0]["n"]
+    assert rated == result["feedback"]["ok"] and result["feedback"]["failed"] == 0
