@@ -288,11 +288,11 @@ class EvalConfig:
     level: float = 0.95  # the interval's level
     seed: int = 0  # bootstrap and multiple-choice shuffling
     scoreboard: bool | str = "auto"  # after each promotion, measure the new version against the
-    # base (`dynalign eval scoreboard`): true | false | "auto" = true unless the eval judge is
-    # the embedded 135M model, which cannot tell
+    #                                  base (`dynalign eval scoreboard`): true | false | "auto" =
+    #                                  unless the eval judge is the embedded 135M, which cannot tell
     scoreboard_tokens: int = 256  # the scoreboard's greedy answers, in tokens
     scoreboard_prompts: str = ""  # its prompts (JSONL with "prompt"); "" = the seed set's 100
-    # held-out prompts
+    #                               held-out prompts
     ifeval: str = ""  # the scoreboard's IFEval input_data.jsonl; "" = our own 14-prompt sample
     ifeval_limit: int = 40  # the scoreboard's IFEval prompts (the first N); 0 = skip
 

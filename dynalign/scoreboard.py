@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 from dynalign.catalog import EMBEDDED, resolve
+from dynalign.config import PREPARED_MARKER
 from dynalign.dataset import read_rows, seed_path
 from dynalign.errors import DataError
 from dynalign.evaluate import length_controlled, summarise
@@ -165,11 +166,19 @@ def _num(value, digits: int = 2) -> str:
 
 def enabled(cfg) -> bool:
     """Whether `eval.scoreboard` runs after each promotion. "auto": yes, unless the eval judge is
-    the embedded 135M model (this server's own, or loaded locally), which cannot tell."""
+    the embedded 135M model (this server's own, or loaded locally; by name, or a folder that
+    `dynalign model prepare` made of it, wherever it is), which cannot tell."""
     if cfg.eval.scoreboard != "auto":
         return bool(cfg.eval.scoreboard)
     judge = cfg.eval.judge
-    embedded = resolve(EMBEDDED, cfg.home)
     if judge.url == "":  # this server's own model judges
-        return cfg.model_path != embedded
-    return judge.url != "local" or resolve(judge.model, cfg.home) != embedded
+        return not _embedded(cfg.model.path, cfg.home)
+    return judge.url != "local" or not _embedded(judge.model, cfg.home)
+
+
+def _embedded(setting: str, home: Path) -> bool:
+    """A model setting names the embedded model, or a folder prepared from it."""
+    if (setting or EMBEDDED) == EMBEDDED:
+        return True
+    marker = Path(resolve(setting, home)) / PREPARED_MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("name") == EMBEDDED

@@ -98,7 +98,7 @@ def test_the_store_caches_values_and_keeps_the_latest_scoreboard_per_version_and
         assert len(store.scoreboards(v, latest=False)) == 3
 
 
-def test_auto_runs_the_scoreboard_unless_the_embedded_model_judges():
+def test_auto_runs_the_scoreboard_unless_the_embedded_model_judges(tmp_path):
     cfg = load_config(None)
     assert not sb.enabled(cfg)  # the default judge: this server's embedded model
     local = load_config(None, {"eval.judge.url": "local", "eval.judge.model": "smollm2-135m"})
@@ -107,6 +107,12 @@ def test_auto_runs_the_scoreboard_unless_the_embedded_model_judges():
                                          "eval.judge.model": "qwen2.5-coder-1.5b"}))
     assert sb.enabled(load_config(None, {"eval.judge.url": "http://judge:9/v1"}))
     assert sb.enabled(load_config(None, {"model.path": "/models/big"}))  # served model judges
+    folder = tmp_path / "elsewhere"  # the embedded model prepared in a folder of its own
+    folder.mkdir()
+    (folder / "dynalign-prepared.json").write_text('{"name": "smollm2-135m"}')
+    assert not sb.enabled(load_config(None, {"model.path": str(folder)}))
+    assert not sb.enabled(load_config(None, {"eval.judge.url": "local",
+                                             "eval.judge.model": str(folder)}))
     assert sb.enabled(load_config(None, {"eval.scoreboard": True}))
     assert not sb.enabled(load_config(None, {"eval.scoreboard": False,
                                              "eval.judge.url": "http://judge:9/v1"}))
