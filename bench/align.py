@@ -139,6 +139,7 @@ def answers(cfg, adapter: str, prompts: dict[str, list], tokens: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from learner.precision import rollout_dtype
+    from learner.gate_eval import mean_tokens
     from learner.reading import answer
 
     torch.set_num_threads(cfg.learn.threads)
@@ -150,7 +151,7 @@ def answers(cfg, adapter: str, prompts: dict[str, list], tokens: int) -> dict:
         with model.disable_adapter():
             before = answer(model, tokenizer, conversations, tokens)
         out[name] = {"base": before, "trained": answer(model, tokenizer, conversations, tokens)}
-    out["tokens"] = {side: _mean_tokens(tokenizer, out["heldout"][side])
+    out["tokens"] = {side: mean_tokens(tokenizer, out["heldout"][side])
                      for side in ("base", "trained")}
     return out
 
@@ -210,10 +211,6 @@ def evaluate(cfg, args, adapter: str) -> dict:
     out["examples"] = [{"prompt": p, "base": b, "trained": t} for p, b, t in
                        zip(heldout[:3], got["heldout"]["base"][:3], got["heldout"]["trained"][:3])]
     return out
-
-
-def _mean_tokens(tokenizer, texts: list[str]) -> float:
-    return sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts) / max(1, len(texts))
 
 
 def curve(row: dict) -> list[dict]:

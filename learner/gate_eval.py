@@ -100,9 +100,9 @@ def drift(model, tokenizer, items: GateItems, cfg, candidate: dict, before: dict
     scores = scorer(items.prompts, candidate["answers"]) if items.prompts else []
     window = steps[-max(1, cfg.learn.converge_window):]
     kls = [s["kl"] for s in window if s.get("kl") is not None]
-    lengths = {"candidate": _mean_tokens(tokenizer, candidate["answers"]),
-               "active": _mean_tokens(tokenizer, before["active"]["answers"]),
-               "base": _mean_tokens(tokenizer, before["base_answers"])}
+    lengths = {"candidate": mean_tokens(tokenizer, candidate["answers"]),
+               "active": mean_tokens(tokenizer, before["active"]["answers"]),
+               "base": mean_tokens(tokenizer, before["base_answers"])}
     return {"self_scores": scores, "top_share": _share(scores, 4.5),
             "mean_self_score": sum(scores) / len(scores) if scores else None,
             "kl": sum(kls) / len(kls) if kls else None, "lengths": lengths,
@@ -113,7 +113,8 @@ def _user(prompt: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 
 
-def _mean_tokens(tokenizer, texts: list[str]) -> float:
+def mean_tokens(tokenizer, texts: list[str]) -> float:
+    """Mean answer length in tokens (the gate's drift, the scoreboard, bench/align.py)."""
     tokens = [len(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
     return sum(tokens) / max(1, len(tokens))
 

@@ -68,6 +68,8 @@ class Measure:
         self.counts = {"answers": 0, "scores": 0, "pairs": 0}
 
     def everything(self, prompts: list[str]) -> dict:
+        from learner.gate_eval import mean_tokens
+
         convs = [[{"role": "user", "content": p}] for p in prompts]
         sides = {side: self.answers(side, convs) for side in ("base", "version")}
         ifeval = self.ifeval()
@@ -81,7 +83,7 @@ class Measure:
         return {"judge": judge.label, "n": len(prompts), "items": items, "kl": kl,
                 "readings": sb.readings(items, self.cfg, balanced=judge.weigh is not None),
                 "scores": {side: sb.mean(s) for side, s in scores.items()},
-                "tokens": {side: self.mean_tokens(a) for side, a in sides.items()},
+                "tokens": {side: mean_tokens(self.tokenizer, a) for side, a in sides.items()},
                 "ifeval": ifeval, "computed": dict(self.counts)}
 
     def answers(self, side: str, convs: list[list[dict]]) -> list[str]:
@@ -162,9 +164,6 @@ class Measure:
         self.say(f"{what}: {len(keys) - len(missing)} cached, {len(missing)} to do")
         return missing
 
-    def mean_tokens(self, texts: list[str]) -> float:
-        counts = [len(self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
-        return sum(counts) / max(1, len(counts))
 
 
 def load_policy(model_path: str, adapter_path: str, dtype):
