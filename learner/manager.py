@@ -111,6 +111,7 @@ class RoundManager:
             raise RoundBusyError(f"the scoreboard of version {self.scoring} is running; the next "
                                  "round starts when it is done", None)
         cfg = with_overrides(self.cfg, overrides)
+        self.refuse_overlap()  # before the memory estimate: a running round holds that memory
         self.check_memory(cfg)
         with closing(self.store()) as store:
             round_id = store.open_round(trigger, resolved_toml(cfg), os.getpid())
@@ -124,6 +125,14 @@ class RoundManager:
             self.threads[round_id] = thread
             thread.start()
             return store.round(round_id)
+
+    def refuse_overlap(self) -> None:
+        """RoundBusyError while a round is open (open_round checks again, atomically)."""
+        with closing(self.store()) as store:
+            row = next(iter(store.open_rounds()), None)
+        if row:
+            raise RoundBusyError(f"round {row['id']} is {row['status']}; rounds never overlap",
+                                 row["id"])
 
     def check_memory(self, cfg: Config) -> None:
         """Refuse (ConfigError, naming the setting to lower) a round that would not fit in the

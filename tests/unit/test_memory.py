@@ -8,11 +8,12 @@ import platform
 import stat
 import struct
 import sys
+from contextlib import closing
 
 import pytest
 
 from dynalign.config import LearnConfig, load_config
-from dynalign.errors import ConfigError
+from dynalign.errors import ConfigError, RoundBusyError
 from dynalign.memory import (GIB, Estimate, check_fits, estimate, learner_on_gpu, local_judges,
                              model_shape)
 from dynalign.rounds import (PHASE_SHARE, generates, longest_prompt, phase_shares, progress,
@@ -328,3 +329,17 @@ def test_the_engine_computes_bf16_only_where_it_is_native():
     command = engine_command(cfg, "merged")  # the engine is started with the resolved dtype
     assert command[command.index("--dtype") + 1] == engine_dtype_name(
         cfg.model, cuda=not is_cpu_platform())
+
+
+def test_while_a_round_runs_a_trigger_is_busy_not_short_of_memory(tmp_path):
+    """The running round holds the memory a second one would need: the refusal names the
+    round (the schedule logs "skipped"), not the memory."""
+    from learner.manager import RoundManager
+
+    folder = write_model(tmp_path / "m")
+    cfg = load_config(None, {"model.path": str(folder)})
+    manager = RoundManager(cfg, publish=lambda *a: 1, gpu=False)
+    with closing(manager.store()) as store:
+        running = store.open_round("operator", "cfg", owner_pid=os.getpid())
+    with pytest.raises(RoundBusyError, match=f"round {running} is queued"):
+        manager.trigger("operator", {"prompts_per_step": 512, "max_completion_tokens": 2048})
