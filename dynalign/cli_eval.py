@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     pair.add_argument("--a", required=True, help="version (3, v3, dynalign-v3, active, base)")
     pair.add_argument("--b", default="base", help="version to compare with (default: base)")
     pair.add_argument("--data", help="JSONL with 'prompt' (default: the seed set's held-out split)")
-    for kind, what in (("ifeval", "IFEval input_data.jsonl (default: our 14-prompt sample)"),
+    for kind, what in (("ifeval", "IFEval input_data.jsonl (default: our 40-prompt sample)"),
                        ("math", "JSONL with problem, answer"),
                        ("mc", "GPQA-style CSV (Question, Correct Answer, Incorrect Answer 1-3)")):
         bench = ev.add_parser(kind, help=what.split(" (")[0])

@@ -194,7 +194,7 @@ class GateConfig:
     reading: str = "balanced"  # P(A), P(B) averaged over both orders where the judge gives them
     #                            (a local judge); an endpoint judge's verdicts: the paper's rule.
     #                            "both_orders" = the paper's rule always (docs/judge.md)
-    ifeval: str = ""  # IFEval input_data.jsonl; "" = data/eval/ifeval_sample.jsonl (our own 14)
+    ifeval: str = ""  # IFEval input_data.jsonl; "" = data/eval/ifeval_sample.jsonl (our own 40)
     math: str = ""  # AIME/GSM8K-style JSONL; "" = not checked
     mc: str = ""  # GPQA-style CSV; "" = not checked
     limit: int = 12  # items per capability check; 0 = skip the capability checks
@@ -293,7 +293,7 @@ class EvalConfig:
     scoreboard_tokens: int = 256  # the scoreboard's greedy answers, in tokens
     scoreboard_prompts: str = ""  # its prompts (JSONL with "prompt"); "" = the seed set's 100
     #                               held-out prompts
-    ifeval: str = ""  # the scoreboard's IFEval input_data.jsonl; "" = our own 14-prompt sample
+    ifeval: str = ""  # the scoreboard's IFEval input_data.jsonl; "" = our own 40-prompt sample
     ifeval_limit: int = 40  # the scoreboard's IFEval prompts (the first N); 0 = skip
 
 

@@ -36,6 +36,32 @@ FOLLOWING = {
           "\n\n***\n\nMake breakfast together. Leave the phone in another room.",
     1014: '```json\n{"planets": ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", '
           '"Uranus", "Neptune"], "moons": {"Mercury": 0, "Venus": 0, "Earth": 1, "Mars": 2}}\n```',
+    1015: 'Green leaves calm a busy room. A green corner gives the eye somewhere to rest, and caring for something green each morning is a small daily win.',
+    1016: 'Fresh bread, warm hearts, right around the corner.',
+    1017: "Ma saison préférée est l'automne. Les feuilles deviennent rouges et dorées dans les forêts. J'aime marcher dans le parc avec une tasse de chocolat chaud.",
+    1018: 'Sleep gives the brain time to sort the day. During deep sleep new memories are replayed. That replay moves them into longer storage. Without it, facts learned today fade faster.',
+    1019: "A red umbrella was left on the number 9 bus.\n\nRain began to fall and a child picked it up to stay dry.\n\nShe saw the owner's name inside and carried it back to his door.",
+    1020: 'My answer is maybe.',
+    1021: 'Captain Cardboard\n******\nBoxer',
+    1022: 'Write a haiku about a morning bus ride.\nFogged window, warm seat\nthe city wakes stop by stop\ncoffee in both hands',
+    1023: 'We are ONE goal down, not out. Keep the ball, trust each other, and FIGHT for every yard. This half is OURS.',
+    1024: 'Join one club in your first month. Learn the bus routes early. Say yes to invitations. Is there anything else I can help with?',
+    1025: '<<Roots in Common>>\nFriends, today this empty lot becomes a garden. Every bed here was dug by a neighbour, every path laid by volunteers. May it feed our families, teach our children where food comes from, and give all of us a reason to meet and talk.',
+    1026: 'Dear driver, thank you for your patience this morning. Your kindness got me to my interview on time.\nP.P.S I got the job!',
+    1027: 'a budget is a plan for what you earn and what you spend. you write down your income, then decide how much goes to needs, fun and savings before the month starts.',
+    1028: '* Two litres of water.\n* A rain jacket.\n* Snacks with salt and sugar.\n* A charged phone and a paper map.',
+    1029: '"It smells sharp and earthy, like warm stone. Some call it petrichor."',
+    1030: '```json\n{"Monday": "8:00-16:00", "Tuesday": "8:00-16:00", "Wednesday": "8:00-14:00"}\n```',
+    1031: "LOST: [pet's name], a [colour] [breed]. Last seen near [street]. Please call [phone number].",
+    1032: "Section 1\nBuild a blanket fort in the living room.\nSection 2\nRead a story inside it with a torch.\nSection 3\nDraw a map of the fort's secret rooms.",
+    1033: 'The gate looked enormous that morning.\n\n***\n\nBy lunch I had found a friend who also liked drawing.\n\n***\n\nAt home I could not stop talking about it.',
+    1034: '*Time*: door to door they are often equal. *Cost*: trains are usually cheaper when booked early. *Comfort*: trains let you walk and work.',
+    1035: 'PLEASE TAKE A SHOWER BEFORE YOU GO INTO THE POOL. THIS KEEPS THE WATER CLEAN AND SAFE FOR EVERYONE WHO SWIMS HERE.',
+    1036: 'The river turns copper as the sun drops. Ducks settle in the reeds and the path grows quiet. By the bridge the river mirrors the first streetlights.',
+    1037: 'Sprich jeden Tag ein paar Minuten mit anderen Menschen. Lies kurze Geschichten und schreibe neue Wörter in ein kleines Heft.',
+    1038: 'Bees carry pollen from flower to flower, and many crops only set fruit when that happens. Apples, almonds, berries and squash all depend on it. Without bees farmers would harvest far less, pay for hand pollination, or rent hives at high prices. Healthy wild bees also keep hedgerows and meadows alive around the fields.',
+    1039: '<<Small Switches>>\n* Turn the thermostat down one degree.\n* Wash clothes at thirty degrees.',
+    1040: 'Sunday is the one day I am not in a hurry. I put on music and try a new recipe. The whole flat smells good by evening.',
 }
 
 
@@ -158,12 +184,12 @@ def test_ifeval_scores_following_and_breaking_replies():
     result = ifeval.score_ifeval(rows, [FOLLOWING[row["key"]] for row in rows])
     assert [item["key"] for item in result["items"] if not all(item["follow_strict"])] == []
     assert result["prompt_strict"] == result["instruction_loose"] == 1.0
-    assert result["n_prompts"] == 14 and result["n_instructions"] == 17
+    assert result["n_prompts"] == 40 and result["n_instructions"] == 52
     broken = {**FOLLOWING, 1001: "Hi Sam, please water my tomatoes. Thanks, Alex",
               1011: "*Weather* is today's temperature. *Climate* is decades."}
     result = ifeval.score_ifeval(rows, [broken[row["key"]] for row in rows])
-    assert result["prompt_strict"] == result["prompt_loose"] == 12 / 14
-    assert result["instruction_strict"] == 15 / 17
+    assert result["prompt_strict"] == result["prompt_loose"] == 38 / 40
+    assert result["instruction_strict"] == 50 / 52
     assert result["items"][10]["follow_strict"] == [True, False]
 
 
