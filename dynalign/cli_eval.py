@@ -56,8 +56,14 @@ def served_name(cfg, spec: str) -> str:
         return cfg.model_name
     if spec == "active":
         return "dynalign"
-    m = re.fullmatch(r"(?:dynalign-)?v?(\d+)", spec)
-    return f"dynalign-v{m.group(1)}" if m else spec
+    number = _version_digits(spec)
+    return f"dynalign-v{number}" if number else spec
+
+
+def _version_digits(spec: str) -> str | None:
+    """The digits of 3, v3 or dynalign-v3 (at most 19: a version id's limit), else None."""
+    m = re.fullmatch(r"(?:dynalign-)?v?(\d{1,19})", spec)
+    return m.group(1) if m else None
 
 
 def eval_command(cfg, args) -> int:
@@ -157,7 +163,7 @@ def scoreboard_command(cfg, args) -> int:
 
 
 def version_number(spec: str) -> int:
-    m = re.fullmatch(r"(?:dynalign-)?v?(\d{1,19})", spec)
-    if not m:
+    number = _version_digits(spec)
+    if number is None:
         raise DataError(f"--version: not a version number: {spec!r} (3, v3 or dynalign-v3)")
-    return int(m.group(1))
+    return int(number)
