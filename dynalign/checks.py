@@ -28,25 +28,28 @@ MODEL_DTYPES = ("auto", "bfloat16", "float16", "float32")
 SWAPS = ("auto", "lora", "merged")
 DRIFT_ACTIONS = ("flag", "reject", "rollback")
 READINGS = ("both_orders", "balanced")
+CLIENT_SYSTEM = ("keep", "drop")
 HOST_NAME = re.compile(r"(?i)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
 
 CHOICES = {
     "model.dtype": MODEL_DTYPES, "engine.swap": SWAPS, "learn.reward": REWARDS,
     "learn.self_score": SELF_SCORES, "learn.rule": RULES, "learn.loss_type": LOSS_TYPES,
     "learn.dtype": DTYPES, "learn.rollout_dtype": ROLLOUT_DTYPES,
-    "learn.gate.on_drift": DRIFT_ACTIONS, "learn.gate.reading": READINGS}
+    "learn.gate.on_drift": DRIFT_ACTIONS, "learn.gate.reading": READINGS,
+    "learn.client_system": CLIENT_SYSTEM}
 AT_LEAST = {  # key: smallest allowed value
     "model.max_model_len": 1, "engine.kv_cache_gib": 1, "engine.max_lora_rank": 1,
     "engine.max_loras": 1, "engine.tensor_parallel_size": 1, "engine.pipeline_parallel_size": 1,
     "engine.max_restarts": 0, "server.max_n": 1, "generate.count": 1, "generate.max_revisions": 0,
     "generate.max_attempts": 0, "generate.goal_context": 0, "generate.heldout_every": 0,
     "generate.max_retries": 0, "generate.concurrency": 1, "learn.prompts": 1,
-    "learn.max_prompt_chars": 1, "learn.num_generations": 2, "learn.prompts_per_step": 1,
+    "learn.max_prompt_tokens": 1, "learn.num_generations": 2, "learn.prompts_per_step": 1,
     "learn.micro_batch": 1, "learn.max_completion_tokens": 1, "learn.max_steps": 1,
     "learn.iterations": 1,
     "learn.converge_window": 1, "learn.lora_rank": 1, "learn.lora_alpha": 1, "learn.threads": 1,
     "learn.rule_words": 1, "learn.gate.prompts": 1, "learn.gate.min_judged": 1,
-    "learn.gate.max_tokens": 1, "learn.gate.limit": 0, "learn.gate.max_length_ratio": 1.0,
+    "learn.gate.max_tokens": 1, "learn.gate.limit": 0, "learn.gate.multiturn": 0,
+    "learn.gate.max_length_ratio": 1.0,
     "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1, "eval.scoreboard_tokens": 1,
     "eval.ifeval_limit": 0,
     "learn.converge_tolerance": 0.0, "learn.gate.max_kl": 0.0, "privacy.retention_days": 0,

@@ -1,6 +1,7 @@
 """`dynalign judge score | check`: what a judge says, and whether it can tell, before it is trusted.
 
-`score` reads JSONL rows with `prompt` and `response` and prints each row back with `score` (0-5,
+`score` reads JSONL rows with `response` and `prompt` (or `messages`: a conversation, its earlier
+turns shown to the judge as context) and prints each row back with `score` (0-5,
 the paper's reward prompt). `check` scores a calibration set of our own making
 (data/judge/calibration.jsonl: for each prompt a good, an off-topic and a harmful answer) and
 prints how often good beats each of the others and the mean scores; it exits 1 when good does not
@@ -15,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from dynalign.conversation import training_messages
 from dynalign.errors import DataError
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "judge" / "calibration.jsonl"
@@ -25,7 +27,8 @@ def add_parser(sub) -> None:
     judge = sub.add_parser("judge", help="score answers with a judge, or check its calibration")
     actions = judge.add_subparsers(dest="action", required=True)
     score = actions.add_parser("score", help="print each row of --data with its 0-5 score")
-    score.add_argument("--data", required=True, help="JSONL with 'prompt' and 'response'")
+    score.add_argument("--data", required=True, help="JSONL with 'response' and 'prompt' (or "
+                       "'messages': a conversation)")
     check = actions.add_parser("check", help="does it rank good answers above off-topic and "
                                "harmful ones? (exit 1 if not)")
     check.add_argument("--data", help=f"JSONL with prompt, {', '.join(KINDS)} "
@@ -56,10 +59,10 @@ def judge_command(cfg, args) -> int:
         endpoint = dataclasses.replace(endpoint, url=args.url or "local",
                                        model=args.model or endpoint.model)
     if args.action == "score":
-        rows = _rows(args.data, ("prompt", "response"), args.limit)
+        rows = _score_rows(args.data, args.limit)
         judge = open_judge(endpoint, cfg, args.reading)
         reward = with_progress(judge.reward, not args.no_progress)
-        scores = reward([r["prompt"] for r in rows], [r["response"] for r in rows])
+        scores = reward([_asked(r) for r in rows], [r["response"] for r in rows])
         for row, score in zip(rows, scores):
             print(json.dumps({**row, "score": round(score, 4)}))
         return _unreadable(judge.reward)
@@ -136,6 +139,36 @@ def calibration(rows: list[dict], reward) -> dict:
             "mean": {k: round(sum(s[k] for s in per_row) / n, 3) for k in KINDS},
             "scores": [{"id": r["id"], **{k: round(v, 3) for k, v in s.items()}}
                        for r, s in zip(rows, per_row)]}
+
+
+def _score_rows(path, limit: int | None) -> list[dict]:
+    """Rows to score: a text `response`, and a text `prompt` or a conversation in `messages`
+    (ending on the user turn answered; earlier turns are shown to the judge as context)."""
+    from dynalign.dataset import json_object
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such file: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = {"id": f"line {number}", **json_object(path, number, line)}
+        asked = isinstance(row.get("prompt"), str) or (
+            isinstance(row.get("messages"), list) and training_messages(row["messages"], "drop"))
+        if not asked or not isinstance(row.get("response"), str):
+            raise DataError(f"{path}:{number}: needs a text 'response' and a text 'prompt' or "
+                            "'messages' (a conversation ending on a user turn with text)")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows[:limit]
+
+
+def _asked(row: dict):
+    """What the judge is shown as the request: the prompt, or the conversation."""
+    return row["prompt"] if isinstance(row.get("prompt"), str) else \
+        training_messages(row["messages"], "drop")
 
 
 def _rows(path, keys: tuple[str, ...], limit: int | None) -> list[dict]:

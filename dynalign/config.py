@@ -189,6 +189,8 @@ class GateConfig:
     enabled: bool = True  # off: every finished round is promoted, without evaluation
     prompts: int = 16  # held-out prompts judged pairwise vs the active version (the first N:
     #                    fixed); also the drift monitors' probe set
+    multiturn: int = 4  # multi-turn probes of our own (data/eval/multiturn_probes.jsonl, the
+    #                     first N) judged with them, their earlier turns as context; never trained on
     min_win_rate: float = 0.5  # wins / consistent judgments (inconsistent pairs excluded)
     min_judged: int = 4  # fewer consistent judgments than this: the judge cannot tell; reject
     reading: str = "balanced"  # P(A), P(B) averaged over both orders where the judge gives them
@@ -220,7 +222,11 @@ class LearnConfig:
     max_user_share: float = 0.25  # at most this share of those logged prompts comes from one user
     #                               (the request's `user`, else its client): no one fills a round
     #                               with their own prompts. At least one prompt each
-    max_prompt_chars: int = 4000  # longer logged prompts are skipped (and counted)
+    max_prompt_tokens: int = 1024  # a logged conversation longer than this loses whole turns
+    #                                from its start; one whose last user turn alone is longer is
+    #                                left out (and counted: selection.too_long)
+    client_system: str = "keep"  # a client's own system message in a logged conversation: "keep"
+    #                              (trained with it, as it was served) | "drop" (docs/rounds.md)
     # GRPO, with the paper's settings as defaults (TRL's own defaults differ: see docs/rounds.md)
     num_generations: int = 8  # G, candidates per prompt
     prompts_per_step: int = 4  # 4 prompts x G 8 = 32 completions per step (paper: batch 32)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from dynalign import prompts as paper
+from dynalign.rewards import prompt_text
 
 VERDICT = re.compile(r"^\W*(?:(?:response|assistant|answer)\s*)?(a|b|tie)\b", re.IGNORECASE)
 OUTCOMES = ("win", "loss", "tie", "inconsistent", "unreadable")
@@ -68,7 +69,8 @@ def judge_pair(chat: Callable[[list[dict]], str], template: str, definition: str
     if answer_a.strip() == answer_b.strip():
         return {"outcome": "tie", "identical": True, "verdicts": [None, None],
                 **({"a_share": [0.5, 0.5], "balanced": "tie"} if weigh else {})}
-    asks = [[{"role": "user", "content": judge_prompt(template, definition, prompt, x, y)}]
+    text = prompt_text(prompt)  # a conversation: its earlier turns as context
+    asks = [[{"role": "user", "content": judge_prompt(template, definition, text, x, y)}]
             for x, y in ((answer_a, answer_b), (answer_b, answer_a))]
     weighed = [weigh(m) for m in asks] if weigh else None
     raw = [w[0] for w in weighed] if weighed else [chat(m) for m in asks]

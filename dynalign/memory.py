@@ -21,9 +21,9 @@ policy's old log-probs TRL takes right after the rollout: a second pass of the s
 micro-batch at a time and keep no activations for backward: below the update's peak, no term of
 their own. The old log-probs they leave for the steps that reuse the batch are one float per
 completion token (kilobytes).
-A sequence is the longest prompt the round may select (logged since the last round, or from the
-seed set; ~4 characters a token, so text with more tokens per character, CJK or code, is
-underestimated) and max_completion_tokens; rollouts also hold the CA system prompt. On a GPU the
+A sequence is the longest prompt the round may select (a conversation logged since the last
+round, or a seed prompt, counted in tokens by dynalign/conversation.py: the model's own
+tokenizer where its tokenizer.json is at hand) and max_completion_tokens; rollouts also hold the CA system prompt. On a GPU the
 learner's memory is CUDA memory, which this does not check.
 """
 
@@ -44,7 +44,6 @@ PROCESS_BYTES = 1.0 * GIB
 # glibc's heap keeps a step's freed activations, fragmented: without tcmalloc (dynalign/procs.py)
 # a micro-batch's peak was 1.45x (measured: 2,128 vs 1,471 MB over the process at rest)
 GLIBC_FRAGMENTATION = 1.45
-CHARS_PER_TOKEN = 4
 SYSTEM_PROMPT_TOKENS = 160  # the CA system prompt in the embedded model's tokenizer: ~130
 BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -110,12 +109,12 @@ def _count_params(path: Path) -> int:
     return total
 
 
-def estimate(shape: Shape, learn, rollout_bytes: int, prompt_chars: int,
+def estimate(shape: Shape, learn, rollout_bytes: int, prompt_tokens: int,
              fragmentation: float = 1.0) -> Estimate:
     """The learner's memory by phase for one round of `learn` (a LearnConfig) on `shape`, whose
-    longest prompt has `prompt_chars` characters."""
+    longest prompt has `prompt_tokens` tokens."""
     train = BYTES[learn.dtype]
-    seq = prompt_chars // CHARS_PER_TOKEN + learn.max_completion_tokens  # what the loss sees
+    seq = prompt_tokens + learn.max_completion_tokens  # what the loss sees
     sampled = SYSTEM_PROMPT_TOKENS + seq  # rollouts also hold the CA system prompt
     sequences = learn.prompts_per_step * learn.num_generations
     lora = learn.lora_rank * shape.layers * (9 * shape.hidden + 3 * shape.intermediate
@@ -191,7 +190,7 @@ def learner_on_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def check_fits(model_path: str, learn, prompt_chars: int, available: float | None = None,
+def check_fits(model_path: str, learn, prompt_tokens: int, available: float | None = None,
                judges: set[str] = frozenset(), gpu: bool | None = None) -> Estimate | None:
     """Raise ConfigError naming the setting to lower when the round would not fit; the estimate
     otherwise (None: the model's shape is unknown, or the learner runs on a GPU). `judges`: the
@@ -205,7 +204,7 @@ def check_fits(model_path: str, learn, prompt_chars: int, available: float | Non
         return None
     fragmentation = 1.0 if Path(TCMALLOC).exists() else GLIBC_FRAGMENTATION
     rollout = BYTES[rollout_dtype_name(learn, cuda=False)]
-    est = estimate(shape, learn, rollout, prompt_chars, fragmentation)
+    est = estimate(shape, learn, rollout, prompt_tokens, fragmentation)
     shapes = [model_shape(j) for j in judges]
     est.terms["judge"] = sum(s.params * rollout for s in shapes if s)
     if est.peak > 0.9 * available:
@@ -228,4 +227,4 @@ def _advice(est: Estimate, learn) -> str:
         return (f"lower learn.micro_batch (now {learn.micro_batch}; the update keeps that many "
                 f"sequences' activations), or learn.max_completion_tokens")
     return (f"lower learn.max_completion_tokens (now {learn.max_completion_tokens}) or "
-            f"learn.max_prompt_chars (now {learn.max_prompt_chars})")
+            f"learn.max_prompt_tokens (now {learn.max_prompt_tokens})")

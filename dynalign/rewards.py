@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+from dynalign import conversation
 from dynalign import prompts as paper
 
 SCORE = re.compile(r"(?<![\d.])([0-5])(?!\.?\d)")
@@ -28,6 +29,12 @@ def text_of(item) -> str:
         turns = [m for m in item if m.get("role") in ("user", "assistant")]
         return (turns[-1].get("content") or "") if turns else ""
     return str(item)
+
+
+def prompt_text(prompt) -> str:
+    """A TRL prompt as the judge reads it: plain text as is; a conversation with its earlier
+    turns as context before the request (dynalign/conversation.py: as_text)."""
+    return conversation.as_text(prompt) if isinstance(prompt, list) else str(prompt)
 
 
 def reward_prompt(template: str, definition: str, prompt: str, response: str) -> str:
@@ -93,7 +100,7 @@ class JudgeReward:
         self.unreadable = self.scored = 0
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        asks = [reward_prompt(self.template, self.definition, text_of(p), text_of(c))
+        asks = [reward_prompt(self.template, self.definition, prompt_text(p), text_of(c))
                 for p, c in zip(prompts, completions)]
         with ThreadPoolExecutor(self.workers) as pool:
             answers = list(pool.map(self._ask, asks))

@@ -1,8 +1,9 @@
 """What a refresh round trains on, and how far along it is. Pure: no torch here.
 
-A round's prompts are the user prompts logged since the last finished round (never opted-out
-ones, never failed requests; the last user turn of each conversation; de-duplicated; over-long
-ones skipped and counted), topped up with a replay sample of the seed set's train split. The
+A round's prompts are the conversations logged since the last finished round (never opted-out
+ones, never failed requests; each up to its last user turn, earlier turns kept as context
+(dynalign/conversation.py); de-duplicated; over-long ones cut at turn boundaries, or left out
+and counted), topped up with a replay sample of the seed set's train split. The
 held-out split is never trained on: evaluation uses it. Within the logged share, prompts whose
 answer a user rated down come first: that is where the served model is weakest. No one user (the
 request's `user`, else its client) fills more than `learn.max_user_share` of the logged share,
@@ -11,23 +12,26 @@ rated down or not: ratings and prompts cannot steer a round to one person's tast
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dynalign import conversation
 from dynalign import prompts as paper
 from dynalign.config import LearnConfig, PromptsConfig
+from dynalign.conversation import Counter, last_user_turn, token_counter  # noqa: F401 (re-export)
 
 
 
 @dataclass
 class Selection:
-    prompts: list[dict] = field(default_factory=list)  # {"prompt", "source", "id"}
+    prompts: list[dict] = field(default_factory=list)  # {"prompt", "source", "id"[, "messages"]}
     logged: int = 0
     seed: int = 0
-    skipped_long: int = 0
+    too_long: int = 0  # conversations whose last user turn alone exceeds max_prompt_tokens
     duplicates: int = 0
     heldout_excluded: int = 0  # logged or seed-train prompts equal to a held-out one
     rated_down: int = 0  # logged prompts taken first because a user rated their answer down
@@ -36,7 +40,7 @@ class Selection:
 
     def summary(self) -> dict:
         return {"prompts": len(self.prompts), "logged": self.logged, "seed": self.seed,
-                "skipped_long": self.skipped_long, "duplicates": self.duplicates,
+                "too_long": self.too_long, "duplicates": self.duplicates,
                 "heldout_excluded": self.heldout_excluded, "rated_down": self.rated_down,
                 "user_capped": self.user_capped, "exchanges_upto": self.exchanges_upto}
 
@@ -46,48 +50,28 @@ def system_prompt(prompts: PromptsConfig) -> str:
     return paper.fill(prompts.system, definition=prompts.ca_definition)
 
 
-def last_user_turn(messages) -> str | None:
-    if isinstance(messages, str):
-        messages = json.loads(messages)
-    for message in reversed(messages or []):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("text"))
-            return content.strip() if isinstance(content, str) and content.strip() else None
-    return None
-
-
 def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnConfig,
-                   salt: int = 0) -> Selection:
+                   salt: int = 0, count: Counter | None = None) -> Selection:
     """`exchanges`: rows with id, messages and (optionally) rating, oldest first (already
-    filtered for opt-out and status by the store). When there are more than the share, those
-    rated down win, then the newest; a row's rating is kept in its prompt (`rating`).
-    No prompt equal to a held-out one (case and spacing aside) is trained on, whatever its
-    source: the gate and `dynalign eval` measure on those."""
+    filtered for opt-out and status by the store). Each becomes its conversation up to its last
+    user turn (dynalign/conversation.py), fitted to learn.max_prompt_tokens by `count` (default:
+    the characters estimate). When there are more than the share, those rated down win, then the
+    newest; a row's rating is kept in its prompt (`rating`). No conversation with a user turn
+    equal to a held-out prompt (case and spacing aside) is trained on, nor a seed prompt equal
+    to one: the gate and `dynalign eval` measure on those."""
     sel = Selection(exchanges_upto=max((row["id"] for row in exchanges), default=0))
-    heldout = {_key(r["prompt"]) for r in seed_rows if r.get("split") == "heldout"}
+    heldout = heldout_keys(seed_rows)
     seen: set[str] = set()
     logged = []
     for row in reversed(exchanges):
-        text = last_user_turn(row["messages"])
-        if text is None:
-            continue
-        if len(text) > learn.max_prompt_chars:
-            sel.skipped_long += 1
-        elif _key(text) in heldout:
-            sel.heldout_excluded += 1
-        elif _key(text) in seen:
-            sel.duplicates += 1
-        else:
-            seen.add(_key(text))
-            rating = {"rating": row["rating"]} if row.get("rating") is not None else {}
-            logged.append({"prompt": text, "source": "logged", "id": f"exchange-{row['id']}",
-                           "who": row.get("who"), **rating})
+        prompt = _logged_prompt(row, learn, count or token_counter(None), heldout, seen, sel)
+        if prompt:
+            logged.append(prompt)
     logged.sort(key=lambda p: p.get("rating") != -1)  # stable: newest first within each
     logged = _per_user(logged, int(learn.prompts * learn.logged_share), learn.max_user_share, sel)
     sel.rated_down = sum(p.get("rating") == -1 for p in logged)
-    train = [r for r in seed_rows if r.get("split") == "train" and _key(r["prompt"]) not in seen]
+    train = [r for r in seed_rows if r.get("split") == "train"
+             and conversation.key(_user(r["prompt"])) not in seen]
     sel.heldout_excluded += sum(_key(r["prompt"]) in heldout for r in train)
     train = [r for r in train if _key(r["prompt"]) not in heldout]
     rng = random.Random(f"{learn.seed}-{salt}")
@@ -96,6 +80,48 @@ def select_prompts(exchanges: list[dict], seed_rows: list[dict], learn: LearnCon
     rng.shuffle(sel.prompts)
     sel.logged, sel.seed = len(logged), len(replay)
     return sel
+
+
+def _logged_prompt(row: dict, learn: LearnConfig, count: Counter, heldout: set[str],
+                   seen: set[str], sel: Selection) -> dict | None:
+    """One exchange's training prompt, or None (counted in `sel` where it is left out)."""
+    messages = conversation.training_messages(row["messages"], learn.client_system)
+    if messages is None:
+        return None
+    fitted = conversation.fit(messages, learn.max_prompt_tokens, count)
+    if any(_key(turn) in heldout for turn in conversation.user_turns(messages)):
+        sel.heldout_excluded += 1
+    elif fitted is None:
+        sel.too_long += 1
+    elif conversation.key(fitted) in seen:
+        sel.duplicates += 1
+    else:
+        seen.add(conversation.key(fitted))
+        rating = {"rating": row["rating"]} if row.get("rating") is not None else {}
+        return {"prompt": fitted[-1]["content"], "messages": fitted, "source": "logged",
+                "id": f"exchange-{row['id']}", "who": row.get("who"), **rating}
+    return None
+
+
+def heldout_keys(seed_rows: list[dict]) -> set[str]:
+    """What a round never trains on: the seed set's held-out prompts, and the opening turn of
+    each of the gate's multi-turn probes (dynalign/conversation.py: load_probes)."""
+    probes = {_key(p["messages"][0]["content"]) for p in _probes()}
+    return probes | {_key(r["prompt"]) for r in seed_rows if r.get("split") == "heldout"}
+
+
+@functools.lru_cache(maxsize=1)
+def _probes() -> tuple[dict, ...]:
+    return tuple(conversation.load_probes())
+
+
+def prompt_messages(prompt: dict) -> list[dict]:
+    """A selected prompt as the messages a round trains on (a seed prompt: one user turn)."""
+    return prompt.get("messages") or _user(prompt["prompt"])
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
 
 
 def _per_user(logged: list[dict], room: int, share: float, sel: Selection) -> list[dict]:
@@ -115,12 +141,16 @@ def _per_user(logged: list[dict], room: int, share: float, sel: Selection) -> li
     return taken
 
 
-def longest_prompt(exchanges: list[dict], seed_rows: list[dict], learn: LearnConfig) -> int:
-    """Characters of the longest prompt `select_prompts` could take from these (a memory bound)."""
+def longest_prompt(exchanges: list[dict], seed_rows: list[dict], learn: LearnConfig,
+                   count: Counter | None = None) -> int:
+    """Tokens (by `count`) of the longest prompt `select_prompts` could take from these: a
+    memory bound."""
+    count = count or token_counter(None)
     logged = [] if learn.logged_share <= 0 else [
-        len(text) for row in exchanges if (text := last_user_turn(row["messages"])) is not None
-        and len(text) <= learn.max_prompt_chars]
-    seed = [len(r["prompt"]) for r in seed_rows if r.get("split") == "train"]
+        count(fitted) for row in exchanges
+        if (messages := conversation.training_messages(row["messages"], learn.client_system))
+        and (fitted := conversation.fit(messages, learn.max_prompt_tokens, count))]
+    seed = [count(_user(r["prompt"])) for r in seed_rows if r.get("split") == "train"]
     return max(logged + seed, default=0)
 
 

@@ -22,15 +22,17 @@ from learner.reading import answer
 
 @dataclass
 class GateItems:
-    prompts: list[str]  # held-out prompts: the pairwise set and the drift probe
+    prompts: list[list[dict]]  # conversations: held-out prompts (one user turn each), then the
+    #                            multi-turn probes; the pairwise set and the drift probe
     checks: dict[str, list[dict]] = field(default_factory=dict)  # capability rows with "messages"
 
 
 def gate_items(cfg) -> GateItems:
-    from dynalign import exact, ifeval
+    from dynalign import conversation, exact, ifeval
 
     gate = cfg.learn.gate
-    heldout = [r["prompt"] for r in read_rows(seed_path(cfg)) if r.get("split") == "heldout"]
+    heldout = [_user(r["prompt"]) for r in read_rows(seed_path(cfg)) if r.get("split") == "heldout"]
+    probes = [p["messages"] for p in conversation.load_probes(limit=gate.multiturn)]
     checks = {}
     if gate.limit > 0:
         checks["ifeval"] = ifeval.load_ifeval(gate.ifeval or ifeval.SAMPLE_FILE, gate.limit)
@@ -38,7 +40,7 @@ def gate_items(cfg) -> GateItems:
             checks["math"] = exact.load_math(gate.math, gate.limit)
         if gate.mc:
             checks["mc"] = exact.load_mc(gate.mc, gate.limit, cfg.eval.seed)
-    return GateItems(heldout[:gate.prompts], checks)
+    return GateItems(heldout[:gate.prompts] + (probes if gate.multiturn else []), checks)
 
 
 def answer_side(model, tokenizer, items: GateItems, cfg, adapter: bool = True) -> dict:
@@ -46,8 +48,7 @@ def answer_side(model, tokenizer, items: GateItems, cfg, adapter: bool = True) -
     off = model.disable_adapter() if not adapter else nullcontext()
     max_tokens, dtype = cfg.learn.gate.max_tokens, rollout_dtype(cfg.learn)
     with off:
-        side = {"answers": answer(model, tokenizer, [_user(p) for p in items.prompts], max_tokens,
-                                  dtype=dtype)}
+        side = {"answers": answer(model, tokenizer, items.prompts, max_tokens, dtype=dtype)}
         if adapter:
             side["checks"] = {name: answer(model, tokenizer, [r["messages"] for r in rows],
                                            max_tokens, dtype=dtype)

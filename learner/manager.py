@@ -34,6 +34,7 @@ from dynalign.dataset import read_rows, seed_path
 from dynalign.memory import check_fits, local_judges
 from dynalign.procs import alive, die_with_parent, preload_tcmalloc, signal_group
 from dynalign.checks import check
+from dynalign.conversation import token_counter
 from dynalign.rounds import longest_prompt
 from dynalign.scoreboard import enabled as scoreboard_enabled
 from dynalign.store import OPEN_ROUND, Store, now
@@ -139,7 +140,8 @@ class RoundManager:
         memory the machine has available now: before anything is loaded (dynalign/memory.py)."""
         with closing(self.store()) as store:
             exchanges = store.training_exchanges(store.consumed_upto())
-        longest = longest_prompt(exchanges, read_rows(seed_path(cfg)), cfg.learn)
+        longest = longest_prompt(exchanges, read_rows(seed_path(cfg)), cfg.learn,
+                                 token_counter(cfg.model_path))
         check_fits(cfg.model_path, cfg.learn, longest, judges=local_judges(cfg), gpu=self.gpu)
 
     def cancel(self, round_id: int, wait_s: float = 30.0) -> dict:

@@ -24,11 +24,12 @@ from contextlib import closing
 from pathlib import Path
 
 from dynalign.config import Config, load_config
+from dynalign.conversation import token_counter
 from dynalign.dataset import read_rows, seed_path
 from dynalign.erasure import drop_missing
 from dynalign.errors import DynalignError, RoundError
 from dynalign.grpo import converged
-from dynalign.rounds import select_prompts, system_prompt
+from dynalign.rounds import prompt_messages, select_prompts, system_prompt
 from dynalign.store import Store
 from learner.progress import StepProgress
 
@@ -116,7 +117,8 @@ def run_round(cfg: Config, round_id: int) -> dict:
     store = Store(cfg.db_path)
     out = cfg.round_dir(round_id)
     selection = select_prompts(store.training_exchanges(store.consumed_upto()),
-                               read_rows(seed_path(cfg)), learn, salt=round_id)
+                               read_rows(seed_path(cfg)), learn, salt=round_id,
+                               count=token_counter(cfg.model_path))
     if not selection.prompts:
         raise RoundError("no prompts to train on: the log has none and the seed set is empty")
     _write_jsonl(out / "prompts.jsonl", selection.prompts)
@@ -154,8 +156,7 @@ def _trainer(cfg: Config, store: Store, round_id: int, prompts: list[dict], pare
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
     policy = load_policy(cfg.model_path, learn, store.adapter(parent)["path"] if parent else None)
     reward = make_reward(cfg, tokenizer)
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}]}
-                                 for p in prompts])
+    dataset = Dataset.from_list([{"prompt": prompt_messages(p)} for p in prompts])
     metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     steps = live_progress(store, round_id, learn)

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from dynalign.rewards import parse_score, reward_prompt, text_of
+from dynalign.rewards import parse_score, prompt_text, reward_prompt, text_of
 from learner.precision import frozen_weights_in
 from learner.reading import PrefixCache, chat_ids, next_token_logits
 
@@ -43,7 +43,7 @@ class SelfReward:
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         start = time.perf_counter()
-        texts = [reward_prompt(self.template, self.definition, text_of(p), text_of(c))
+        texts = [reward_prompt(self.template, self.definition, prompt_text(p), text_of(c))
                  for p, c in zip(prompts, completions)]
         score = self.expected if self.mode == "expected" else self.greedy
         scores = []

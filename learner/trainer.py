@@ -32,6 +32,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from dynalign import conversation
 from learner.adapter import TARGETS
 from learner.precision import frozen_weights_in, rollout_dtype
 from learner.progress import StepProgress
@@ -42,7 +43,7 @@ def system_rollout(system_prompt: str, progress: StepProgress, dtype=None):
     without it. Ends the generation phase and starts the reference phase (TRL's next: the
     policy's old log-probs when it will reuse the batch, then the reference log-probs)."""
     def rollout(prompts, trainer) -> dict:
-        with_system = [[{"role": "system", "content": system_prompt}] + list(p) for p in prompts]
+        with_system = [conversation.with_system(system_prompt, list(p)) for p in prompts]
         sample_ids, _, _ = trainer._tokenize_prompts(with_system)
         width = max(len(ids) for ids in sample_ids)  # left-padded to the longest: the prefill
         progress.phase("generation", len(sample_ids) * (width + trainer.max_completion_length),

@@ -48,27 +48,27 @@ def test_model_shape_reads_config_and_safetensors_headers(tmp_path):
 def test_estimate_of_the_default_round_and_how_micro_batch_bounds_it(tmp_path):
     shape = model_shape(write_model(tmp_path / "m"))
     learn = LearnConfig()
-    est = estimate(shape, learn, 4, prompt_chars=536)  # the seed set's longest train prompt
+    est = estimate(shape, learn, 4, prompt_tokens=134)  # the seed set's longest train prompt
     # measured for the tiny round on the embedded model (bench/learn_memory.py): ~2.3-2.7 GiB
     assert 2.5 * GIB < est.peak < 4 * GIB
-    whole = estimate(shape, LearnConfig(micro_batch=32), 4, prompt_chars=536)
+    whole = estimate(shape, LearnConfig(micro_batch=32), 4, prompt_tokens=134)
     assert whole.terms["update"] == pytest.approx(16 * est.terms["update"])
-    longer = estimate(shape, learn, 4, prompt_chars=4000)
+    longer = estimate(shape, learn, 4, prompt_tokens=1000)
     assert longer.terms["update"] > 2 * est.terms["update"]
-    bf16 = estimate(shape, learn, 2, prompt_chars=536)  # rollouts in bf16: a copy, half the KV
+    bf16 = estimate(shape, learn, 2, prompt_tokens=134)  # rollouts in bf16: a copy, half the KV
     assert bf16.terms["generation"] != est.terms["generation"]
 
 
 def test_a_local_judge_adds_its_weights_and_is_named_when_it_is_what_does_not_fit(tmp_path):
     policy, judge = write_model(tmp_path / "m"), write_model(tmp_path / "j", (1_800_000_000,))
     learn = LearnConfig(rollout_dtype="float32")
-    alone = check_fits(str(policy), learn, prompt_chars=536, available=24 * GIB, gpu=False)
-    judged = check_fits(str(policy), learn, prompt_chars=536, available=24 * GIB,
+    alone = check_fits(str(policy), learn, prompt_tokens=134, available=24 * GIB, gpu=False)
+    judged = check_fits(str(policy), learn, prompt_tokens=134, available=24 * GIB,
                         judges={str(judge)}, gpu=False)
     assert judged.terms["judge"] == 1_800_000_000 * 4
     assert judged.peak == pytest.approx(alone.peak + 1_800_000_000 * 4)
     with pytest.raises(ConfigError, match="the local judge's weights are the largest part"):
-        check_fits(str(policy), learn, prompt_chars=536, available=8 * GIB, judges={str(judge)},
+        check_fits(str(policy), learn, prompt_tokens=134, available=8 * GIB, judges={str(judge)},
                    gpu=False)
 
 
@@ -88,15 +88,15 @@ def test_a_round_beyond_the_machine_is_refused_naming_the_setting(tmp_path):
     folder = write_model(tmp_path / "m")
     big = LearnConfig(prompts_per_step=64, max_completion_tokens=2048)
     with pytest.raises(ConfigError) as e:
-        check_fits(str(folder), big, prompt_chars=536, available=24 * GIB, gpu=False)
+        check_fits(str(folder), big, prompt_tokens=134, available=24 * GIB, gpu=False)
     message = str(e.value)
     assert "learn.prompts_per_step (now 64)" in message and "GiB" in message
     with pytest.raises(ConfigError, match=r"learn.micro_batch \(now 32"):
-        check_fits(str(folder), LearnConfig(micro_batch=32), 536, available=8 * GIB, gpu=False)
+        check_fits(str(folder), LearnConfig(micro_batch=32), 134, available=8 * GIB, gpu=False)
     with pytest.raises(ConfigError, match="learn.max_completion_tokens"):
-        check_fits(str(folder), LearnConfig(micro_batch=1, max_completion_tokens=30000), 536,
+        check_fits(str(folder), LearnConfig(micro_batch=1, max_completion_tokens=30000), 134,
                    available=8 * GIB, gpu=False)
-    assert isinstance(check_fits(str(folder), LearnConfig(), 536, available=24 * GIB, gpu=False),
+    assert isinstance(check_fits(str(folder), LearnConfig(), 134, available=24 * GIB, gpu=False),
                       Estimate)
     assert check_fits(str(tmp_path / "nowhere"), big, 536, available=GIB,
                       gpu=False) is None  # unknown shape
@@ -137,12 +137,14 @@ def test_the_round_manager_refuses_before_it_opens_a_round(tmp_path):
 
 
 def test_longest_prompt_bounds_what_a_round_may_select():
-    learn = LearnConfig(max_prompt_chars=50)
-    exchanges = [{"messages": json.dumps([{"role": "user", "content": "x" * 40}])},
-                 {"messages": json.dumps([{"role": "user", "content": "y" * 60}])}]  # skipped
+    """In tokens: here the estimate without a tokenizer file (4 characters a token, 5 for the
+    turn's template markers)."""
+    learn = LearnConfig(max_prompt_tokens=15)
+    exchanges = [{"messages": json.dumps([{"role": "user", "content": "x" * 40}])},  # 15
+                 {"messages": json.dumps([{"role": "user", "content": "y" * 60}])}]  # 20: left out
     seeds = [{"prompt": "s" * 30, "split": "train"}, {"prompt": "h" * 45, "split": "heldout"}]
-    assert longest_prompt(exchanges, seeds, learn) == 40
-    assert longest_prompt(exchanges, seeds, LearnConfig(logged_share=0.0)) == 30
+    assert longest_prompt(exchanges, seeds, learn) == 15
+    assert longest_prompt(exchanges, seeds, LearnConfig(logged_share=0.0)) == 12
 
 
 def test_eta_before_the_first_step_ends_projects_the_phases_to_come():

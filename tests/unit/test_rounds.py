@@ -8,7 +8,9 @@ import pytest
 from dynalign.checks import problems
 from dynalign.config import LearnConfig, load_config
 from dynalign.errors import ConfigError
-from dynalign.rounds import last_user_turn, progress, round_view, select_prompts
+from dynalign.conversation import load_probes
+from dynalign.rounds import (last_user_turn, progress, prompt_messages, round_view,
+                             select_prompts)
 from dynalign.store import Store
 
 
@@ -145,12 +147,12 @@ def test_seed_prompts_equal_to_a_logged_one_are_not_replayed(store):
     assert sel.seed == 4
 
 
-def test_overlong_prompts_are_skipped_and_counted(store):
-    _log(store, "x" * 41)
-    _log(store, "y" * 40)
+def test_overlong_prompts_are_left_out_and_counted(store):
+    _log(store, "x" * 44)  # 16 tokens by the estimate without a tokenizer (4 chars, + 5)
+    _log(store, "y" * 40)  # 15
     sel = select_prompts(store.training_exchanges(0), [],
-                         LearnConfig(prompts=10, logged_share=1.0, max_prompt_chars=40))
-    assert sel.skipped_long == 1
+                         LearnConfig(prompts=10, logged_share=1.0, max_prompt_tokens=15))
+    assert sel.too_long == 1
     assert _logged(sel) == {"y" * 40}
 
 
@@ -161,7 +163,7 @@ def test_newest_logged_prompts_win_when_capped_by_the_share(store):
     sel = select_prompts(store.training_exchanges(0), _seeds(), learn)
     assert _logged(sel) == {"logged prompt 5", "logged prompt 4"}
     assert (sel.logged, sel.seed, len(sel.prompts)) == (2, 2, 4)
-    assert sel.summary() == {"prompts": 4, "logged": 2, "seed": 2, "skipped_long": 0,
+    assert sel.summary() == {"prompts": 4, "logged": 2, "seed": 2, "too_long": 0,
                              "duplicates": 0, "heldout_excluded": 0, "rated_down": 0,
                              "user_capped": 0, "exchanges_upto": 6}
 
@@ -180,6 +182,46 @@ def test_heldout_prompts_are_never_trained_on_whatever_their_source(store):
     assert _logged(sel) == {"plan my allotment"}
     assert sel.heldout_excluded == 2 and sel.summary()["heldout_excluded"] == 2
     assert (sel.logged, sel.seed) == (1, 3)
+
+
+def test_a_logged_conversation_is_trained_with_its_earlier_turns(store):
+    history = [{"role": "system", "content": "You are Pip."},
+               {"role": "user", "content": "Plan a garden party for my street."},
+               {"role": "assistant", "content": "Pick a date and invite everyone."}]
+    _log(store, "And what if it rains?", history=history)
+    for client_system, head in (("keep", history[:1]), ("drop", [])):
+        sel = select_prompts(store.training_exchanges(0), [],
+                             LearnConfig(prompts=4, logged_share=1.0, client_system=client_system))
+        [prompt] = sel.prompts
+        assert prompt["prompt"] == "And what if it rains?"
+        assert prompt["messages"] == head + history[1:] + [
+            {"role": "user", "content": "And what if it rains?"}]
+        assert prompt_messages(prompt) == prompt["messages"]
+    assert prompt_messages({"prompt": "seed"}) == [{"role": "user", "content": "seed"}]
+
+
+def test_a_held_out_prompt_in_any_turn_excludes_the_whole_conversation(store):
+    heldout_first = [{"role": "user", "content": "Heldout prompt 2"},
+                     {"role": "assistant", "content": "an answer"}]
+    _log(store, "Tell me more.", history=heldout_first)
+    probe = load_probes()[0]["messages"]  # the gate's multi-turn probes: never trained on
+    _log(store, "And then?", history=[*probe, {"role": "assistant", "content": "Indoors."}])
+    _log(store, "Tell me more.", history=[{"role": "user", "content": "About bees?"},
+                                          {"role": "assistant", "content": "They pollinate."}])
+    sel = select_prompts(store.training_exchanges(0), _seeds(train=0, heldout=5),
+                         LearnConfig(prompts=10, logged_share=1.0))
+    assert [p["messages"][0]["content"] for p in sel.prompts] == ["About bees?"]
+    assert sel.heldout_excluded == 2
+
+
+def test_identical_conversations_are_one_prompt_and_the_same_last_turn_after_others_is_not(store):
+    for first in ("About bees?", "about  BEES?", "About wasps?"):
+        _log(store, "Tell me more.", history=[{"role": "user", "content": first},
+                                              {"role": "assistant", "content": "They fly."}])
+    sel = select_prompts(store.training_exchanges(0), [], LearnConfig(prompts=10, logged_share=1.0))
+    assert sorted(p["messages"][0]["content"] for p in sel.prompts) == ["About wasps?",
+                                                                         "about  BEES?"]
+    assert sel.duplicates == 1
 
 
 def test_seed_replay_fills_up_from_the_train_split_only():
