@@ -4,10 +4,10 @@ User text lives in two places only: the exchange log (SQLite: the exchanges and 
 comments) and each round's `prompts.jsonl`, the list of prompts it trained on, where a logged
 prompt is the row with id `exchange-<id>`. Everything else a round writes holds numbers, seed or
 held-out prompts, and the model's answers to those. So one function, `forget`, deletes the rows
-(a user's exchanges with every rating of them, and every rating that user gave on anyone's
-exchange), drops those ids from every round's list, and checkpoints the WAL, retried while
-readers hold it; the CLI, the admin API and the retention job all call it. When readers still
-hold the WAL after the last try, the deletion is committed but copies remain in
+(a user's or a conversation's exchanges with every rating of them, and every rating that user
+gave on anyone's exchange), drops those ids from every round's list, and checkpoints the WAL,
+retried while readers hold it; the CLI, the admin API and the retention job all call it. When
+readers still hold the WAL after the last try, the deletion is committed but copies remain in
 `dynalign.db-wal`: `Erased.copies_remain` says so and how to finish (`dynalign logs
 checkpoint`), and each caller reports it. What it cannot undo: an adapter trained on a prompt
 keeps what it learned (weights hold no text; see docs/operations.md).
@@ -30,13 +30,15 @@ class Erased:
 
 
 def forget(cfg, store, *, user: str | None = None, older_than: float | None = None,
-           ids: list[int] | None = None) -> Erased:
-    """Delete the exchanges of `user`, older than `older_than` days and/or with these `ids`
-    (all given filters apply), their ratings and the ratings `user` gave; then every round's
-    copy of their prompts, and the WAL's copies (Store.checkpoint, retried while readers hold
-    it). The deletion is committed even when copies remain in the WAL."""
+           ids: list[int] | None = None, conversation: str | None = None) -> Erased:
+    """Delete the exchanges of `user`, older than `older_than` days, with these `ids` and/or
+    of `conversation` (all given filters apply; a user and a conversation are not taken
+    together), their ratings and the ratings `user` gave; then every round's copy of their
+    prompts, and the WAL's copies (Store.checkpoint, retried while readers hold it). The
+    deletion is committed even when copies remain in the WAL."""
     before = None if older_than is None else cutoff(older_than)
-    exchanges, ratings = store.erase(user=user, before=before, ids=ids)
+    exchanges, ratings = store.erase(user=user, before=before, ids=ids,
+                                     conversation=conversation)
     scrub_rounds(cfg.rounds_dir, exchanges)
     clean = store.checkpoint()
     return Erased(exchanges, ratings, None if clean else copies_remain(cfg.db_path))

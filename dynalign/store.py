@@ -157,6 +157,17 @@ def m011_scoreboard(db):
     db["scoreboards"].create_index(["version"])
 
 
+@migration
+def m012_conversations(db):
+    """Which conversation each exchange belongs to (dynalign/conversation_ids.py): its id, and
+    the key a follow-up turn finds it by (a digest of who sent it, its messages and its answer).
+    Exchanges logged before this migration keep NULL in both: they belong to no conversation."""
+    db["exchanges"].add_column("conversation", str)
+    db["exchanges"].add_column("continuation_key", str)
+    db["exchanges"].create_index(["conversation"])
+    db["exchanges"].create_index(["continuation_key"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -193,15 +204,17 @@ class Store:
         return self.db["exchanges"].insert({"created": now(), **row}).last_pk
 
     def exchanges(self, limit: int = 100, search: str = "", user: str = "",
-                  opt_out: bool | None = None, before: int | None = None) -> list[dict]:
+                  opt_out: bool | None = None, before: int | None = None,
+                  conversation: str = "") -> list[dict]:
         """Newest first; `search` matches the messages or the response (case-insensitive)."""
         where, params = [], []
         if search:
             where.append("(messages like ? or response like ?)")
             params += [f"%{search}%"] * 2
-        if user:
-            where.append("user = ?")
-            params.append(user)
+        for column, value in (("user", user), ("conversation", conversation)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
         if opt_out is not None:
             where.append("opt_out = ?")
             params.append(int(opt_out))
@@ -216,6 +229,12 @@ class Store:
         rows = list(self.db["exchanges"].rows_where(
             "completion_id = ?", [completion_id], order_by="id desc", limit=1))
         return rows[0] if rows else None
+
+    def continued_conversation(self, continuation_key: str) -> str | None:
+        """The conversation of the newest exchange a follow-up with this key continues."""
+        row = self.db.execute("select conversation from exchanges where continuation_key = ? "
+                              "order by id desc limit 1", [continuation_key]).fetchone()
+        return row[0] if row else None
 
     # feedback
     def add_feedback(self, exchange_id: int, rating: int, comment: str | None = None,
@@ -270,19 +289,25 @@ class Store:
         return list(self.db["feedback"].rows_where("user = ?", [user], order_by="id"))
 
     def delete_exchanges(self, user: str | None = None, before: str | None = None,
-                         ids: list[int] | None = None) -> list[int]:
+                         ids: list[int] | None = None,
+                         conversation: str | None = None) -> list[int]:
         """`erase`, returning only the ids of the exchanges deleted."""
-        return self.erase(user, before, ids)[0]
+        return self.erase(user, before, ids, conversation)[0]
 
     def erase(self, user: str | None = None, before: str | None = None,
-              ids: list[int] | None = None) -> tuple[list[int], int]:
+              ids: list[int] | None = None,
+              conversation: str | None = None) -> tuple[list[int], int]:
         """In one transaction, delete the exchanges of `user`, created before the ISO time
-        `before` and/or with these `ids`, every rating of them (comments are user text too),
-        and the ratings `user` gave on other exchanges (feedback.user is the rater; `before`
-        and `ids` apply to those as well). Returns (the exchange ids, how many ratings).
-        Deleted text is overwritten in the file (secure_delete); old copies stay in the WAL
-        until `checkpoint` succeeds. Rounds' prompt lists are dynalign/erasure.py's job."""
-        where, params = _delete_filter(user, before, ids)
+        `before`, with these `ids` and/or of `conversation` (every turn of it), every rating of
+        them (comments are user text too), and the ratings `user` gave on other exchanges
+        (feedback.user is the rater; `before` and `ids` apply to those as well; a user and a
+        conversation together are refused: which of the user's ratings would go is unclear).
+        Returns (the exchange ids, how many ratings). Deleted text is overwritten in the file
+        (secure_delete); old copies stay in the WAL until `checkpoint` succeeds. Rounds' prompt
+        lists are dynalign/erasure.py's job."""
+        if user is not None and conversation is not None:
+            raise ValueError("erase takes a user or a conversation, not both")
+        where, params = _delete_filter(user, before, ids, conversation=conversation)
         self.db.execute("pragma secure_delete = on")
         with self.db.conn:
             deleted = [row[0] for row in self.db.execute(
@@ -509,12 +534,14 @@ class Store:
 
 
 def _delete_filter(user: str | None, before: str | None, ids: list[int] | None,
-                   id_column: str = "id") -> tuple[str, list]:
+                   id_column: str = "id", conversation: str | None = None) -> tuple[str, list]:
     """The where clause of a delete (`id_column`: where the exchange's id is)."""
-    if user is None and before is None and ids is None:
-        raise ValueError("delete_exchanges needs a user, a time or ids: it never deletes everything")
-    where = [w for w, v in (("user = ?", user), ("created < ?", before)) if v is not None]
-    params = [v for v in (user, before) if v is not None]
+    if user is None and before is None and ids is None and conversation is None:
+        raise ValueError("delete_exchanges needs a user, a time, ids or a conversation: it "
+                         "never deletes everything")
+    given = [(w, v) for w, v in (("user = ?", user), ("created < ?", before),
+                                 ("conversation = ?", conversation)) if v is not None]
+    where, params = [w for w, _ in given], [v for _, v in given]
     if ids is not None:
         where.append(f"{id_column} in ({', '.join('?' * len(ids))})" if ids else "0")
         params += [int(i) for i in ids]

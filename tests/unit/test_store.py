@@ -265,3 +265,44 @@ def test_canary_arms_are_sums_per_arm_with_distinct_raters_and_the_median_latenc
     assert store.canary_arms(7, latency=True)["canary"]["p50_latency_ms"] == 60.0  # even: mean
     assert "p50_latency_ms" not in store.canary_arms(7)["active"]  # only when asked
     assert store.canary_arms(99) == {}
+
+
+def test_the_conversations_migration_keeps_older_exchanges_without_a_conversation(tmp_path,
+                                                                                  monkeypatch):
+    """A log written before m012: its exchanges get NULL conversation and continuation key (no
+    conversation), both columns indexed; a new exchange records both, and is found by its key."""
+    from dynalign import store as store_mod
+
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [m for m in store_mod.MIGRATIONS
+                                                  if m.__name__ < "m012"])
+    old = store_mod.Store(path)
+    before = old.log_exchange({"user": "ann", "messages": [{"role": "user", "content": "hi"}],
+                               "status": "ok"})
+    assert "conversation" not in old.db["exchanges"].columns_dict
+    old.close()
+    monkeypatch.undo()
+    new = store_mod.Store(path)
+    assert "m012_conversations" in _names(path)
+    [row] = new.exchanges()
+    assert row["id"] == before and row["conversation"] is None and row["continuation_key"] is None
+    indexed = {tuple(i.columns) for i in new.db["exchanges"].indexes}
+    assert {("conversation",), ("continuation_key",)} <= indexed
+    after = new.log_exchange({"user": "ann", "conversation": "c-1", "continuation_key": "k-1",
+                              "status": "ok"})
+    assert new.continued_conversation("k-1") == "c-1"
+    assert new.continued_conversation("k-unknown") is None
+    assert [r["id"] for r in new.exchanges(conversation="c-1")] == [after]
+    new.close()
+
+
+def test_erase_a_conversation_deletes_its_turns_and_their_ratings_only(store):
+    turns = [store.log_exchange({"conversation": "c-1", "status": "ok"}) for _ in range(3)]
+    other = store.log_exchange({"conversation": "c-2", "status": "ok"})
+    store.add_feedback(turns[1], -1, "on turn 2", "ann")
+    store.add_feedback(other, 1, "on the other", "ann")
+    assert store.erase(conversation="c-1") == (turns, 1)
+    assert [r["id"] for r in store.exchanges()] == [other]
+    assert [f["comment"] for f in store.db["feedback"].rows] == ["on the other"]
+    with pytest.raises(ValueError):
+        store.erase(user="ann", conversation="c-2")
