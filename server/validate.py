@@ -157,6 +157,44 @@ def _check_messages(messages) -> None:
         raise RequestError("'messages' must be a non-empty array", param="messages")
     for i, message in enumerate(messages):
         _check_message(message, f"messages[{i}]")
+    _check_history(messages)
+
+
+def _check_history(messages: list[dict]) -> None:
+    """A history a chat template renders as the client means it: user and assistant turns
+    alternating, each tool result answering a call made before it, a last user turn with text.
+    (A last message of another role is kept: a tool result, an assistant prefix to continue.)"""
+    calls: set[str] = set()
+    for i, message in enumerate(messages):
+        role = message["role"]
+        if role == "user" and i and messages[i - 1]["role"] == "user":
+            raise _bad_history(i, "is a user turn right after a user turn: user and "
+                               "assistant turns must alternate (chat templates such as "
+                               "Llama 2's, Mistral's and Gemma's require it, and so do the "
+                               "training prompts made from the log); send them as one message")
+        made = message.get("tool_calls") if role == "assistant" else None
+        if isinstance(made, list):  # its shape is the engine's to check
+            calls |= {c["id"] for c in made if isinstance(c, dict) and isinstance(c.get("id"), str)}
+        call = message.get("tool_call_id")
+        if role == "tool" and not (isinstance(call, str) and call in calls):
+            raise _bad_history(i, f"is a tool result for the call {repr(call)[:80]}, which "
+                               "no earlier assistant message made (its tool_calls[].id)")
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is not None and not _text_of(messages[last]).strip():
+        raise _bad_history(last, "is the last user turn and it is empty: there is nothing to "
+                           "answer")
+
+
+def _bad_history(index: int, why: str) -> RequestError:
+    return RequestError(f"messages[{index}] {why}", param=f"messages[{index}]",
+                        code="invalid_messages")
+
+
+def _text_of(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(part["text"] for part in content)  # text parts only (_check_message)
+    return content or ""
 
 
 def _check_message(message, where: str) -> None:

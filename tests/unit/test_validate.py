@@ -241,3 +241,48 @@ def test_malformed_feedback_is_a_400_naming_the_field(body, param):
 def test_feedback_body_must_be_an_object():
     with pytest.raises(RequestError):
         validate_feedback([{"id": "chatcmpl-1", "rating": 1}])
+
+
+def _user(text="hi"):
+    return {"role": "user", "content": text}
+
+
+def _assistant(text="hello", calls=()):
+    if not calls:
+        return {"role": "assistant", "content": text}
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": c, "type": "function", "function": {"name": "f", "arguments": "{}"}} for c in calls]}
+
+
+def _tool(call_id, text="42"):
+    return {"role": "tool", "tool_call_id": call_id, "content": text}
+
+
+@pytest.mark.parametrize("messages, index, words", [
+    ([_user(), _user("again")], 1, "user turn right after a user turn"),
+    ([{"role": "system", "content": "s"}, _user(), _assistant(), _user(), _user()], 4,
+     "must alternate"),
+    ([_user("   ")], 0, "last user turn and it is empty"),
+    ([_user(), _assistant(), {"role": "user", "content": [{"type": "text", "text": " "}]},
+      _assistant("prefix")], 2, "empty"),
+    ([_user(), _tool("c1")], 1, "no earlier assistant message made"),
+    ([_user(), _assistant(calls=["c1"]), _tool("c2")], 2, "'c2'"),
+    ([_user(), _assistant(calls=["c1"]), {"role": "tool", "content": "42"}], 2, "None"),
+    ([_user(), _tool("c1"), _assistant(calls=["c1"])], 1, "earlier"),  # the call came after
+], ids=["user-after-user", "user-after-user-later", "empty-last-user", "empty-last-user-parts",
+        "tool-without-call", "tool-other-call", "tool-without-id", "tool-before-its-call"])
+def test_rejects_malformed_histories_naming_the_message(messages, index, words):
+    err = _reject({"messages": messages})
+    assert err.param == f"messages[{index}]" and err.code == "invalid_messages"
+    assert err.message.startswith(f"messages[{index}] ") and words in err.message
+
+
+@pytest.mark.parametrize("messages", [
+    [_user(), _assistant(calls=["c1", "c2"]), _tool("c1"), _tool("c2")],  # results last
+    [_user(), _assistant(), _user("go on"), _assistant("Once upon")],  # a prefix to continue
+    [_user(""), _assistant(), _user("now this")],  # an earlier empty turn is the client's choice
+    [{"role": "system", "content": "only instructions"}],
+    [_user(), _assistant(), _assistant("more")],
+], ids=["tool-results", "assistant-prefix", "earlier-empty", "system-only", "assistant-twice"])
+def test_accepts_histories_that_render_as_meant(messages):
+    assert validate_chat({"messages": messages}, LIMITS) is None
