@@ -151,11 +151,14 @@ async def _activate(versions: Versions, number: int | None) -> dict:
 @router.get("/exchanges")
 async def recent_exchanges(request: Request, limit: int = Query(20, ge=1), q: str = "",
                            user: str = "", opt_out: bool | None = None,
-                           before: int | None = Query(None, ge=MIN_ID, le=MAX_ID)):
-    """Logged exchanges, newest first: `q` searches the text, `user`, `opt_out`, and `before`
-    (an id) pages back; `limit` 1 or more, capped at MAX_PAGE."""
+                           before: int | None = Query(None, ge=MIN_ID, le=MAX_ID),
+                           conversation: str = ""):
+    """Logged exchanges, newest first, each with its `conversation` id: `q` searches the text,
+    `user`, `opt_out`, `conversation` (one conversation's turns), and `before` (an id) pages
+    back; `limit` 1 or more, capped at MAX_PAGE."""
     rows = _versions(request).store.exchanges(limit=min(limit, MAX_PAGE), search=q,
-                                              user=user, opt_out=opt_out, before=before)
+                                              user=user, opt_out=opt_out, before=before,
+                                              conversation=conversation)
     return {"data": rows}
 
 

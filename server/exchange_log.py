@@ -27,6 +27,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 
+from dynalign.conversation_ids import answered, continuation_key
 from dynalign.redact import redact, redact_choices, redact_messages
 from dynalign.store import Store, now
 
@@ -155,18 +156,25 @@ def _resolve(future: Future | None, value: bool) -> None:
         future.set_result(value)
 
 
+def stored_client(client_id, redact_text: bool):
+    """The client id as the log stores it (an address is personal data: redacted to [IP])."""
+    return redact(client_id) if redact_text and isinstance(client_id, str) else client_id
+
+
 def to_row(record: dict, redact_text: bool = False) -> dict:
     """The row for a finished exchange; with `redact_text`, messages, answers and the client id
-    have personal data and secrets replaced by placeholders (dynalign/redact.py)."""
+    have personal data and secrets replaced by placeholders (dynalign/redact.py). Its
+    continuation key is a digest of the text as stored (redacted), as the gateway computes a
+    follow-up's."""
     body = record["body"]
     if record["stream"]:
         result = parse_stream(record["events"])
     else:
         result = parse_completion(record["content"])
-    messages, choices, client = body["messages"], result["choices"], record["client_id"]
+    messages, choices = body["messages"], result["choices"]
     if redact_text:
         messages, choices = redact_messages(messages), redact_choices(choices)
-        client = redact(client) if isinstance(client, str) else client
+    client = stored_client(record["client_id"], redact_text)
     return {
         "client_id": client, "user": body.get("user") or record.get("user"),
         "model_requested": body.get("model"), "model_served": record["model_served"],
@@ -181,6 +189,9 @@ def to_row(record: dict, redact_text: bool = False) -> dict:
         "completion_id": result.get("id"),  # what the client got: POST /v1/feedback names it
         "canary": record.get("canary"), "arm": record.get("arm"),
         "key_id": record.get("key_id"),  # which chat key sent it: only that one may rate it
+        "conversation": record.get("conversation"),  # server/conversations.py
+        "continuation_key": (None if record.get("who") is None else continuation_key(
+            record["who"], answered(messages, choices))),  # what its follow-up finds it by
     }
 
 

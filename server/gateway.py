@@ -18,15 +18,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dynalign import conversation_ids
 from dynalign.canary import routing_key
 from dynalign.config import Config
 from dynalign.errors import (CanaryError, DynalignError, RoundBusyError, RoundError,
                              UnknownRoundError, UnknownVersionError)
 from dynalign.store import Store
-from server import admin, canary, feedback, guard, learning
+from server import admin, canary, conversations, feedback, guard, learning
 from server.auth import ADMIN, Keys, client_key, load_keys, require_admin_key, require_chat_key
 from server.engine import EngineCallError, EngineClient
-from server.exchange_log import ExchangeLog
+from server.exchange_log import ExchangeLog, stored_client
 from server.metrics import CONTENT_TYPE as METRICS_TYPE
 from server.metrics import CountAnswers, Metrics
 from server.store_thread import StoreThread
@@ -195,6 +196,8 @@ class Exchange:
     canary: int | None = None  # the running canary that routed it, and to which arm
     arm: str | None = None
     key_id: str | None = None  # the chat key that sent it (server/auth.py: client_key)
+    who: str | None = None  # whose conversation it is, and which (dynalign/conversation_ids.py)
+    conversation: str | None = None
     start: float = field(default_factory=time.perf_counter)
     ttft_ms: float | None = None
     handed_over: bool = False
@@ -211,18 +214,35 @@ class Exchange:
             "latency_ms": (time.perf_counter() - self.start) * 1000,
             "mixed_versions": self.epoch != state.versions.weights_epoch,
             "canary": self.canary, "arm": self.arm, "key_id": self.key_id,
+            "who": self.who, "conversation": self.conversation,
             "status": status, "content": content, "events": events})
+
+    def headers(self) -> dict:
+        """The response headers naming the version that answered and the conversation."""
+        return {VERSION_HEADER: self.model_served, conversation_ids.HEADER: self.conversation}
+
+
+async def _exchange(request: Request, body: dict, target: Target) -> Exchange:
+    """The record of a chat about to be forwarded, with its conversation (server/conversations.py:
+    a bad X-Conversation-Id header is a 400 here, before the engine is asked)."""
+    state = request.app.state
+    record = Exchange(body, request.headers.get("x-client-id") or request.client.host,
+                      request.headers.get("x-dynalign-user"), target.public_name, target.version,
+                      _opt_out(request, body), bool(body.get("stream")),
+                      state.versions.weights_epoch, target.canary, target.arm,
+                      client_key(request))
+    redact_text = state.cfg.privacy.redact
+    record.who = conversation_ids.who(record.key_id, body.get("user") or record.user,
+                                      stored_client(record.client_id, redact_text))
+    record.conversation = await conversations.assign(request, body, record.who, redact_text)
+    return record
 
 
 async def forward_chat(request: Request, body: dict, target: Target):
     state = request.app.state
     payload = {k: v for k, v in body.items() if k != "store"}
     payload["model"] = target.engine_model
-    record = Exchange(body, request.headers.get("x-client-id") or request.client.host,
-                      request.headers.get("x-dynalign-user"), target.public_name, target.version,
-                      _opt_out(request, body), bool(body.get("stream")),
-                      state.versions.weights_epoch, target.canary, target.arm,
-                      client_key(request))
+    record = await _exchange(request, body, target)
     rename = (f'"model":"{target.engine_model}"'.encode(), f'"model":"{target.public_name}"'.encode())
     url = f"{state.engine_url}/v1/chat/completions"
     if record.stream:
@@ -238,8 +258,7 @@ async def forward_chat(request: Request, body: dict, target: Target):
         return Response(response.content, response.status_code, media_type="application/json")
     content = response.content.replace(*rename)
     await state.log.committed(record.finish(state, status="ok", content=content))  # kill -9 safe
-    return Response(content, media_type="application/json",
-                    headers={VERSION_HEADER: target.public_name})
+    return Response(content, media_type="application/json", headers=record.headers())
 
 
 async def _post_unless_client_leaves(request: Request, url: str, payload: dict):
@@ -299,8 +318,7 @@ async def _stream(state, url, payload, record, rename, wants_usage):
             await response.aclose()
             record.finish(state, status=status, events=events)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={VERSION_HEADER: record.model_served})
+    return StreamingResponse(events(), media_type="text/event-stream", headers=record.headers())
 
 
 def _is_error_event(event: bytes) -> bool:

@@ -32,7 +32,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # bind addresses, never names to answer to
 DEFAULT_PORTS = {"http": 80, "https": 443}
 CORS_HEADERS = ["Authorization", "Content-Type", "X-Dynalign-User", "X-Dynalign-Opt-Out",
-                "X-Client-Id"]
+                "X-Client-Id", "X-Conversation-Id"]
 
 
 def install(app, server) -> None:
@@ -41,7 +41,8 @@ def install(app, server) -> None:
     if server.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(server.cors_origins),
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
-                           allow_headers=CORS_HEADERS, expose_headers=["X-Dynalign-Version"])
+                           allow_headers=CORS_HEADERS,
+                           expose_headers=["X-Dynalign-Version", "X-Conversation-Id"])
     app.add_middleware(CheckOrigin, listed=frozenset(o.lower() for o in server.cors_origins))
     app.add_middleware(CheckHost, allowed=allowed_hosts(server))
 
