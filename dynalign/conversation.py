@@ -114,6 +114,12 @@ def as_text(messages: Messages) -> str:
     return f"{CONTEXT_HEADER}\n{earlier}\n\n{REQUEST_HEADER}\n{turns[-1]['content']}"
 
 
+def prompt_text(prompt) -> str:
+    """A prompt as a judge reads it: plain text as is; a conversation (a TRL prompt, a probe)
+    with its earlier turns as context before the request (`as_text`)."""
+    return as_text(prompt) if isinstance(prompt, list) else str(prompt)
+
+
 def key(messages: Messages) -> str:
     """Identical conversations (case and spacing aside) have the same key."""
     flat = [(m["role"], " ".join(m["content"].lower().split())) for m in messages]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from dynalign import prompts as paper
-from dynalign.rewards import prompt_text
+from dynalign.conversation import prompt_text
 
 VERDICT = re.compile(r"^\W*(?:(?:response|assistant|answer)\s*)?(a|b|tie)\b", re.IGNORECASE)
 OUTCOMES = ("win", "loss", "tie", "inconsistent", "unreadable")

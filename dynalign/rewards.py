@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from dynalign import conversation
 from dynalign import prompts as paper
+from dynalign.conversation import prompt_text
 
 SCORE = re.compile(r"(?<![\d.])([0-5])(?!\.?\d)")
 WORD = re.compile(r"\w+")
@@ -29,12 +29,6 @@ def text_of(item) -> str:
         turns = [m for m in item if m.get("role") in ("user", "assistant")]
         return (turns[-1].get("content") or "") if turns else ""
     return str(item)
-
-
-def prompt_text(prompt) -> str:
-    """A TRL prompt as the judge reads it: plain text as is; a conversation with its earlier
-    turns as context before the request (dynalign/conversation.py: as_text)."""
-    return conversation.as_text(prompt) if isinstance(prompt, list) else str(prompt)
 
 
 def reward_prompt(template: str, definition: str, prompt: str, response: str) -> str:

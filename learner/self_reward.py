@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from dynalign.rewards import parse_score, prompt_text, reward_prompt, text_of
+from dynalign.conversation import prompt_text
+from dynalign.rewards import parse_score, reward_prompt, text_of
 from learner.precision import frozen_weights_in
 from learner.reading import PrefixCache, chat_ids, next_token_logits
 
