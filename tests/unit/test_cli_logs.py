@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -205,7 +206,10 @@ def test_delete_older_than_and_both_filters(store):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["delete"], "needs --user ID and/or --older-than DAYS"),
+    (["delete"], "needs --user ID, --conversation ID and/or --older-than DAYS"),
+    (["delete", "--conversation", "c", "--user", "alice"], "give it without --user"),
+    (["delete", "--conversation", "c", "--older-than", "1"], "give it without --user"),
+    (["list", "--limit", "0"], "--limit must be 1 or more"),
     (["delete", "--older-than", "-1"], "--older-than must be 0 or more days"),
 ])
 def test_delete_errors(store, args, message):
@@ -264,3 +268,76 @@ def test_retention_off_and_a_bad_hour():
     assert scheduler.get_jobs() == []
     with pytest.raises(ConfigError, match="privacy.retention_hour must be between 0 and 23"):
         load_config(overrides={"privacy.retention_days": 7, "privacy.retention_hour": 24})
+
+
+def _conversation(store: Store, conversation: str, user: str, texts: list[str]) -> list[int]:
+    """A conversation's turns, each exchange holding the history before it (as clients send)."""
+    ids, history = [], []
+    for text in texts:
+        history = [*history, {"role": "user", "content": text}]
+        ids.append(store.log_exchange({
+            "user": user, "conversation": conversation, "messages": history, "status": "ok",
+            "opt_out": 0, "response": [{"index": 0, "content": f"answer to {text}"}]}))
+        history = [*history, {"role": "assistant", "content": f"answer to {text}"}]
+    return ids
+
+
+def _round_prompts(ids: dict[int, str]) -> Path:
+    """A round's prompts.jsonl that trained on these exchanges (id -> prompt text)."""
+    path = load_config().rounds_dir / "0001" / "prompts.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({"prompt": text, "source": "logged",
+                                        "id": f"exchange-{i}"}) + "\n" for i, text in ids.items()))
+    return path
+
+
+def test_delete_a_conversation_leaves_no_copy_of_it_in_the_state_dir(store):
+    party = _conversation(store, "conv-party", "alice", ["plan a garden party", "make it cheaper",
+                                                         "and what if it rains"])
+    [other] = _conversation(store, "conv-other", "alice", ["plan a birthday"])
+    store.add_feedback(party[1], -1, "too expensive still", "alice")
+    prompts = _round_prompts({party[2]: "and what if it rains", other: "plan a birthday"})
+    store.db.execute("pragma wal_checkpoint(truncate)")
+    out = _run("delete", "--conversation", "conv-party")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("deleted 3 exchange(s) of conversation 'conv-party' and 1 "
+                                  "rating(s)")
+    assert _texts(store) == ["alice one", "bob one", "alice two", "nobody", "plan a birthday"]
+    stored = _stored() + prompts.read_bytes()
+    for text in (b"garden party", b"make it cheaper", b"what if it rains", b"too expensive"):
+        assert text not in stored
+    assert b"plan a birthday" in prompts.read_bytes()  # the other conversation's stays
+
+
+def test_delete_a_conversation_with_a_reader_holding_a_snapshot_exits_1_saying_so(store):
+    _conversation(store, "conv-1", "bob", ["a secret plan"])
+    reader = sqlite3.connect(load_config().db_path)
+    with closing(reader):
+        reader.execute("begin")
+        reader.execute("select count(*) from exchanges").fetchone()
+        out = _run("delete", "--conversation", "conv-1")
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "deleted 1 exchange(s) of conversation 'conv-1'" in out.stdout
+        assert "copies of the deleted text remain" in out.stderr
+        reader.rollback()
+    assert _run("checkpoint").returncode == 0
+    assert b"a secret plan" not in _stored()
+
+
+def test_list_shows_each_conversation_with_its_turns_in_order(store):
+    _conversation(store, "conv-party", "alice", ["plan a garden party", "make it cheaper"])
+    _conversation(store, "conv-other", "carol", ["plan a birthday"])
+    out = _run("list", "--limit", "3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "conversation conv-other  user carol  1 exchange(s)"
+    assert lines[1].endswith("plan a birthday")
+    assert lines[2] == "conversation conv-party  user alice  2 exchange(s)"
+    assert lines[3].endswith("plan a garden party") and lines[4].endswith("make it cheaper")
+    assert len(lines) == 5
+    out = _run("list", "--conversation", "conv-party")
+    assert out.stdout.splitlines()[0].startswith("conversation conv-party") and \
+        "birthday" not in out.stdout
+    older = _run("list", "--user", "bob").stdout.splitlines()  # logged before conversations
+    assert older[0] == "no conversation id (logged before)  user bob  1 exchange(s)"
+    assert _run("list", "--conversation", "nope").stderr.strip() == "no logged exchange matches"
