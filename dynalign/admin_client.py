@@ -103,8 +103,9 @@ class Admin:
     def reset_schedule(self) -> dict:
         return self.call("DELETE", "/schedule")
 
-    def exchanges(self, q: str = "", user: str = "", opt_out: str = "any", limit: int = 50) -> dict:
-        params = {"limit": limit, "q": q, "user": user}
+    def exchanges(self, q: str = "", user: str = "", opt_out: str = "any",
+                  conversation: str = "", limit: int = 50) -> dict:
+        params = {"limit": limit, "q": q, "user": user, "conversation": conversation}
         if opt_out in ("true", "false"):
             params["opt_out"] = opt_out
         return self.call("GET", "/exchanges", params=params)

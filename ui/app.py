@@ -4,7 +4,9 @@ It talks to the gateway only through the official ``openai`` client, streams eac
 reply, and writes under every answer which adapter version produced it (the served
 model name the gateway puts in each chunk's ``model`` field, e.g. ``dynalign-v3``).
 A "Don't use my chats for training" box sends ``store: false`` and the
-``X-Dynalign-Opt-Out: 1`` header with each request. Thumbs up / down under an answer
+``X-Dynalign-Opt-Out: 1`` header with each request. Each turn carries the conversation's own id
+in the ``X-Conversation-Id`` header (a fresh UUID per conversation: "New conversation" starts
+another), so the log groups its turns. Thumbs up / down under an answer
 post a rating of it to ``/v1/feedback``, naming the completion id its stream carried.
 
     python -m ui.app --api-url http://127.0.0.1:8000/v1 --host 127.0.0.1 --port 7860
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import uuid
 from collections.abc import Iterator
 
 from dynalign.config import UIConfig
@@ -26,6 +29,7 @@ FOOTER = "\n\n*answered by {}*"
 FOOTER_RE = re.compile(r"\n\n\*answered by [^*\n]*\*\s*\Z")
 ERROR_PREFIX = "⚠️ error: "
 OPT_OUT_HEADER = "X-Dynalign-Opt-Out"
+CONVERSATION_HEADER = "X-Conversation-Id"  # dynalign.conversation_ids.HEADER
 OPT_OUT_LABEL = "Don't use my chats for training"
 MAX_TOKENS = UIConfig.max_tokens  # the default when run alone; `dynalign serve` passes its own
 INTRO = "### dynalign chat\nEach answer names the adapter version that wrote it."
@@ -53,12 +57,16 @@ def _is_error(message: dict) -> bool:
 
 
 def to_openai(history: list[dict]) -> list[dict]:
-    """The conversation as the gateway should see it: plain text, no version footers, no error notes."""
-    return [
-        {"role": m["role"], "content": FOOTER_RE.sub("", _text(m["content"]))}
-        for m in history
-        if not _is_error(m)
-    ]
+    """The conversation as the gateway should see it: plain text, no version footers, no error
+    notes. A user turn that got only an error is left out with it: user and assistant turns must
+    alternate (the gateway refuses a user turn right after a user turn)."""
+    out: list[dict] = []
+    for m in history:
+        if not _is_error(m):
+            out.append({"role": m["role"], "content": FOOTER_RE.sub("", _text(m["content"]))})
+        elif out and out[-1]["role"] == "user":
+            out.pop()
+    return out
 
 
 def _msg(role: str, text: str) -> dict:
@@ -74,11 +82,25 @@ def opt_out_kwargs(opt_out: bool) -> dict:
     return {"extra_body": {"store": False}, "extra_headers": {OPT_OUT_HEADER: "1"}}
 
 
-def _stream(client, model: str, messages: list[dict], opt_out: bool,
-            max_tokens: int) -> Iterator[tuple[str, str, str | None]]:
+def request_kwargs(opt_out: bool, conversation: str | None) -> dict:
+    """Extra request arguments: the opt-out's, and the conversation's id as a header."""
+    kwargs = opt_out_kwargs(opt_out)
+    if conversation:
+        kwargs["extra_headers"] = {**kwargs.get("extra_headers", {}),
+                                   CONVERSATION_HEADER: conversation}
+    return kwargs
+
+
+def new_conversation_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _stream(client, model: str, messages: list[dict], opt_out: bool, max_tokens: int,
+            conversation: str | None = None) -> Iterator[tuple[str, str, str | None]]:
     """Yield (answer so far, served model name, completion id) as the chunks arrive."""
     stream = client.chat.completions.create(model=model, messages=messages, stream=True,
-                                            max_tokens=max_tokens, **opt_out_kwargs(opt_out))
+                                            max_tokens=max_tokens,
+                                            **request_kwargs(opt_out, conversation))
     text, served = "", model
     for chunk in stream:
         served = chunk.model or served
@@ -88,9 +110,11 @@ def _stream(client, model: str, messages: list[dict], opt_out: bool,
 
 
 def respond(client, model: str, history: list[dict], message: str, opt_out: bool,
-            max_tokens: int = MAX_TOKENS, ids: dict | None = None) -> Iterator[list[dict]]:
-    """Send `message` after `history`; yield the history with the user turn, then with the
-    growing answer. `ids` gets the answer's completion id under its index in the history."""
+            max_tokens: int = MAX_TOKENS, ids: dict | None = None,
+            conversation: str | None = None) -> Iterator[list[dict]]:
+    """Send `message` after `history` (in `conversation`: its id); yield the history with the
+    user turn, then with the growing answer. `ids` gets the answer's completion id under its
+    index in the history."""
     import openai
 
     history = [*history, _msg("user", message)]
@@ -98,7 +122,7 @@ def respond(client, model: str, history: list[dict], message: str, opt_out: bool
     answer: list[dict] = []
     try:
         for text, served, completion_id in _stream(client, model, to_openai(history), opt_out,
-                                                   max_tokens):
+                                                   max_tokens, conversation):
             answer = [_msg("assistant", text + FOOTER.format(served))]
             if ids is not None and completion_id:
                 ids[len(history)] = completion_id
@@ -108,12 +132,14 @@ def respond(client, model: str, history: list[dict], message: str, opt_out: bool
 
 
 def _chat_handler(client, model: str, max_tokens: int):
-    def chat(message: str, history: list[dict], opt_out: bool, ids: dict):
+    def chat(message: str, history: list[dict], opt_out: bool, ids: dict, conversation: str):
+        conversation = conversation or new_conversation_id()  # the first turn makes it
         if not message.strip():
-            yield history, message, ids
+            yield history, message, ids, conversation
             return
-        for updated in respond(client, model, history, message, opt_out, max_tokens, ids):
-            yield updated, "", ids
+        for updated in respond(client, model, history, message, opt_out, max_tokens, ids,
+                               conversation):
+            yield updated, "", ids, conversation
 
     return chat
 
@@ -135,11 +161,11 @@ def rate(client, ids: dict, index, liked) -> str | None:
     return None
 
 
-def _wire(gr, handler, box, send, chatbot, opt_out, new, ids, client) -> None:
-    chat = gr.on([box.submit, send.click], handler, [box, chatbot, opt_out, ids],
-                 [chatbot, box, ids], api_name="chat", concurrency_limit=None)
-    new.click(lambda: ([], "", {}), None, [chatbot, box, ids], cancels=[chat],
-              api_name="new_conversation")
+def _wire(gr, handler, box, send, chatbot, opt_out, new, ids, conversation, client) -> None:
+    chat = gr.on([box.submit, send.click], handler, [box, chatbot, opt_out, ids, conversation],
+                 [chatbot, box, ids, conversation], api_name="chat", concurrency_limit=None)
+    new.click(lambda: ([], "", {}, new_conversation_id()), None,
+              [chatbot, box, ids, conversation], cancels=[chat], api_name="new_conversation")
 
     def on_like(ids: dict, data):
         error = rate(client, ids, data.index, data.liked)
@@ -182,8 +208,9 @@ def _chat_tab(gr, client, model: str, max_tokens: int) -> None:
         opt_out = gr.Checkbox(label=OPT_OUT_LABEL, value=False)
         new = gr.Button("New conversation", variant="secondary")
     ids = gr.State({})  # completion id of each answer, by its index in the conversation
+    conversation = gr.State("")  # its X-Conversation-Id ("": made at the first turn)
     _wire(gr, _chat_handler(client, model, max_tokens), box, send, chatbot, opt_out, new, ids,
-          client)
+          conversation, client)
 
 
 def main(argv: list[str] | None = None) -> None:

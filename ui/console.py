@@ -99,10 +99,11 @@ def _plots_section(gr, c: dict) -> None:
 
 
 def _exchanges_section(gr, c: dict) -> None:
-    gr.Markdown("### Recent logged prompts")
+    gr.Markdown("### Recent logged prompts, by conversation")
     with gr.Row(equal_height=True):
         c["q"] = gr.Textbox(label="Text contains", elem_id="exchanges-filter")
         c["user"] = gr.Textbox(label="User", elem_id="exchanges-user")
+        c["conversation"] = gr.Textbox(label="Conversation", elem_id="exchanges-conversation")
         c["opt_out"] = gr.Dropdown([("any", "any"), ("opted out", "true"), ("kept", "false")],
                                    value="any", label="Opt-out", elem_id="exchanges-opt-out")
         c["search"] = gr.Button("Search", elem_id="exchanges-search")

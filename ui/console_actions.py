@@ -131,8 +131,10 @@ def plots(admin: Admin, snap: dict):
             console_plots.scoreboard_figure(boards))
 
 
-def exchanges(admin: Admin, q: str, user: str, opt_out: str) -> tuple[list[list], str]:
-    listing, error = attempt(admin.exchanges, q or "", user or "", opt_out or "any")
+def exchanges(admin: Admin, q: str, user: str, opt_out: str,
+              conversation: str = "") -> tuple[list[list], str]:
+    listing, error = attempt(admin.exchanges, q or "", user or "", opt_out or "any",
+                             (conversation or "").strip())
     if error:
         return [], error
     return views.exchange_rows(listing["data"]), f"{len(listing['data'])} exchange(s)"

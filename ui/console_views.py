@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from dynalign.conversation_ids import by_conversation
 from dynalign.gate import CAPABILITY_KEYS
 from dynalign.rounds import last_user_turn, step_text
 
@@ -17,12 +18,12 @@ FIGURES_DIR = Path(__file__).resolve().parent.parent / "data" / "figures"
 ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "steps",
                    "reward", "win rate", "IFEval", "vs base", "users' approval",
                    "note (why rejected)"]
-EXCHANGE_COLUMNS = ["id", "created", "user", "opt-out", "version", "last user message",
-                    "answer start"]
+EXCHANGE_COLUMNS = ["conversation", "id", "created", "user", "opt-out", "version",
+                    "last user message", "answer start"]
 # without widths Gradio squeezes short columns until their headers wrap letter by letter
 ADAPTER_WIDTHS = ["80px", "120px", "90px", "170px", "75px", "85px", "65px", "110px", "85px", "75px",
                   "120px", "150px", "420px"]
-EXCHANGE_WIDTHS = ["60px", "170px", "100px", "80px", "130px", "360px", "300px"]
+EXCHANGE_WIDTHS = ["150px", "60px", "170px", "100px", "80px", "130px", "340px", "280px"]
 ANSWER_START = 80
 OPEN_ROUND = ("queued", "running", "evaluating")
 
@@ -279,10 +280,12 @@ def answer_start(response) -> str:
 
 
 def exchange_rows(exchanges: list[dict]) -> list[list]:
-    """The logged prompts table."""
-    return [[e["id"], _time(e.get("created")), e.get("user") or "", "yes" if e.get("opt_out") else "no",
-             e.get("model_served") or "", last_user_message(e.get("messages")),
-             answer_start(e.get("response"))] for e in exchanges]
+    """The logged prompts table, a conversation's turns together (oldest first), the
+    conversation with the newest turn first; "-": logged before conversations were recorded."""
+    return [[e.get("conversation") or "-", e["id"], _time(e.get("created")), e.get("user") or "",
+             "yes" if e.get("opt_out") else "no", e.get("model_served") or "",
+             last_user_message(e.get("messages")), answer_start(e.get("response"))]
+            for turns in by_conversation(exchanges) for e in turns]
 
 
 def reward_series(rounds_with_steps: list[dict]) -> dict[str, list[tuple[int, float]]]:

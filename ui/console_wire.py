@@ -100,14 +100,15 @@ def _wire_schedule(gr, admin_for, c: dict) -> None:
 
 
 def _wire_plots_and_exchanges(gr, admin_for, c: dict) -> None:
-    def search(key, q, user, opt_out, message=None):
-        rows, found = act.exchanges(admin_for(key), q, user, opt_out)
+    def search(key, q, user, opt_out, conversation, message=None):
+        rows, found = act.exchanges(admin_for(key), q, user, opt_out, conversation)
         return act.exchanges_frame(rows), message or found
 
-    def delete(key, exchange_id, q, user, opt_out):
-        return search(key, q, user, opt_out, act.delete_exchange(admin_for(key), exchange_id))
+    def delete(key, exchange_id, q, user, opt_out, conversation):
+        return search(key, q, user, opt_out, conversation,
+                      act.delete_exchange(admin_for(key), exchange_id))
 
-    filters = [c["q"], c["user"], c["opt_out"]]
+    filters = [c["q"], c["user"], c["opt_out"], c["conversation"]]
     outputs = [c["exchanges"], c["exchanges_msg"]]
     gr.on([c["search"].click, c["q"].submit], search, [c["key_state"], *filters], outputs)
     c["delete"].click(delete, [c["key_state"], c["exchange_id"], *filters], outputs)

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from ui.app import build_app, rate, respond, to_openai
+from ui.app import _chat_handler, build_app, rate, respond, to_openai
 
 
 def _sse(*models_and_texts: tuple[str, str]) -> bytes:
@@ -82,10 +82,16 @@ def test_history_sent_without_footers_or_errors():
         {"role": "assistant", "content": [{"type": "text", "text": "b\n\n*answered by dynalign-v2*"}]},
         {"role": "user", "content": "c"},
         {"role": "assistant", "content": "⚠️ error: Connection error."},
+        {"role": "user", "content": "d"},
     ]
+    # "c" got only an error: it goes with it, so the turns alternate (the gateway refuses two
+    # user turns in a row); a partial answer before an error is kept, and its question with it
     assert to_openai(history) == [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "d"},
     ]
+    partial = [history[0], {"role": "assistant", "content": "b"},
+               {"role": "assistant", "content": "⚠️ error: boom"}]
+    assert to_openai(partial) == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
 
 
 def test_error_mid_stream_keeps_the_partial_answer():
@@ -129,3 +135,15 @@ def test_a_thumb_posts_a_rating_of_that_answer_and_reports_what_failed(json_serv
     assert posted == [("/v1/feedback", {"id": "chatcmpl-1", "rating": -1}),
                       ("/v1/feedback", {"id": "chatcmpl-1", "rating": 1}),
                       ("/v1/feedback", {"id": "chatcmpl-gone", "rating": -1})]
+
+
+def test_each_turn_names_the_pages_conversation_made_at_its_first_turn():
+    seen: list[httpx.Request] = []
+    chat = _chat_handler(_client(_streaming(seen)), "dynalign", 16)
+    *_, (history, _, _, conversation) = chat("hi", [], False, {}, "")
+    assert conversation and seen[0].headers["x-conversation-id"] == conversation
+    *_, (_, _, _, kept) = chat("more", history, True, {}, conversation)
+    assert kept == conversation and seen[1].headers["x-conversation-id"] == conversation
+    assert seen[1].headers["x-dynalign-opt-out"] == "1"  # the opt-out's header too
+    *_, (_, _, _, fresh) = chat("hi", [], False, {}, "")  # after "New conversation"
+    assert fresh != conversation and seen[2].headers["x-conversation-id"] == fresh

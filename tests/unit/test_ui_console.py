@@ -183,8 +183,19 @@ def test_exchange_rows():
                                    {"role": "assistant", "content": "b"},
                                    {"role": "user", "content": [{"type": "text", "text": "last"}]}]),
            "response": json.dumps([{"content": "x" * 200, "finish_reason": "length"}])}
-    assert views.exchange_rows([row]) == [[7, "2026-11-22 22:34:37 UTC", "u", "yes", "SmolLM2-135M-Instruct", "last",
-                                          "x" * views.ANSWER_START]]
+    assert views.exchange_rows([row]) == [["-", 7, "2026-11-22 22:34:37 UTC", "u", "yes",
+                                           "SmolLM2-135M-Instruct", "last", "x" * views.ANSWER_START]]
+
+
+def test_exchange_rows_keep_a_conversations_turns_together_oldest_first():
+    def row(i, conversation):
+        return {"id": i, "conversation": conversation, "messages": "[]", "response": "[]"}
+
+    newest_first = [row(6, "b"), row(5, "a"), row(4, None), row(3, "b"), row(2, "a"), row(1, "b")]
+    rows = views.exchange_rows(newest_first)
+    assert [(r[0], r[1]) for r in rows] == [("b", 1), ("b", 3), ("b", 6), ("a", 2), ("a", 5),
+                                            ("-", 4)]
+    assert views.EXCHANGE_COLUMNS[:2] == ["conversation", "id"]
 
 
 def test_plot_data():
@@ -276,8 +287,9 @@ def test_api_errors_become_messages():
 
 def test_exchanges_filters():
     seen: list = []
-    act.exchanges(_admin(200, {"data": []}, seen), "hi", "", "true")
-    assert dict(seen[0].url.params) == {"limit": "50", "q": "hi", "user": "", "opt_out": "true"}
+    act.exchanges(_admin(200, {"data": []}, seen), "hi", "", "true", " c-1 ")
+    assert dict(seen[0].url.params) == {"limit": "50", "q": "hi", "user": "",
+                                        "conversation": "c-1", "opt_out": "true"}
     act.exchanges(_admin(200, {"data": []}, seen), "", "", "any")
     assert "opt_out" not in seen[1].url.params
 
