@@ -144,3 +144,50 @@ def test_a_failing_disk_does_not_stop_serving_and_loses_nothing(merged):
         [row] = merged.rows_for(user)
         assert row["status"] == "ok" and "[EMAIL]" in row["messages"]
     assert merged.proc.poll() is None
+
+
+def converse(server, user: str, turns: list[str], stream_turn: int | None = None,
+             first_headers: dict | None = None) -> list[str]:
+    """A chat of several turns through the openai client, each sent with the history and the
+    answers received (turn `stream_turn` streamed; `first_headers` sent with the first turn
+    only); the X-Conversation-Id header each response carried."""
+    create = server.client().chat.completions.with_raw_response.create
+    history, named = [], []
+    for i, text in enumerate(turns):
+        history.append({"role": "user", "content": text})
+        raw = create(model="dynalign", messages=history, max_tokens=8, temperature=0, user=user,
+                     stream=i == stream_turn, extra_headers=(first_headers or {}) if i == 0 else {})
+        named.append(raw.headers.get("x-conversation-id"))
+        parsed = raw.parse()
+        answer = ("".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
+                  if i == stream_turn else parsed.choices[0].message.content)
+        history.append({"role": "assistant", "content": answer})
+    return named
+
+
+def test_a_conversations_turns_share_one_id_and_deleting_it_leaves_no_copy(merged):
+    word = uuid.uuid4().hex[:10]
+    turns = [f"Plan a garden party for my street {word}.", f"Make it cheaper ({word}-2).",
+             f"And what if it rains ({word}-3)?"]
+    ann, bob = tag(), tag()
+    named = converse(merged, ann, turns, stream_turn=1)
+    [other] = converse(merged, bob, turns[:1])  # the same first turn, another user
+    header = f"client-{word}"  # a client's own id, sent with the first turn only
+    given = converse(merged, ann, [f"Name a colour ({word}-4).", "And another one?"],
+                     first_headers={"X-Conversation-Id": header})
+    conversation = named[0]
+    assert conversation and named == [conversation] * 3, named
+    assert other and other != conversation
+    assert given == [header, header]  # the second turn was found as the first one's follow-up
+    rows = merged.rows_for(ann)
+    assert [r["conversation"] for r in rows] == [conversation] * 3 + [header] * 2
+    assert [r["conversation"] for r in merged.rows_for(bob)] == [other]
+
+    deleted = merged.cli("logs", "delete", "--conversation", conversation, timeout=120)
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"deleted 3 exchange(s) of conversation '{conversation}'" in deleted.stdout
+    files = [p for p in merged.home.rglob("*") if p.is_file() and p.stat().st_size < 64 << 20]
+    for text in (f"{word}-2", f"{word}-3"):  # the first turn is also bob's
+        assert [p for p in files if text.encode() in p.read_bytes()] == [], text
+    assert [r["conversation"] for r in merged.rows_for(ann)] == [header] * 2  # others kept
+    assert len(merged.rows_for(bob)) == 1
