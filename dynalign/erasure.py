@@ -1,8 +1,9 @@
 """Deleting exchanges deletes every copy of their text that the state dir holds.
 
-User text lives in two places only: the exchange log (SQLite: the exchanges and the ratings'
-comments) and each round's `prompts.jsonl`, the list of prompts it trained on, where a logged
-prompt is the row with id `exchange-<id>`. Everything else a round writes holds numbers, seed or
+User text lives in three places only: the exchange log (SQLite: the exchanges and the ratings'
+comments), each round's `prompts.jsonl`, the list of prompts it trained on, where a logged
+prompt is the row with id `exchange-<id>`, and each round's `rollouts.jsonl`, a batch's first
+prompt as the model was shown it, under the same id. Everything else a round writes holds numbers, seed or
 held-out prompts, and the model's answers to those. So one function, `forget`, deletes the rows
 (a user's or a conversation's exchanges with every rating of them, and every rating that user
 gave on anyone's exchange), drops those ids from every round's list, and checkpoints the WAL,
@@ -63,12 +64,13 @@ def cutoff(days: float, at: dt.datetime | None = None) -> str:
 
 
 def scrub_rounds(rounds_dir: Path, ids: list[int]) -> int:
-    """Drop the prompts of exchanges `ids` from every round's prompts.jsonl; returns how many
-    files were rewritten (each replaced whole, so no reader sees half a file)."""
+    """Drop the prompts of exchanges `ids` from every round's prompts.jsonl and rollouts.jsonl;
+    returns how many files were rewritten (each replaced whole, so no reader sees half a file)."""
     gone = {f"exchange-{i}" for i in ids}
     if not gone or not rounds_dir.is_dir():
         return 0
-    return sum(_drop_rows(path, gone) for path in sorted(rounds_dir.glob("*/prompts.jsonl")))
+    files = [*rounds_dir.glob("*/prompts.jsonl"), *rounds_dir.glob("*/rollouts.jsonl")]
+    return sum(_drop_rows(path, gone) for path in sorted(files))
 
 
 def drop_missing(path: Path, store) -> int:

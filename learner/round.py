@@ -9,6 +9,8 @@ and write the per-step metrics and a summary. It can be killed at any moment; a 
 not finish publishes nothing.
 
 <state>/rounds/NNNN/: config.toml, prompts.jsonl, metrics.jsonl (one line per step),
+rollouts.jsonl (each batch's first prompt as sampled, with the CA system prompt, and as the loss
+sees it),
 summary.json, gate.json (the gate's measurements), learner.log, adapter/ (the candidate).
 """
 
@@ -23,6 +25,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from dynalign import conversation
 from dynalign.config import Config, load_config
 from dynalign.conversation import token_counter
 from dynalign.dataset import read_rows, seed_path
@@ -161,9 +164,28 @@ def _trainer(cfg: Config, store: Store, round_id: int, prompts: list[dict], pare
     metrics_path.unlink(missing_ok=True)
     steps = live_progress(store, round_id, learn)
     trainer = build_trainer(policy, tokenizer, dataset, learn, system_prompt(cfg.prompts), reward,
-                            str(out / "trainer"), progress=steps)
+                            str(out / "trainer"), progress=steps,
+                            record=rollout_recorder(out / "rollouts.jsonl", prompts, store))
     trainer.add_callback(step_callback(cfg, store, round_id, steps, metrics_path, reward))
     return trainer, tokenizer, reward
+
+
+def rollout_recorder(path: Path, prompts: list[dict], store: Store):
+    """Appends {"id", "sampled", "loss"} to `path` for a batch's first prompt (its id found by
+    its messages, so erasure can drop the line with the prompt: dynalign/erasure.py); not for
+    an exchange deleted since the round selected it."""
+    ids = {conversation.key(prompt_messages(p)): p["id"] for p in prompts}
+    path.unlink(missing_ok=True)
+
+    def record(messages: list[dict], sampled: str, loss: str) -> None:
+        prompt_id = ids.get(conversation.key(messages)) or ""
+        if prompt_id.startswith("exchange-") and not store.existing_exchange_ids(
+                [int(prompt_id.removeprefix("exchange-"))]):
+            return
+        row = {"id": prompt_id or None, "sampled": sampled, "loss": loss}
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    return record
 
 
 def _gate_before(cfg: Config, store: Store, round_id: int, model, tokenizer, has_parent: bool):

@@ -38,10 +38,12 @@ from learner.precision import frozen_weights_in, rollout_dtype
 from learner.progress import StepProgress
 
 
-def system_rollout(system_prompt: str, progress: StepProgress, dtype=None):
+def system_rollout(system_prompt: str, progress: StepProgress, dtype=None, record=None):
     """A `rollout_func`: sample with the system prompt (frozen weights in `dtype`), hand back ids
     without it. Ends the generation phase and starts the reference phase (TRL's next: the
-    policy's old log-probs when it will reuse the batch, then the reference log-probs)."""
+    policy's old log-probs when it will reuse the batch, then the reference log-probs).
+    `record` ((prompt, sampled text, loss text) -> None) gets each batch's first prompt, as
+    sampled and as the loss sees it, decoded: what the model was shown, checkable."""
     def rollout(prompts, trainer) -> dict:
         with_system = [conversation.with_system(system_prompt, list(p)) for p in prompts]
         sample_ids, _, _ = trainer._tokenize_prompts(with_system)
@@ -52,6 +54,9 @@ def system_rollout(system_prompt: str, progress: StepProgress, dtype=None):
             completion_ids, _ = trainer._generate_single_turn(sample_ids, None, {},
                                                               trainer.num_generations)
         loss_ids, _, _ = trainer._tokenize_prompts(prompts)
+        if record:
+            decode = trainer.processing_class.decode
+            record(prompts[0], decode(sample_ids[0]), decode(loss_ids[0]))
         passes = (trainer.num_iterations > 1) + (trainer.beta != 0.0)  # old, reference log-probs
         progress.phase("reference", passes * -(-len(sample_ids)
                                                 // trainer.args.per_device_train_batch_size),
@@ -166,8 +171,10 @@ def fresh_lora(learn):
 
 
 def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str, reward,
-                  out_dir: str, callbacks=(), progress: StepProgress | None = None) -> GRPOTrainer:
-    """TRL's GRPOTrainer as a round runs it; `trainer.progress` times and reports each step."""
+                  out_dir: str, callbacks=(), progress: StepProgress | None = None,
+                  record=None) -> GRPOTrainer:
+    """TRL's GRPOTrainer as a round runs it; `trainer.progress` times and reports each step;
+    `record`: gets each batch's first prompt as sampled and as the loss sees it (system_rollout)."""
     from peft import set_peft_model_state_dict
 
     progress = progress or StepProgress(max_steps=learn.max_steps, iterations=learn.iterations)
@@ -180,7 +187,7 @@ def build_trainer(policy: Policy, tokenizer, dataset, learn, system_prompt: str,
         train_dataset=dataset, callbacks=[StepCallback(progress), *callbacks], args=args,
         reward_funcs=[chunked_reward(reward, progress, args.per_device_train_batch_size,
                                      args.gradient_accumulation_steps)],
-        rollout_func=system_rollout(system_prompt, progress, dtype))
+        rollout_func=system_rollout(system_prompt, progress, dtype, record))
     trainer.progress = progress
     decoder = trainer.model.get_base_model().get_decoder()
     progress.watch(getattr(decoder, "layers", [decoder]))

@@ -26,9 +26,13 @@ def _log(store, user, text):
 
 
 def _round(cfg, round_id, rows):
+    """A round's prompt list, and its rollouts.jsonl: each prompt as the model was shown it."""
     folder = cfg.round_dir(round_id)
     folder.mkdir(parents=True)
     (folder / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "rollouts.jsonl").write_text("".join(json.dumps(
+        {"id": r["id"], "sampled": f"CA ... {r['prompt']}", "loss": r["prompt"]}) + "\n"
+        for r in rows))
     return folder / "prompts.jsonl"
 
 
@@ -59,6 +63,9 @@ def test_deleting_a_users_exchanges_leaves_no_copy_of_their_text_in_the_state_di
     kept = [json.loads(line) for line in
             cfg.round_dir(1).joinpath("prompts.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in kept] == ["plan a choir rehearsal", "a seed prompt"]
+    shown = [json.loads(line) for line in
+             cfg.round_dir(1).joinpath("rollouts.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in shown] == [r["id"] for r in rows[1:]]
 
 
 def test_the_cli_delete_scrubs_rounds_too():
