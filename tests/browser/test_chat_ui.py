@@ -1,6 +1,7 @@
 """The chat UI as a person uses it, in a headless Chromium against the real server: type and send,
 watch the answer stream in with the version that wrote it, opt out of training, start over; and
-what the server logged for each exchange (its SQLite file, read directly)."""
+what the server logged for each exchange (its SQLite file, read directly), the conversation
+each turn was logged under included."""
 
 from __future__ import annotations
 
@@ -41,10 +42,12 @@ def ask(chat: ChatPage, topic: str, how: str = "enter") -> tuple[str, str]:
     return message, token
 
 
-def logged(server: Server, token: str) -> dict:
-    """The one exchange whose messages name `token`, once the server has logged it."""
+def logged(server: Server, token: str, after: int = 0) -> dict:
+    """The one exchange after id `after` whose messages name `token`, once the server has
+    logged it."""
     rows = server.wait_for(
-        lambda: server.query("select * from exchanges where messages like ?", (f"%{token}%",)),
+        lambda: server.query("select * from exchanges where messages like ? and id > ?",
+                             (f"%{token}%", after)),
         LOG_TIMEOUT_S, f"the exchange naming {token} in {server.db_path}", interval=0.25)
     assert len(rows) == 1, rows
     row = rows[0]
@@ -52,11 +55,13 @@ def logged(server: Server, token: str) -> dict:
     return row
 
 
-def finish(chat: ChatPage, server: Server, token: str, n: int = 1) -> tuple[dict, str]:
-    """Wait for answer `n` to be written, logged and shown whole; the log row and the page text."""
+def finish(chat: ChatPage, server: Server, token: str, n: int = 1,
+           after: int = 0) -> tuple[dict, str]:
+    """Wait for answer `n` to be written, logged (after exchange `after`) and shown whole; the
+    log row and the page text."""
     first = chat.wait_for_answer(n)  # its first piece: the event is running
     chat.wait_idle()  # the event is over: the whole answer is on the page
-    row = logged(server, token)
+    row = logged(server, token, after)
     text = chat.texts("assistant")[n - 1]
     answer = row["response"][0]["content"]
     assert answer.strip(), row
@@ -112,6 +117,8 @@ def test_c_new_conversation_clears_the_chat_and_its_history(chat, ui_server):
         {"role": "assistant", "content": first["response"][0]["content"]},
         {"role": "user", "content": second_message},
     ]
+    # both turns are logged under the page's own conversation id (a UUID it sent)
+    assert second["conversation"] == first["conversation"] == str(uuid.UUID(first["conversation"]))
 
     chat.click(NEW_CONVERSATION)
     chat.wait().until(lambda _: not chat.messages("user") and not chat.messages("assistant"),
@@ -120,8 +127,13 @@ def test_c_new_conversation_clears_the_chat_and_its_history(chat, ui_server):
                       "the empty chat's placeholder")
     assert chat.box.get_attribute("value") == ""
 
-    # and the next message starts a new conversation: nothing of the old one is sent
-    third_message, third_token = ask(chat, "forests")
-    third, _ = finish(chat, ui_server, third_token)
-    assert third["messages"] == [{"role": "user", "content": third_message}]
+    # and the next message starts a new conversation: nothing of the old one is sent, and it
+    # gets a new id although it opens with the same words (an id made from them would not)
+    chat.type(first_message)
+    chat.press_enter()
+    chat.wait_for_user_message(first_token)
+    third, _ = finish(chat, ui_server, first_token, after=second["id"])
+    assert third["messages"] == [{"role": "user", "content": first_message}]
     assert len(chat.messages("user")) == 1
+    assert third["conversation"] != first["conversation"]
+    assert third["conversation"] == str(uuid.UUID(third["conversation"]))
