@@ -10,7 +10,7 @@ folders (`dirs`, name -> path) returning either. `auth` picks the Authorization 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 CHAT = "/v1/chat/completions"
@@ -26,6 +26,7 @@ class Bad:
     auth: str = ""  # "" = the right key for the route
     status: tuple[int, int] = (400, 400)  # inclusive range
     words: str = ""  # expected in error.message (lowercase), when set
+    headers: dict = field(default_factory=dict)  # sent with the request
 
 
 def chat(id: str, body=None, status=(400, 400), words: str = "", **fields) -> Bad:
@@ -103,8 +104,9 @@ BAD_FIELDS = [
     chat("model-version-of-4301-digits", model="dynalign-v" + "1" * 4301, status=(404, 404)),
     chat("prompt-beyond-context", {"messages": [{"role": "user", "content": "word " * 5000}],
                                    "max_tokens": 4}),
-    chat("20k-messages", {"messages": [{"role": "user", "content": "hi"}] * 20_000,
-                          "max_tokens": 4}),
+    chat("20k-messages", {"messages": [{"role": "user", "content": "hi"},
+                                       {"role": "assistant", "content": "hello"}] * 10_000
+                          + [{"role": "user", "content": "hi"}], "max_tokens": 4}),
     chat("best-of-not-honoured", words="'best_of'", best_of=2),
     chat("unknown-extra-field", words="'frobnicate'", frobnicate={"a": [1, 2]}),
     chat("functions-not-honoured", words="tools", functions=[{"name": "f"}]),
@@ -206,7 +208,26 @@ BAD_METHODS = [
         {"method": "reload_weights"}, status=(404, 404)),
 ]
 
-CATALOGUE = BAD_JSON + BAD_FIELDS + BAD_ADMIN + BAD_AUTH + BAD_METHODS
+def history(id: str, messages: list, index: int, words: str) -> Bad:
+    """A malformed conversation: 400 invalid_messages naming messages[index]."""
+    return chat(id, {"messages": messages, "max_tokens": 4}, words=f"messages[{index}] {words}")
+
+
+ANSWERED = [*HI, {"role": "assistant", "content": "hello"}]
+CALLED = {"role": "assistant", "content": None, "tool_calls": [
+    {"id": "call-1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+
+BAD_HISTORIES = [
+    history("history-user-after-user", [*ANSWERED, *HI, *HI], 3, "is a user turn right after"),
+    history("history-empty-last-user-turn", [*ANSWERED, {"role": "user", "content": "  "}], 2,
+            "is the last user turn and it is empty"),
+    history("history-tool-result-without-its-call", [*HI, CALLED, {
+        "role": "tool", "tool_call_id": "call-2", "content": "42"}], 2, "is a tool result"),
+    Bad("conversation-header-with-a-space", "POST", CHAT, {"messages": HI, "max_tokens": 4},
+        headers={"X-Conversation-Id": "two words"}, words="x-conversation-id"),
+]
+
+CATALOGUE = BAD_JSON + BAD_FIELDS + BAD_HISTORIES + BAD_ADMIN + BAD_AUTH + BAD_METHODS
 
 # Odd but valid: answered (200) and logged once, and the engine lives on.
 ODD_BUT_VALID = {

@@ -84,8 +84,8 @@ def key_for(server, auth: str) -> str | None:
             "wrong": "wrong-key-0000", "none": None}[auth]
 
 
-def send(server, method, path, body, auth, user) -> httpx.Response:
-    headers = {"X-Dynalign-User": user}
+def send(server, method, path, body, auth, user, extra: dict | None = None) -> httpx.Response:
+    headers = {"X-Dynalign-User": user, **(extra or {})}
     if key_for(server, auth):
         headers["Authorization"] = f"Bearer {key_for(server, auth)}"
     content = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
@@ -129,7 +129,8 @@ def test_a_bad_request_gets_a_clear_4xx_and_changes_nothing(server, ready, dirs,
     before = snapshot(server)
     body = case.body(dirs) if callable(case.body) else case.body
     auth = case.auth or ("admin" if case.path.startswith("/admin") else "chat")
-    response = send(server, case.method, case.path, body, auth, user=f"bad-{case.id}")
+    response = send(server, case.method, case.path, body, auth, user=f"bad-{case.id}",
+                    extra=case.headers)
     low, high = case.status
     assert low <= response.status_code <= high, f"{response.status_code} {response.text[:500]}"
     assert_readable_error(response, case.words)
