@@ -3,10 +3,13 @@ id in the `X-Conversation-Id` header, streamed or not, and the logged exchange s
 
 What it simplifies: the rules live in dynalign/conversation_ids.py; this module reads what they
 need from the request (the header, who sent it, its messages redacted as the log stores them) and
-looks the continued exchange up on the store's thread (an indexed read, off the event loop).
+looks the continued exchange up on the store's thread (an indexed read); all of it off the event
+loop.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.requests import Request
 
@@ -26,11 +29,17 @@ async def assign(request: Request, body: dict, who: str, redact_text: bool) -> s
                                "ASCII characters without spaces (a UUID, say)", param=ids.HEADER,
                                code="invalid_conversation_id")
         return given
-    messages = redact_messages(body["messages"]) if redact_text else body["messages"]
+    key, new = await asyncio.to_thread(_digests, who, body["messages"], redact_text)
+    found = key and await request.app.state.db(Store.continued_conversation, key)
+    return found or new
+
+
+def _digests(who: str, messages: list, redact_text: bool) -> tuple[str | None, str]:
+    """(the key of the history this request continues, None when it continues nothing; the id
+    of a new conversation), from the messages as the log stores them. Run off the event loop:
+    redacting a 4 MiB body takes seconds."""
+    if redact_text:
+        messages = redact_messages(messages)
     history = ids.earlier(messages)
-    if history is not None:
-        key = ids.continuation_key(who, history)
-        found = await request.app.state.db(Store.continued_conversation, key)
-        if found:
-            return found
-    return ids.new_id(who, messages)
+    key = ids.continuation_key(who, history) if history is not None else None
+    return key, ids.new_id(who, messages)
