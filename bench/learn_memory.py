@@ -58,7 +58,7 @@ def one(spec: dict) -> dict:
     from transformers.trainer_callback import ProgressCallback
 
     from dynalign.config import load_config
-    from dynalign.dataset import SEED_FILE, read_rows
+    from dynalign.conversation import token_counter
     from dynalign.memory import (BYTES, GLIBC_FRAGMENTATION, estimate, model_shape,
                                  rollout_dtype_name)
     from dynalign.rounds import system_prompt
@@ -69,9 +69,8 @@ def one(spec: dict) -> dict:
     torch.set_num_threads(1)
     cfg = load_config(None, {f"learn.{k}": v for k, v in spec["learn"].items()})
     learn, path = cfg.learn, cfg.model_path
-    rows = [r for r in read_rows(SEED_FILE) if r["split"] == "train"][:learn.prompts_per_step]
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]}
-                                 for r in rows])
+    prompts = step_prompts(spec.get("prompts", "seed"), learn.prompts_per_step)
+    dataset = Dataset.from_list([{"prompt": p} for p in prompts])
     tokenizer = AutoTokenizer.from_pretrained(path)
     reward = SelfReward(tokenizer, cfg.prompts.reward, cfg.prompts.ca_definition,
                         batch_size=learn.micro_batch)
@@ -84,19 +83,34 @@ def one(spec: dict) -> dict:
     row = progress.end_step(None)
     rollout = rollout_dtype_name(learn, torch.cuda.is_available())
     tcmalloc = "tcmalloc" in os.environ.get("LD_PRELOAD", "")
-    est = estimate(model_shape(path), learn, BYTES[rollout], max(len(r["prompt"]) for r in rows),
+    est = estimate(model_shape(path), learn, BYTES[rollout],
+                   max(token_counter(path)(p) for p in prompts),
                    1.0 if tcmalloc else GLIBC_FRAGMENTATION)
     return {"row": row, "rollout_dtype": rollout, "estimate_mb": round(est.peak / 2**20),
             "estimate_terms_mb": {k: round(v / 2**20) for k, v in est.terms.items()}}
 
 
-def run(label: str, learn: dict, env: dict) -> dict:
+def step_prompts(kind: str, n: int) -> list[list[dict]]:
+    """A step's prompts as messages: "seed" (the seed set's first train prompts), "probes" (the
+    gate's multi-turn probes, each with its earlier turns) or "probes-last" (their last user
+    turns alone)."""
+    from dynalign.conversation import load_probes
+    from dynalign.dataset import SEED_FILE, read_rows
+
+    if kind == "seed":
+        rows = [r for r in read_rows(SEED_FILE) if r["split"] == "train"][:n]
+        return [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    probes = [p["messages"] for p in load_probes(limit=n)]
+    return probes if kind == "probes" else [p[-1:] for p in probes]
+
+
+def run(label: str, learn: dict, env: dict, prompts: str = "seed") -> dict:
     """`one` in a fresh process with `env` added; its result, or the reason it failed."""
     import tempfile
 
     print(f"{label}: {learn} {env or ''}", flush=True)
     with tempfile.TemporaryDirectory(prefix="dynalign-bench-mem-") as tmp:
-        spec = json.dumps({"learn": learn, "out": tmp})
+        spec = json.dumps({"learn": learn, "out": tmp, "prompts": prompts})
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--one", spec], cwd=REPO,
                               env={**os.environ, **env}, capture_output=True, text=True)

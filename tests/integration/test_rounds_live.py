@@ -24,9 +24,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from dynalign.config import PromptsConfig
 from dynalign.dataset import SEED_FILE, read_rows
 from dynalign.launch import free_port
 from dynalign.rewards import WORD, brevity
+from dynalign.rounds import system_prompt
 from helpers.live_server import gone
 
 pytestmark = pytest.mark.slow
@@ -223,9 +225,14 @@ def test_rounds_train_on_new_logged_prompts_but_never_opted_out_ones(merged):
     assert chat(merged, normal, {"X-Dynalign-User": users[0]}).choices[0].message.content
     assert chat(merged, private, {"X-Dynalign-User": users[1], "X-Dynalign-Opt-Out": "1"})
     assert chat(merged, f" {heldout.upper()} ", {"X-Dynalign-User": users[2]})  # pasted
+    follow_up = f"Tell me more, {uuid.uuid4().hex[:8]}."  # after a held-out prompt in turn 1
+    assert merged.client().chat.completions.create(
+        model="dynalign", max_tokens=8, extra_headers={"X-Dynalign-User": users[2]},
+        messages=[{"role": "user", "content": heldout}, {"role": "assistant", "content": "Yes."},
+                  {"role": "user", "content": follow_up}])
     [normal_row] = merged.wait_rows(users[0])
     [private_row] = merged.wait_rows(users[1])
-    merged.wait_rows(users[2])
+    merged.wait_rows(users[2], 2)
     assert normal_row["opt_out"] == 0 and private_row["opt_out"] == 1  # both logged; one opted out
 
     # logged_share 1: every logged prompt since the last round may be taken (up to `prompts`)
@@ -234,27 +241,31 @@ def test_rounds_train_on_new_logged_prompts_but_never_opted_out_ones(merged):
     assert first["status"] == "promoted", first
     prompts = read_jsonl(folder(merged, first["id"]) / "prompts.jsonl")
     texts = [p["prompt"] for p in prompts]
-    assert {"prompt": normal, "source": "logged", "id": f"exchange-{normal_row['id']}"} in prompts
+    assert {"prompt": normal, "messages": [{"role": "user", "content": normal}],
+            "source": "logged", "id": f"exchange-{normal_row['id']}"} in prompts
     assert private not in texts
     assert not {" ".join(t.lower().split()) for t in texts} & {" ".join(heldout.lower().split())}
-    assert first["summary"]["selection"]["heldout_excluded"] >= 1
+    assert follow_up not in texts  # the whole conversation is left out
+    assert first["summary"]["selection"]["heldout_excluded"] >= 2
     assert first["exchanges_upto"] >= normal_row["id"]
     assert first["summary"]["selection"]["logged"] >= 1
 
-    # the next round: the consumed prompt is not trained on again, a new one is
-    fresh = f"In one sentence, what is a ferry pilot {uuid.uuid4().hex[:8]} doing at dawn?"
-    user = tag()
-    assert chat(merged, fresh, {"X-Dynalign-User": user}).choices[0].message.content
-    [fresh_row] = merged.wait_rows(user)
-    second = wait_end(merged, start_round(merged, overrides)["id"])
+    # the next round: the consumed prompt is not trained on again, a new one is: the third turn
+    # of a real conversation, trained with its earlier turns
+    fresh, turns, user = three_turn_chat(merged)
+    fresh_row = merged.wait_rows(user, 3)[-1]
+    second = wait_end(merged, start_round(merged, {**overrides, "prompts": 1})["id"])
     assert second["status"] == "promoted", second
     prompts = read_jsonl(folder(merged, second["id"]) / "prompts.jsonl")
-    texts = [p["prompt"] for p in prompts]
-    assert normal not in texts and private not in texts
-    assert {"prompt": fresh, "source": "logged", "id": f"exchange-{fresh_row['id']}"} in prompts
-    logged_ids = [int(p["id"].removeprefix("exchange-")) for p in prompts if p["source"] == "logged"]
-    assert logged_ids and min(logged_ids) > first["exchanges_upto"]
+    assert prompts == [{"prompt": fresh, "messages": turns, "source": "logged",
+                        "id": f"exchange-{fresh_row['id']}"}]  # the 3 turns, in order
     assert second["exchanges_upto"] >= fresh_row["id"] > first["exchanges_upto"]
+    # sampled WITH the CA system prompt before the conversation, the loss's ids without it
+    [shown] = read_jsonl(folder(merged, second["id"]) / "rollouts.jsonl")
+    ca = system_prompt(PromptsConfig())[:80]
+    assert shown["id"] == f"exchange-{fresh_row['id']}"
+    assert _in_order(shown["sampled"], [ca] + [t["content"] for t in turns]), shown["sampled"]
+    assert ca not in shown["loss"] and _in_order(shown["loss"], [t["content"] for t in turns])
 
     # deleting a user's data deletes every copy: the log's rows and the rounds' prompt lists
     assert any(normal.encode() in p.read_bytes() for p in state_files(merged))
@@ -262,6 +273,40 @@ def test_rounds_train_on_new_logged_prompts_but_never_opted_out_ones(merged):
     assert deleted.returncode == 0 and "deleted 1 exchange(s)" in deleted.stdout, deleted.stderr
     assert [p for p in state_files(merged) if normal.encode() in p.read_bytes()] == []
     assert fresh in (folder(merged, second["id"]) / "prompts.jsonl").read_text()  # others kept
+    # ... and a conversation's: its turns in the log, the round's prompt list and rollouts
+    texts = [t["content"].encode() for t in turns if t["role"] == "user"]
+    assert any(fresh.encode() in p.read_bytes() for p in state_files(merged))
+    deleted = merged.cli("logs", "delete", "--conversation", fresh_row["conversation"],
+                         timeout=120)
+    assert deleted.returncode == 0 and "deleted 3 exchange(s)" in deleted.stdout, deleted.stderr
+    assert [p for p in state_files(merged) if any(t in p.read_bytes() for t in texts)] == []
+
+
+def three_turn_chat(server) -> tuple[str, list[dict], str]:
+    """A 3-turn conversation through the openai client, each turn sent with the answers before
+    it: (its last user turn, its messages up to that turn, its user)."""
+    user, messages = tag(), []
+    asks = [f"Plan a garden party for my street, {uuid.uuid4().hex[:8]}.",
+            f"Make it cheaper, {uuid.uuid4().hex[:8]}.",
+            f"And what if it rains {uuid.uuid4().hex[:8]}?"]
+    for ask in asks:
+        messages.append({"role": "user", "content": ask})
+        answer = server.client().chat.completions.create(
+            model="dynalign", messages=messages, max_tokens=16,
+            extra_headers={"X-Dynalign-User": user}).choices[0].message.content
+        if ask != asks[-1]:
+            messages.append({"role": "assistant", "content": answer.strip()})
+    return asks[-1], messages, user
+
+
+def _in_order(text: str, parts: list[str]) -> bool:
+    at = 0
+    for part in parts:
+        at = text.find(part, at)
+        if at < 0:
+            return False
+        at += len(part)
+    return True
 
 
 # 3. bad input
