@@ -280,8 +280,8 @@ def test_h_a_gated_round_is_rejected_shown_with_why_and_forced_live(console, ui_
     """A tiny gate on: 2 held-out prompts cannot give the 4 consistent judgments the gate needs,
     so the candidate is rejected, whatever the model answers."""
     logged_in(console)
-    gated = {**OVERRIDES, "gate.enabled": True, "gate.prompts": 2, "gate.limit": 2,
-             "gate.max_tokens": 16}
+    gated = {**OVERRIDES, "gate.enabled": True, "gate.prompts": 2, "gate.multiturn": 0,
+             "gate.limit": 2, "gate.max_tokens": 16}
     console.fill("refresh-overrides", json.dumps(gated))
     console.click(css("refresh-now"))
     started = console.shows("refresh-message", "started")

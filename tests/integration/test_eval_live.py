@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 ROUND = {"max_steps": 1, "prompts": 1, "reward": "rule", "num_generations": 4,
          "prompts_per_step": 1, "max_completion_tokens": 32, "gate.enabled": True,
-         "gate.prompts": 2, "gate.limit": 2, "gate.max_tokens": 32, "gate.min_judged": 3}
+         "gate.prompts": 2, "gate.limit": 2, "gate.max_tokens": 32, "gate.min_judged": 3,
+         "gate.multiturn": 0}
 END = ("promoted", "rejected", "failed", "cancelled")
 
 

@@ -28,7 +28,12 @@ ROWS = [{"id": "r1", "prompt": "How do I fix a dripping tap?", "response": "Turn
          "note": "kept"},
         {"id": "r2", "prompt": "How do I fix a dripping tap?", "response": ""},
         {"id": "r3", "prompt": "Plan a birthday party for my daughter.", "response": "Penguins "
-         "are flightless birds of the Southern Hemisphere."}]
+         "are flightless birds of the Southern Hemisphere."},
+        {"id": "r4", "messages": [  # a conversation: its earlier turns shown as context
+            {"role": "user", "content": "Plan a birthday party for my daughter."},
+            {"role": "assistant", "content": "A picnic in the park with games."},
+            {"role": "user", "content": "And if it rains?"}],
+         "response": "Move the games indoors: a treasure hunt around the flat works well."}]
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
@@ -43,10 +48,11 @@ def test_judge_score_prints_each_row_with_its_score(tmp_path, capsys, reading):
                  "--no-progress"])
     captured = capsys.readouterr()
     out = [json.loads(line) for line in captured.out.splitlines()]
-    assert [r["id"] for r in out] == ["r1", "r2", "r3"] and out[0]["note"] == "kept"
+    assert [r["id"] for r in out] == ["r1", "r2", "r3", "r4"] and out[0]["note"] == "kept"
     assert all(0.0 <= r["score"] <= 5.0 for r in out)
-    if reading == "expected":  # graded: three different answers, three different scores
-        assert code == 0 and len({r["score"] for r in out}) == 3 and all(r["score"] > 0 for r in out)
+    if reading == "expected":  # graded: four different answers, four different scores
+        assert code == 0 and len({r["score"] for r in out}) == 4
+        assert all(r["score"] > 0 for r in out)
     else:  # the 135M rarely starts its answer with a digit: all unreadable is an error
         assert all(r["score"] == int(r["score"]) for r in out)
         unreadable = "no readable score" in captured.err
@@ -56,7 +62,7 @@ def test_judge_score_prints_each_row_with_its_score(tmp_path, capsys, reading):
 def test_judge_score_names_a_row_without_a_response(tmp_path, capsys):
     data = write_rows(tmp_path / "rows.jsonl", [{"prompt": "Hello?"}])
     assert main(["judge", "score", "--model", MODEL, "--data", str(data)]) == 1
-    assert "line 1: needs the text field(s) response" in capsys.readouterr().err
+    assert "rows.jsonl:1: needs a text 'response'" in capsys.readouterr().err
 
 
 def test_judge_check_fails_a_judge_that_cannot_tell(capsys):
@@ -85,7 +91,8 @@ def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
         "learn.judge.model": MODEL, "eval.judge.url": "local", "eval.judge.model": MODEL,
         "learn.max_steps": 1, "learn.prompts": 1, "learn.prompts_per_step": 1,
         "learn.num_generations": 2, "learn.max_completion_tokens": 8, "learn.gate.prompts": 2,
-        "learn.gate.limit": 0, "learn.gate.max_tokens": 8, "learn.learning_rate": MOVING_LR})
+        "learn.gate.multiturn": 1, "learn.gate.limit": 0, "learn.gate.max_tokens": 8,
+        "learn.learning_rate": MOVING_LR})
     store = Store(cfg.db_path)
     round_id = store.open_round("test", resolved_toml(cfg), os.getpid())
     summary = run_round(cfg, round_id)
@@ -95,8 +102,10 @@ def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
     assert 0.0 < steps[0]["reward"] < 5.0
     gate = summary["gate_eval"]
     assert gate["judge"] == f"{MODEL} (local, float32)"
-    assert gate["pairwise"]["n"] == 2
+    assert gate["pairwise"]["n"] == 3  # 2 held-out prompts and a multi-turn probe
     report = json.loads((cfg.home / "rounds" / f"{round_id:04d}" / "gate.json").read_text())
+    probe = report["pairwise"]["items"][-1]["prompt"]  # judged with its earlier turns
+    assert [m["role"] for m in probe] == ["user", "assistant", "user", "assistant", "user"]
     judged = [item for item in report["pairwise"]["items"] if not item["identical"]]
     assert judged, report["pairwise"]["items"]  # the candidate answered otherwise: judged
     assert all(len(item["raw"]) == 2 for item in judged)  # asked in both orders

@@ -445,8 +445,9 @@ def test_a_standalone_learner_publishes_through_the_gate_like_the_server(merged)
     result = merged.cli("learn", "--max-steps", "1", "--prompts", "1", "--reward", "rule",
                         "--set", "num_generations=4", "--set", "prompts_per_step=1",
                         "--set", "max_completion_tokens=16", "--set", "gate.enabled=true",
-                        "--set", "gate.prompts=1", "--set", "gate.limit=1",
-                        "--set", "gate.max_tokens=8", "--set", "gate.min_judged=2")
+                        "--set", "gate.prompts=1", "--set", "gate.multiturn=0",
+                        "--set", "gate.limit=1", "--set", "gate.max_tokens=8",
+                        "--set", "gate.min_judged=2")
     print(f"\n$ dynalign learn ...\n{result.stdout}{result.stderr[-2000:]}")
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
