@@ -107,6 +107,32 @@ class RoundManager:
                 failed.append(row["id"])
         return failed
 
+    def resume_scoreboard(self) -> int | None:
+        """The newest promoted round's scoreboard, when it did not finish (the server stopped
+        while it ran: killed, or it stopped the child): measured again on a thread before any
+        new round starts, its cache keeping what was already answered and judged. Returns the
+        version, or None."""
+        if not scoreboard_enabled(self.cfg):
+            return None
+        with closing(self.store()) as store:
+            row = next((r for r in store.rounds(limit=50) if r["status"] == "promoted"), None)
+        board = json.loads(row["metrics"] or "{}").get("scoreboard") if row else None
+        if row is None or (board or {}).get("status") == "measured":
+            return None
+        version = self.scoring = row["adapter_version"]
+        threading.Thread(target=self._remeasure, args=(row["id"], version),
+                         name=f"scoreboard-{row['id']}", daemon=True).start()
+        return version
+
+    def _remeasure(self, round_id: int, version: int) -> None:
+        try:
+            result = self._scoreboard(self.cfg, round_id, version)
+        finally:
+            self.scoring = None
+        with closing(self.store()) as store:
+            summary = json.loads(store.round(round_id)["metrics"] or "{}")
+            store.update_round(round_id, metrics={**summary, "scoreboard": result})
+
     def trigger(self, trigger: str = "operator", overrides: dict | None = None) -> dict:
         if self.scoring is not None:  # the scoreboard is the end of the last round's work
             raise RoundBusyError(f"the scoreboard of version {self.scoring} is running; the next "

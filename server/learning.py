@@ -36,7 +36,7 @@ def start(cfg: Config, versions: Versions, db):
     """The round manager (publishing through `versions`, the operator's hot-swap path) and the
     refresh schedule, whose scheduler also runs retention and a running canary's review (its
     time limit; ratings review it at once). Rounds left open by a previous gateway are failed
-    first. `db`: the gateway's store thread, which the review reads the canary's sums on."""
+    first, and a promoted version's scoreboard that it left unfinished is run again. `db`: the gateway's store thread, which the review reads the canary's sums on."""
     from learner.manager import RoundManager
     from learner.schedule import Schedule
 
@@ -44,6 +44,7 @@ def start(cfg: Config, versions: Versions, db):
     rounds = RoundManager(cfg, publish=versions_publisher(versions, loop),
                           activate=versions_activator(versions, loop))
     rounds.recover()
+    rounds.resume_scoreboard()  # one cut off by the last stop: before the schedule's next round
     schedule = Schedule(cfg, rounds.trigger)
     schedule.start()
     add_retention(cfg, schedule.scheduler)

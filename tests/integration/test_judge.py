@@ -109,8 +109,12 @@ def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
     judged = [item for item in report["pairwise"]["items"] if not item["identical"]]
     assert judged, report["pairwise"]["items"]  # the candidate answered otherwise: judged
     assert all(len(item["raw"]) == 2 for item in judged)  # asked in both orders
-    assert all(0.0 <= share <= 1.0 for item in judged for share in item["a_share"])
-    assert report["pairwise"]["balanced"]["n"] == 2  # a local judge weighs its verdicts too
+    # a local judge weighs its verdicts too; the 135M may put almost no weight on "A" or "B"
+    # (then that order is unreadable, counted as such: on the long probe prompt it did)
+    shares = [share for item in judged for share in item["a_share"] if share is not None]
+    assert shares and all(0.0 <= share <= 1.0 for share in shares)
+    balanced = report["pairwise"]["balanced"]
+    assert balanced["n"] == 3 and balanced["judged"] + balanced["unreadable"] <= 3
 
 
 def test_the_alignment_benchmark_runs_end_to_end(tmp_path):

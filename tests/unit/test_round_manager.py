@@ -438,3 +438,36 @@ def test_no_round_starts_while_the_last_promotion_is_being_scoreboarded(cfg):
     manager.scoring = 3
     with pytest.raises(RoundBusyError, match="scoreboard of version 3"):
         manager.trigger("operator")
+
+
+def _promoted(store, metrics: dict) -> int:
+    round_id = store.open_round("schedule", "", owner_pid=os.getpid())
+    store.update_round(round_id, status="promoted", adapter_version=7, metrics=metrics)
+    return round_id
+
+
+def test_a_scoreboard_cut_off_by_a_stop_runs_again_at_the_next_start_before_any_round(store):
+    """A promoted round whose scoreboard did not finish (here its child fails at once: the
+    round's folder has no config) is measured again at start (while it runs, `scoring` refuses
+    a round: tested above); the outcome lands in the round's metrics beside its gate."""
+    cfg = load_config(None, {"eval.scoreboard": True})
+    round_id = _promoted(store, {"gate": {"promote": True},
+                                 "scoreboard": {"status": "failed", "error": "stopped"}})
+    manager = RoundManager(cfg, _publish)
+    assert manager.resume_scoreboard() == 7
+    for thread in [t for t in threading.enumerate() if t.name == f"scoreboard-{round_id}"]:
+        thread.join(120)  # (or it is done already)
+    metrics = json.loads(store.round(round_id)["metrics"])
+    assert metrics["gate"] == {"promote": True} and metrics["scoreboard"]["version"] == 7
+    assert metrics["scoreboard"]["status"] == "failed" and "no such" in str(
+        metrics["scoreboard"]["error"]).lower() and manager.scoring is None
+
+
+@pytest.mark.parametrize("scoreboard, metrics", [
+    (True, {"scoreboard": {"status": "measured", "id": 1}}),  # measured: nothing to redo
+    (False, {}),  # scoreboards off
+])
+def test_no_scoreboard_is_rerun_when_done_or_off(store, scoreboard, metrics):
+    _promoted(store, metrics)
+    manager = RoundManager(load_config(None, {"eval.scoreboard": scoreboard}), _publish)
+    assert manager.resume_scoreboard() is None and manager.scoring is None
