@@ -13,7 +13,13 @@
     format): mean scores, the paired difference with a bootstrap 95 % interval, and how often
     the answer with context scored higher.
 
-Usage: .venv/bin/python bench/conversations.py [--db FILE] [--judge NAME] [--skip-step] [--quick]
+(d) The client's system message, kept or dropped (learn.client_system): the same probes, each
+    opened by one of four client system messages of our own (a persona, a product's
+    instructions); the 135M answers with it and without it; the judge scores both, the
+    conversation shown and the system message not (as in a round): does keeping it cost CA score?
+
+Usage: .venv/bin/python bench/conversations.py [--db FILE] [--judge NAME] [--parts a,b,c,d]
+       [--quick]
        (--quick: 4 probes, 8 tokens, the embedded model judging: a smoke run, not the measurement)
 """
 
@@ -40,7 +46,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--db", default=str(DB), help="a state dir's dynalign.db for (a)")
     p.add_argument("--judge", default="qwen2.5-coder-1.5b", help="the judge in (c): name or folder")
     p.add_argument("--tokens", type=int, default=128, help="answer and candidate length")
-    p.add_argument("--skip-step", action="store_true", help="leave out (b)")
+    p.add_argument("--parts", default="a,b,c,d", help="which of (a)-(d) to run; results of "
+                   "the others are kept from --out")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "conversations.json"))
     a = p.parse_args()
@@ -130,6 +137,41 @@ def context_matters(cfg, judge_name: str | None, tokens: int, limit: int | None)
                          for p, c, a in list(zip(probes, with_context, alone))[:3]]}
 
 
+CLIENT_SYSTEMS = (
+    "You are Pip, the friendly assistant of Greenway, a neighbourhood food co-op. Keep answers "
+    "short and practical.",
+    "You are a helpful assistant for a city council's residents' line. Be polite and concise.",
+    "You are Sol, a cheerful assistant. Always answer in a warm, encouraging tone.",
+    "You answer for a family help desk. Give concrete next steps.")
+
+
+def client_system(cfg, judge_name: str | None, tokens: int, limit: int | None) -> dict:
+    """(d): answers with a client's system message and without, both judged without it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dynalign.conversation import load_probes
+    from learner.judge import open_judge
+    from learner.reading import answer
+
+    probes = [p["messages"] for p in load_probes(limit=limit)]
+    systems = [[{"role": "system", "content": CLIENT_SYSTEMS[i % len(CLIENT_SYSTEMS)]}, *p]
+               for i, p in enumerate(probes)]
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_path)
+    kept = answer(model, tokenizer, systems, tokens)
+    dropped = answer(model, tokenizer, probes, tokens)
+    endpoint = dataclasses.replace(cfg.eval.judge, url="local",
+                                   model=judge_name or cfg.model_path, max_tokens=8)
+    scores = open_judge(endpoint, cfg).reward(probes + probes, kept + dropped)
+    n = len(probes)
+    diffs = [k - d for k, d in zip(scores[:n], scores[n:])]
+    return {"probes": n, "mean_kept": round(statistics.fmean(scores[:n]), 3),
+            "mean_dropped": round(statistics.fmean(scores[n:]), 3),
+            "mean_difference": round(statistics.fmean(diffs), 3),
+            "difference_ci95": bootstrap(diffs), "kept_higher": sum(d > 0 for d in diffs),
+            "system_tokens": [len(tokenizer.encode(t)) for t in CLIENT_SYSTEMS]}
+
+
 def bootstrap(diffs: list[float], resamples: int = 2000, seed: int = 0) -> list[float]:
     rng = random.Random(seed)
     means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
@@ -142,15 +184,20 @@ def main() -> int:
     from dynalign.config import load_config
 
     cfg = load_config(None)
-    out = {"command": " ".join([".venv/bin/python", "bench/conversations.py", *sys.argv[1:]]),
-           "date": time.strftime("%Y-%m-%d")}
-    out["lengths"] = lengths(args.db, cfg) if Path(args.db).exists() else {"db": "absent"}
-    print(json.dumps(out["lengths"]), flush=True)
-    if not args.skip_step:
+    parts, limit = args.parts.split(","), 4 if args.quick else None
+    out = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    out[f"command_{'_'.join(parts)}"] = " ".join([".venv/bin/python", "bench/conversations.py",
+                                                  *sys.argv[1:]])
+    out["date"] = time.strftime("%Y-%m-%d")
+    if "a" in parts:
+        out["lengths"] = lengths(args.db, cfg) if Path(args.db).exists() else {"db": "absent"}
+    if "b" in parts:
         out["step"] = step(args.tokens)
-        print(json.dumps(out["step"].get("ratio_context_over_alone")), flush=True)
-    out["context"] = context_matters(cfg, args.judge, args.tokens, 4 if args.quick else None)
-    print(json.dumps({k: v for k, v in out["context"].items() if k != "examples"}), flush=True)
+    if "c" in parts:
+        out["context"] = context_matters(cfg, args.judge, args.tokens, limit)
+    if "d" in parts:
+        out["client_system"] = client_system(cfg, args.judge, args.tokens, limit)
+    print(json.dumps({k: v for k, v in out.items() if k in ("lengths", "client_system")}))
     write_results(out, args.out)
     return 0
 
