@@ -105,7 +105,7 @@ def _conversation_line(turns: list[dict]) -> str:
 
 
 def _turn_line(row: dict) -> str:
-    from dynalign.rounds import last_user_turn  # as a round reads it
+    from dynalign.conversation import last_user_turn  # the turn this exchange answered
 
     text = " ".join((last_user_turn(row.get("messages") or "[]") or "").split())
     text = text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"

@@ -22,7 +22,7 @@ from pathlib import Path
 from dynalign import conversation
 from dynalign import prompts as paper
 from dynalign.config import LearnConfig, PromptsConfig
-from dynalign.conversation import Counter, last_user_turn, token_counter  # noqa: F401 (re-export)
+from dynalign.conversation import Counter, token_counter
 
 
 

@@ -10,9 +10,10 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from dynalign.conversation import last_user_turn
 from dynalign.conversation_ids import by_conversation
 from dynalign.gate import CAPABILITY_KEYS
-from dynalign.rounds import last_user_turn, step_text
+from dynalign.rounds import step_text
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "data" / "figures"
 ADAPTER_COLUMNS = ["version", "name", "status", "created", "parent", "source", "steps",
@@ -267,7 +268,7 @@ def _loads(text):
 
 
 def last_user_message(messages) -> str:
-    """The turn a refresh round would train on (dynalign.rounds.last_user_turn), as shown."""
+    """The exchange's last user turn (dynalign.conversation.last_user_turn), as shown."""
     messages = _loads(messages)
     return (last_user_turn(messages) or "") if isinstance(messages, list) else ""
 

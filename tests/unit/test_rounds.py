@@ -8,9 +8,8 @@ import pytest
 from dynalign.checks import problems
 from dynalign.config import LearnConfig, load_config
 from dynalign.errors import ConfigError
-from dynalign.conversation import load_probes
-from dynalign.rounds import (last_user_turn, progress, prompt_messages, round_view,
-                             select_prompts)
+from dynalign.conversation import last_user_turn, load_probes
+from dynalign.rounds import progress, prompt_messages, round_view, select_prompts
 from dynalign.store import Store
 
 
