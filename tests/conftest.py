@@ -51,7 +51,7 @@ def json_server():
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, payload, extra = respond(self.path, headers, body)
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 for key, value in {"Content-Type": "application/json",
                                    "Content-Length": str(len(data)), **extra}.items():

@@ -9,8 +9,6 @@ client, the system message and the first user turn. The response names the id in
 
 import json
 import sqlite3
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
@@ -44,30 +42,18 @@ def _events(completion: dict) -> bytes:
 
 
 @pytest.fixture
-def engine():
-    """A stand-in vLLM: its URL, and the bodies it was sent."""
+def engine(json_server):
+    """A stand-in vLLM (conftest's JSON server, streaming when asked): its URL, and the bodies it
+    was sent."""
     seen: list[dict] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            stream = bool(body.get("stream"))
-            data = _events(_completion(body)) if stream else json.dumps(_completion(body)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream" if stream else "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(path, headers, body):
+        seen.append(body)
+        if body.get("stream"):
+            return 200, _events(_completion(body)), {"Content-Type": "text/event-stream"}
+        return 200, _completion(body), {}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", seen
-    server.shutdown()
-    server.server_close()
+    yield json_server(respond).removesuffix("/v1"), seen
 
 
 @pytest.fixture
