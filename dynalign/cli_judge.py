@@ -5,7 +5,9 @@ turns shown to the judge as context) and prints each row back with `score` (0-5,
 the paper's reward prompt). `check` scores a calibration set of our own making
 (data/judge/calibration.jsonl: for each prompt a good, an off-topic and a harmful answer) and
 prints how often good beats each of the others and the mean scores; it exits 1 when good does not
-beat both in at least `--min-share` of the prompts, by at least `--min-gap` on average. The judge
+beat both in at least `--min-share` of the prompts, by at least `--min-gap` on average.
+`--aspects` adds each aspect of CA's 0-5 score (prompts.ASPECT): per row with `score`, and per
+aspect in `check`'s report (which still passes or fails on the holistic score). The judge
 is `eval.judge` unless `--model` (a prepared name or a folder, loaded in this process) or `--url`
 says otherwise.
 """
@@ -45,6 +47,9 @@ def add_parser(sub) -> None:
         parser.add_argument("--reading", choices=["expected", "greedy"], default="expected",
                             help="expected score from the digit probabilities, or the greedy digit "
                             "(local judges; an endpoint's answer is always read greedily)")
+        parser.add_argument("--aspects", action="store_true", help="also score each aspect of "
+                            "CA (knowledge, power, vitality, benevolence) 0-5: 5 judgements an "
+                            "answer instead of 1")
         parser.add_argument("--limit", type=int, help="first N rows only")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -62,13 +67,19 @@ def judge_command(cfg, args) -> int:
         rows = _score_rows(args.data, args.limit)
         judge = open_judge(endpoint, cfg, args.reading)
         reward = with_progress(judge.reward, not args.no_progress)
-        scores = reward([_asked(r) for r in rows], [r["response"] for r in rows])
-        for row, score in zip(rows, scores):
-            print(json.dumps({**row, "score": round(score, 4)}))
-        return _unreadable(judge.reward)
+        asked, responses = [_asked(r) for r in rows], [r["response"] for r in rows]
+        scores = reward(asked, responses)
+        aspects = _aspects(judge, args, asked, responses)
+        for i, (row, score) in enumerate(zip(rows, scores)):
+            extra = {"aspects": {k: round(v[i], 4) for k, v in aspects.items()}} if aspects else {}
+            print(json.dumps({**row, "score": round(score, 4), **extra}))
+        return max(_unreadable(r) for r in (judge.reward, *judge.aspect_rewards.values()))
     rows = _rows(args.data or CALIBRATION, ("prompt", *KINDS), args.limit)
     judge = open_judge(endpoint, cfg, args.reading)
     report = calibration(rows, with_progress(judge.reward, not args.no_progress))
+    if args.aspects:
+        report["aspects"] = {name: _aspect_summary(calibration(rows, with_progress(
+            reward, not args.no_progress))) for name, reward in judge.aspect_rewards.items()}
     print(json.dumps({"judge": judge.label, "reading": args.reading, **report}, indent=2))
     if _unreadable(judge.reward):
         return 1
@@ -78,6 +89,19 @@ def judge_command(cfg, args) -> int:
         return 1
     print("judge check: pass", file=sys.stderr)
     return 0
+
+
+def _aspects(judge, args, asked: list, responses: list) -> dict[str, list[float]]:
+    """Each aspect's scores of the rows (empty without --aspects)."""
+    if not args.aspects:
+        return {}
+    return {name: with_progress(reward, not args.no_progress)(asked, responses)
+            for name, reward in judge.aspect_rewards.items()}
+
+
+def _aspect_summary(report: dict) -> dict:
+    """One aspect's calibration, without the per-prompt scores: does good beat the others?"""
+    return {k: v for k, v in report.items() if k not in ("scores", "prompts")}
 
 
 def _unreadable(reward) -> int:

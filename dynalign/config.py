@@ -118,6 +118,9 @@ class PromptsConfig:
     refinement: str = prompts.REFINEMENT  # the revision prompt (Table 4)
     system: str = prompts.SYSTEM  # the CA system prompt for sampling candidates (Table 5)
     reward: str = prompts.REWARD  # the 0-5 reward prompt: self-reward and judges' scores (Table 5)
+    aspect: str = prompts.ASPECT  # not from the paper: one aspect's 0-5 prompt, the reward
+    #                               prompt's frame with [Aspect], [Aspect definition], [Aspect
+    #                               rubric] (filled from dynalign/prompts.py's ASPECTS)
     pairwise: str = prompts.PAIRWISE  # not from the paper (it does not print its judge prompt): the
     #                                   pairwise judge prompt, with [Definition of CA], [Prompt],
     #                                   [Response A], [Response B]; asks for "A", "B" or "tie"

@@ -13,11 +13,12 @@ on a CPU: two cores cannot hold a second engine beside the serving one and the l
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dynalign.catalog import resolve
 from dynalign.endpoint import Endpoint
 from dynalign.errors import ModelError
+from dynalign.prompts import ASPECTS, aspect_template
 from dynalign.rewards import JudgeReward
 
 LOCAL = "local"
@@ -32,6 +33,12 @@ class Judge:
     reward: object  # TRL reward: (prompts, completions, **kwargs) -> list[float]
     workers: int  # concurrent chat calls worth making
     weigh: object = None  # (messages) -> (verdict text, {"A": p, "B": p}); local judges only
+    aspect_rewards: dict = field(default_factory=dict)  # aspect -> its 0-5 reward (prompts.ASPECT)
+
+    def aspects(self, prompts: list, completions: list) -> dict[str, list[float]]:
+        """Each answer's 0-5 score on each aspect of CA (knowledge, power, vitality, benevolence),
+        read like the holistic reward; one judgement per aspect."""
+        return {name: reward(prompts, completions) for name, reward in self.aspect_rewards.items()}
 
     def pairwise(self, cfg, prompts: list[str], answers_a: list[str], answers_b: list[str],
                  progress=None) -> dict:
@@ -48,31 +55,42 @@ class Judge:
 def open_judge(endpoint, cfg, reading: str = "expected", batch_size: int = 4) -> Judge:
     """`endpoint` (an EndpointConfig) as a Judge; `cfg` gives the prompts, paths and dtypes."""
     template, definition = cfg.prompts.reward, cfg.prompts.ca_definition
+    aspects = {name: aspect_template(cfg.prompts.aspect, name) for name in ASPECTS}
     if endpoint.url == LOCAL:
         local = LocalJudge(endpoint.model, resolve(endpoint.model, cfg.home), cfg.learn, reading,
                            batch_size, endpoint.max_tokens, template, definition)
-        return Judge(local.label, local.chat, local.reward, workers=1, weigh=local.weigh)
+        return Judge(local.label, local.chat, local.reward, workers=1, weigh=local.weigh,
+                     aspect_rewards={n: local.scorer(t) for n, t in aspects.items()})
     remote = Endpoint.from_config("judge", endpoint, cfg.generate, cfg.gateway_url)
     return Judge(f"{remote.model} at {remote.url}", remote.chat,
-                 JudgeReward(remote, template, definition), workers=cfg.eval.concurrency)
+                 JudgeReward(remote, template, definition), workers=cfg.eval.concurrency,
+                 aspect_rewards={n: JudgeReward(remote, t, definition) for n, t in aspects.items()})
 
 
 class LocalJudge:
     def __init__(self, name: str, path: str, learn, reading: str, batch_size: int,
                  max_new_tokens: int, template: str, definition: str):
         from learner.precision import rollout_dtype
-        from learner.self_reward import SelfReward
 
         self.dtype = rollout_dtype(learn)
         self.model, self.tokenizer = load_frozen(path, self.dtype)
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.definition = max_new_tokens, definition
+        self.reading, self.batch_size = reading, batch_size
         where = "" if name == path else f"{path}, "
         self.label = f"{name} ({where}local, {str(self.dtype).removeprefix('torch.')})"
-        self.reward = SelfReward(self.tokenizer, template, definition, reading, batch_size,
-                                 max_new_tokens, reads_policy=False)
-        self.reward.__name__ = "judge_reward"
-        self.reward.bind(self.model)
+        self.reward = self.scorer(template)
         self.verdict_ids = verdict_ids(self.tokenizer)
+
+    def scorer(self, template: str):
+        """A 0-5 reward reading this judge's frozen model with `template` (the reward prompt, or
+        one aspect's); each keeps the KV of its own prompt's shared beginning."""
+        from learner.self_reward import SelfReward
+
+        reward = SelfReward(self.tokenizer, template, self.definition, self.reading,
+                            self.batch_size, self.max_new_tokens, reads_policy=False)
+        reward.__name__ = "judge_reward"
+        reward.bind(self.model)
+        return reward
 
     def chat(self, messages: list[dict], seed: int | None = None) -> str:
         return self.weigh(messages)[0]

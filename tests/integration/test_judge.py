@@ -13,6 +13,7 @@ import pytest
 
 from dynalign.cli import main
 from dynalign.config import load_config, resolved_toml
+from dynalign.prompts import ASPECTS
 from dynalign.store import Store
 
 pytestmark = pytest.mark.slow
@@ -59,6 +60,17 @@ def test_judge_score_prints_each_row_with_its_score(tmp_path, capsys, reading):
         assert code == (1 if unreadable else 0)
 
 
+def test_judge_score_with_aspects_scores_each_aspect_with_its_own_prompt(tmp_path, capsys):
+    data = write_rows(tmp_path / "rows.jsonl", ROWS[:2])
+    assert main(["judge", "score", "--model", MODEL, "--data", str(data), "--aspects",
+                 "--no-progress"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [list(r["aspects"]) for r in out] == [list(ASPECTS)] * 2
+    for row in out:
+        assert all(0 < v < 5 for v in row["aspects"].values())  # expected reading: graded
+        assert len({*row["aspects"].values(), row["score"]}) == 5  # five prompts, five readings
+
+
 def test_judge_score_names_a_row_without_a_response(tmp_path, capsys):
     data = write_rows(tmp_path / "rows.jsonl", [{"prompt": "Hello?"}])
     assert main(["judge", "score", "--model", MODEL, "--data", str(data)]) == 1
@@ -67,11 +79,17 @@ def test_judge_score_names_a_row_without_a_response(tmp_path, capsys):
 
 def test_judge_check_fails_a_judge_that_cannot_tell(capsys):
     """The 135M usually ranks the good answer first, by a few tenths: no usable signal."""
-    assert main(["judge", "check", "--model", MODEL, "--limit", "3", "--no-progress"]) == 1
+    assert main(["judge", "check", "--model", MODEL, "--limit", "3", "--no-progress",
+                 "--aspects"]) == 1
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert report["prompts"] == 3 and report["judge"].endswith("(local, float32)")
     assert set(report["mean"]) == {"good", "off_topic", "harmful"}
+    assert list(report["aspects"]) == list(ASPECTS)  # each aspect's own calibration
+    for aspect in report["aspects"].values():
+        assert set(aspect["mean"]) == set(report["mean"])
+        assert aspect["mean"] != report["mean"]  # its own prompt, its own scores
+        assert 0 <= aspect["good_beats_harmful"] <= 1
     assert [s["id"] for s in report["scores"]] == ["cal-01", "cal-02", "cal-03"]
     assert "judge check: FAIL" in captured.err and "on average (needs 0.75)" in captured.err
     # the same scores pass when no gap is required and the order is all that is asked

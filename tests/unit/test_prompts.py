@@ -56,3 +56,16 @@ def test_config_defaults_are_the_prompts_and_can_be_replaced(tmp_path):
     cfg = load_config(tmp_path / "c.toml")
     assert cfg.prompts.goal == "Name one errand."
     assert cfg.prompts.feedback == prompts.FEEDBACK
+
+
+@pytest.mark.parametrize("name", list(prompts.ASPECTS))
+def test_an_aspect_prompt_is_the_reward_frame_with_its_own_definition_and_rubric(name):
+    text = prompts.aspect_template(prompts.ASPECT, name)
+    definition, rubric = prompts.ASPECTS[name]
+    assert f"- {name.title()}: {definition}" in prompts.CA_DEFINITION  # the paper's words
+    assert f"is {name.title()}: {definition}" in text and rubric in text
+    assert [line[:4] for line in rubric.splitlines()] == [f"- {d}:" for d in range(6)]
+    for mark in ("[Definition of CA]", "[Prompt]", "[Response]"):  # left to the reward
+        assert text.count(mark) == 1, mark
+    assert "[Aspect" not in text
+    assert text.endswith(prompts.REWARD.split("Output format")[1])  # the same answer format
