@@ -29,6 +29,8 @@ SWAPS = ("auto", "lora", "merged")
 DRIFT_ACTIONS = ("flag", "reject", "rollback")
 READINGS = ("both_orders", "balanced")
 CLIENT_SYSTEM = ("keep", "drop")
+AGGREGATES = ("mean", "min", "mean_minus_std")
+JUDGE_URLS = ("", "local", "policy")  # this server, a model loaded here, the policy; else http(s)
 HOST_NAME = re.compile(r"(?i)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
 
 CHOICES = {
@@ -36,7 +38,7 @@ CHOICES = {
     "learn.self_score": SELF_SCORES, "learn.rule": RULES, "learn.loss_type": LOSS_TYPES,
     "learn.dtype": DTYPES, "learn.rollout_dtype": ROLLOUT_DTYPES,
     "learn.gate.on_drift": DRIFT_ACTIONS, "learn.gate.reading": READINGS,
-    "learn.client_system": CLIENT_SYSTEM}
+    "learn.client_system": CLIENT_SYSTEM, "panel.aggregate": AGGREGATES}
 AT_LEAST = {  # key: smallest allowed value
     "model.max_model_len": 1, "engine.kv_cache_gib": 1, "engine.max_lora_rank": 1,
     "engine.max_loras": 1, "engine.tensor_parallel_size": 1, "engine.pipeline_parallel_size": 1,
@@ -53,7 +55,8 @@ AT_LEAST = {  # key: smallest allowed value
     "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1, "eval.scoreboard_tokens": 1,
     "eval.ifeval_limit": 0,
     "learn.converge_tolerance": 0.0, "learn.gate.max_kl": 0.0, "privacy.retention_days": 0,
-    "ui.max_tokens": 1, "server.feedback_per_minute": 0}
+    "ui.max_tokens": 1, "server.feedback_per_minute": 0, "panel.min_judges": 1,
+    "panel.review_gap": 0.0}
 ABOVE = (  # must be above 0
     "engine.startup_timeout_s", "engine.restart_window_s", "server.request_timeout_s",
     "server.max_body_mb", "generate.timeout_s", "learn.learning_rate")
@@ -84,7 +87,7 @@ def problems(cfg) -> list[str]:
     out += [f"{k} must be between {low:g} and {high:g}; got {_get(cfg, k)!r}"
             for k, (low, high) in BETWEEN.items() if not low <= _get(cfg, k) <= high]
     out += [f"canary.{k} {why}" for k, why in canary.problems(vars(cfg.canary))]
-    return out + _schedule(cfg) + _together(cfg) + _cross_site(cfg.server)
+    return out + _schedule(cfg) + _together(cfg) + _cross_site(cfg.server) + _panels(cfg)
 
 
 def _schedule(cfg) -> list[str]:
@@ -121,6 +124,32 @@ def _together(cfg) -> list[str]:
     for name, endpoint in (("learn.judge", learn.judge), ("eval.judge", cfg.eval.judge)):
         if endpoint.max_tokens < 1:
             out.append(f"{name}.max_tokens must be at least 1")
+    return out
+
+
+def _panels(cfg) -> list[str]:
+    """Each judge of `[[learn.judges]]` and `[[eval.judges]]`: a known kind, a positive weight."""
+    out = []
+    for section, judges in (("learn.judges", cfg.learn.judges), ("eval.judges", cfg.eval.judges)):
+        for i, judge in enumerate(judges):
+            key = f"{section}[{i}]"
+            if judge.url not in JUDGE_URLS and urlsplit(judge.url).scheme not in ("http", "https"):
+                out.append(f'{key}.url must be "" (this server), "local", "policy" or an http(s) '
+                           f"URL; got {judge.url!r}")
+            if judge.url == "policy" and section == "eval.judges":
+                out.append(f'{key}.url "policy" reads the policy inside a round: in eval.judges, '
+                           'the served model is url = "" (this server), model = "dynalign"')
+            if judge.weight <= 0:
+                out.append(f"{key}.weight must be above 0; got {judge.weight!r}")
+            if judge.max_tokens < 1:
+                out.append(f"{key}.max_tokens must be at least 1")
+    if cfg.learn.judges and cfg.learn.reward != "judge":
+        out.append(f'learn.judges is a reward panel: it needs learn.reward = "judge" (got '
+                   f"{cfg.learn.reward!r})")
+    for section, judges in (("learn.judges", cfg.learn.judges), ("eval.judges", cfg.eval.judges)):
+        if judges and cfg.panel.min_judges > len(judges):
+            out.append(f"panel.min_judges ({cfg.panel.min_judges}) is more than {section} lists "
+                       f"({len(judges)})")
     return out
 
 

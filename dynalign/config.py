@@ -149,6 +149,37 @@ class EndpointConfig:
 
 
 @dataclass
+class JudgeConfig(EndpointConfig):
+    """One judge of a panel (`[[eval.judges]]`, `[[learn.judges]]`): an endpoint, a model loaded
+    in the process that judges (`url = "local"`), or, in `learn.judges`, the policy reading its
+    own answers (`url = "policy"`: the paper's self-reward), with its weight."""
+
+    url: str = ""  # "" = this dynalign server; "local" = `model` loaded in the judging process;
+    #                "policy" (learn.judges only) = the policy scores its own answers; else an
+    #                OpenAI-compatible endpoint's URL
+    temperature: float = 0.0  # its answers are read greedily
+    max_tokens: int = 8  # a score or a verdict is a token or two
+    weight: float = 1.0  # its share in the panel's mean (dynalign/panel.py)
+    reward: str = ""  # its own 0-5 prompt, with prompts.reward's placeholders; "" = prompts.reward
+    #                   (the same model under two phrasings is a panel of two)
+    name: str = ""  # how reports and the review queue name it; "" = judge N: its model
+
+
+@dataclass
+class PanelConfig:
+    """How a panel's scores become one (`[[eval.judges]]`, `[[learn.judges]]`), and when a
+    person is asked (dynalign/panel.py)."""
+
+    aggregate: str = "mean"  # "mean" (weighted) | "min" | "mean_minus_std" (weighted mean less
+    #                          the weighted spread): the last two are conservative, against
+    #                          over-optimising one judge's quirks (Coste et al., ICLR 2024)
+    review_gap: float = 1.5  # members' 0-5 scores further apart than this: a disagreement,
+    #                          queued for a person
+    min_judges: int = 1  # fewer members with a readable score than this: no score (the gate:
+    #                      "cannot tell")
+
+
+@dataclass
 class GenerateConfig:
     """`dynalign generate`: the paper's goal -> prompt -> critique -> revision loop."""
 
@@ -261,6 +292,8 @@ class LearnConfig:
     rule_keyword: str = "thanks"  # the keyword rule's word
     judge: EndpointConfig = field(  # the judge that scores candidates when reward = "judge"
         default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=8))
+    judges: list[JudgeConfig] = field(default_factory=list)  # with reward = "judge": a panel
+    #                          scores instead of `judge` ([[learn.judges]]; [panel] aggregates)
     # adapter and compute
     lora_rank: int = 16  # a fresh adapter's rank
     lora_alpha: int = 32  # a fresh adapter's alpha
@@ -291,6 +324,8 @@ class EvalConfig:
 
     judge: EndpointConfig = field(  # the pairwise judge of `dynalign eval` and of the gate
         default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=8))
+    judges: list[JudgeConfig] = field(default_factory=list)  # a panel judging instead of
+    #                          `judge` ([[eval.judges]]; [panel] aggregates)
     max_tokens: int = 512  # answers of the evaluated versions (greedy)
     concurrency: int = 8  # requests in flight to the server
     bootstrap: int = 2000  # resamples for the win rate's confidence interval
@@ -352,6 +387,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     canary: CanaryConfig = field(default_factory=CanaryConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    panel: PanelConfig = field(default_factory=PanelConfig)
 
     @property
     def home(self) -> Path:
@@ -455,9 +491,23 @@ def _build(base, data: dict, prefix: str):
     for key, value in data.items():
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(getattr(base, key), value, prefix=f"{prefix}{key}.")
+        elif _table_list(hints[key]):
+            kwargs[key] = _build_list(_table_list(hints[key]), value, f"{prefix}{key}")
         else:
             kwargs[key] = _check_type(f"{prefix}{key}", hints[key], value)
     return dataclasses.replace(base, **kwargs)
+
+
+def _table_list(hint):
+    """The dataclass of a `list[SomeConfig]` hint (an array of tables, `[[eval.judges]]`)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is list else ()
+    return args[0] if args and dataclasses.is_dataclass(args[0]) else None
+
+
+def _build_list(kind, value, name: str) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"config key {name} must be a list of tables ([[{name}]])")
+    return [_build(kind(), item, prefix=f"{name}[{i}].") for i, item in enumerate(value)]
 
 
 def _check_type(name: str, hint, value):

@@ -86,7 +86,15 @@ def read_source(path: Path) -> dict[str, tuple[str, dict[str, Field]]]:
     return classes
 
 
+def table_list(hint):
+    """The dataclass of a `list[SomeConfig]` hint (an array of tables), else None."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is list else ()
+    return args[0] if args and dataclasses.is_dataclass(args[0]) else None
+
+
 def type_name(hint) -> str:
+    if table_list(hint):
+        return "array of tables"
     if typing.get_origin(hint) is list:
         return "list of strings"
     if isinstance(hint, types.UnionType):
@@ -132,6 +140,8 @@ def sentence(text: str) -> str:
 def section(instance, prefix: str, classes, title: str, intro: str) -> list[str]:
     cls = type(instance)
     doc, fields = classes[cls.__name__]
+    for base in cls.__mro__[1:]:  # inherited fields keep their comments
+        fields = {**classes.get(base.__name__, ("", {}))[1], **fields}
     hints = typing.get_type_hints(cls)
     out = [f"## {title}", ""] if title else []
     for text in (intro, paragraph(doc)):
@@ -143,8 +153,10 @@ def section(instance, prefix: str, classes, title: str, intro: str) -> list[str]
         meta = fields[f.name]
         value = getattr(instance, f.name)
         if dataclasses.is_dataclass(value):
-            children.append((f.name, value, meta))
+            children.append((f.name, value, meta, False))
             continue
+        if table_list(hints[f.name]):
+            children.append((f.name, table_list(hints[f.name])(), meta, True))
         if meta.group:
             if table_open:
                 out.append("")
@@ -157,9 +169,10 @@ def section(instance, prefix: str, classes, title: str, intro: str) -> list[str]
                    f"{cell(default_text(value, meta.source))} | {cell(meta.comment)} |")
     if table_open:
         out.append("")
-    for name, value, meta in children:
+    for name, value, meta, many in children:
         intro = sentence(text_md(" ".join(t for t in (meta.group, meta.comment) if t)))
-        out += section(value, f"{prefix}{name}.", classes, f"`[{prefix}{name}]`", intro)
+        title = f"`[[{prefix}{name}]]`, each" if many else f"`[{prefix}{name}]`"
+        out += section(value, f"{prefix}{name}{'[].' if many else '.'}", classes, title, intro)
     return out
 
 

@@ -242,3 +242,52 @@ def test_promote_takes_a_boolean_or_canary():
     assert load_config(overrides={"learn.promote": False}).learn.promote is False
     cfg = load_config(overrides={"learn.promote": "canary", "engine.swap": "lora"})
     assert cfg.learn.promote == "canary" and cfg.canary.share == 0.1
+
+
+PANEL = """
+[panel]
+aggregate = "mean_minus_std"
+min_judges = 2
+[learn]
+reward = "judge"
+[[learn.judges]]
+url = "policy"
+[[learn.judges]]
+url = "local"
+model = "qwen2.5-coder-1.5b"
+weight = 2
+reward = "Score [Response] to [Prompt] 0-5."
+name = "1.5B, short rubric"
+"""
+
+
+def test_a_judge_panel_loads_each_judge_with_its_defaults_and_round_trips(tmp_path):
+    path = tmp_path / "panel.toml"
+    path.write_text(PANEL)
+    cfg = load_config(path)
+    policy, judge = cfg.learn.judges
+    assert (policy.url, policy.weight, policy.temperature, policy.max_tokens) == \
+        ("policy", 1.0, 0.0, 8)
+    assert (judge.weight, judge.name, cfg.panel.aggregate) == (2.0, "1.5B, short rubric",
+                                                               "mean_minus_std")
+    assert cfg.eval.judges == []  # the one-judge config is untouched
+    (tmp_path / "resolved.toml").write_text(resolved_toml(cfg))
+    assert load_config(tmp_path / "resolved.toml") == cfg
+
+
+@pytest.mark.parametrize("text, named", [
+    ('[[eval.judges]]\nurl = "local"\nweight = 0\n', "eval.judges[0].weight must be above 0"),
+    ('[[eval.judges]]\n[[eval.judges]]\nurl = "judge-7"\n', "eval.judges[1].url must be"),
+    ('[[eval.judges]]\nurl = "policy"\n', 'eval.judges[0].url "policy"'),
+    ('[[eval.judges]]\nwieght = 1\n', "unknown config key: eval.judges[0].wieght"),
+    ('[eval]\njudges = {url = "local"}\n', "eval.judges must be a list of tables"),
+    ('[panel]\naggregate = "median"\n', "panel.aggregate must be one of mean, min"),
+    ('[panel]\nmin_judges = 3\n[[eval.judges]]\n', "panel.min_judges (3) is more than eval"),
+    ('[[learn.judges]]\n', 'learn.judges is a reward panel: it needs learn.reward = "judge"'),
+])
+def test_a_bad_panel_is_refused_at_load_naming_the_key(tmp_path, text, named):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert named in str(e.value), str(e.value)

@@ -2,6 +2,7 @@
 the check catches a stale copy; every key of the config tree is listed, with a meaning."""
 
 import dataclasses
+import typing
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +20,19 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
 
 
 def keys(instance, prefix: str = "") -> list[str]:
+    """Every dotted key; an array of tables (`[[eval.judges]]`) also lists its item's keys as
+    `eval.judges[].url`, ..."""
     out = []
+    hints = typing.get_type_hints(type(instance))
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
         if dataclasses.is_dataclass(value):
             out += keys(value, f"{prefix}{f.name}.")
-        else:
-            out.append(f"{prefix}{f.name}")
+            continue
+        out.append(f"{prefix}{f.name}")
+        item = typing.get_args(hints[f.name])
+        if item and dataclasses.is_dataclass(item[0]):
+            out += keys(item[0](), f"{prefix}{f.name}[].")
     return out
 
 
@@ -67,3 +74,7 @@ def test_every_key_is_listed_once_with_its_default_and_a_meaning():
     # continuation lines of a comment are read, and a long default is named by its source
     assert "the largest divisor" in rows["learn.micro_batch"][0][3]
     assert rows["prompts.reward"][0][2] == "the text of `prompts.REWARD`"
+    # an array of tables is documented per item, inherited keys with their comments
+    assert rows["eval.judges"][0][1] == "array of tables"
+    assert "OpenAI-compatible" in rows["eval.judges[].url"][0][3]
+    assert "environment variable" in rows["learn.judges[].api_key_env"][0][3]
