@@ -15,6 +15,7 @@ import re
 from urllib.parse import urlsplit
 
 from dynalign import canary
+from dynalign.panel import AGGREGATES
 from dynalign.errors import ConfigError
 from dynalign.schedule_spec import make_trigger, spec_of
 
@@ -29,7 +30,6 @@ SWAPS = ("auto", "lora", "merged")
 DRIFT_ACTIONS = ("flag", "reject", "rollback")
 READINGS = ("both_orders", "balanced")
 CLIENT_SYSTEM = ("keep", "drop")
-AGGREGATES = ("mean", "min", "mean_minus_std")
 JUDGE_URLS = ("", "local", "policy")  # this server, a model loaded here, the policy; else http(s)
 HOST_NAME = re.compile(r"(?i)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
 
