@@ -103,7 +103,7 @@ def pairwise_command(cfg, args) -> dict:
     from tqdm import tqdm
 
     from dynalign.dataset import read_rows, seed_path
-    from learner.judge import open_judge
+    from learner.panel_judge import open_judges
 
     rows = read_rows(args.data or seed_path(cfg), strict=False)
     prompts = [r["prompt"] for r in rows if args.data or r.get("split") == "heldout"][:args.limit]
@@ -112,7 +112,7 @@ def pairwise_command(cfg, args) -> dict:
     a, b = served_name(cfg, args.a), served_name(cfg, args.b)
     convs = [[{"role": "user", "content": p}] for p in prompts]
     answers_a, answers_b = answers(cfg, args, a, convs, a), answers(cfg, args, b, convs, b)
-    judge = open_judge(cfg.eval.judge, cfg)
+    judge = open_judges(cfg, "eval")
     with tqdm(total=len(prompts), desc="judge", file=sys.stderr, disable=args.no_progress) as bar:
         report = judge.pairwise(cfg, prompts, answers_a, answers_b, progress=bar.update)
     return {"a": a, "b": b, "judge": judge.label, **report}

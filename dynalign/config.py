@@ -162,6 +162,8 @@ class JudgeConfig(EndpointConfig):
     weight: float = 1.0  # its share in the panel's mean (dynalign/panel.py)
     reward: str = ""  # its own 0-5 prompt, with prompts.reward's placeholders; "" = prompts.reward
     #                   (the same model under two phrasings is a panel of two)
+    pairwise: str = ""  # its own pairwise prompt, with prompts.pairwise's placeholders; "" =
+    #                     prompts.pairwise
     name: str = ""  # how reports and the review queue name it; "" = judge N: its model
 
 

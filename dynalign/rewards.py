@@ -94,6 +94,11 @@ class JudgeReward:
         self.unreadable = self.scored = 0
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        return [0.0 if s is None else s for s in self.read(prompts, completions)]
+
+    def read(self, prompts, completions) -> list[float | None]:
+        """The scores, None where the answer names no digit (the reward counts those as 0; a
+        panel leaves them out)."""
         asks = [reward_prompt(self.template, self.definition, prompt_text(p), text_of(c))
                 for p, c in zip(prompts, completions)]
         with ThreadPoolExecutor(self.workers) as pool:
@@ -101,7 +106,7 @@ class JudgeReward:
         scores = [parse_score(a) for a in answers]
         self.unreadable += sum(s is None for s in scores)
         self.scored += len(scores)
-        return [float(s or 0) for s in scores]
+        return [None if s is None else float(s) for s in scores]
 
     def _ask(self, text: str) -> str:
         return self.endpoint.chat([{"role": "user", "content": text}])

@@ -67,11 +67,11 @@ def before_training(model, tokenizer, items: GateItems, cfg, has_parent: bool) -
 
 def after_training(model, tokenizer, items: GateItems, cfg, before: dict,
                    steps: list[dict]) -> dict:
-    from learner.judge import open_judge
+    from learner.panel_judge import open_judges
 
     start = time.perf_counter()
     candidate = answer_side(model, tokenizer, items, cfg)
-    judge = open_judge(cfg.eval.judge, cfg)
+    judge = open_judges(cfg, "eval")
     pair = judge.pairwise(cfg, items.prompts, candidate["answers"], before["active"]["answers"])
     return {"pairwise": pair, "capabilities": capabilities(items, before["active"], candidate),
             "drift": drift(model, tokenizer, items, cfg, candidate, before, steps),

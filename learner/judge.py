@@ -34,6 +34,7 @@ class Judge:
     workers: int  # concurrent chat calls worth making
     weigh: object = None  # (messages) -> (verdict text, {"A": p, "B": p}); local judges only
     aspect_rewards: dict = field(default_factory=dict)  # aspect -> its 0-5 reward (prompts.ASPECT)
+    pairwise_template: str = ""  # its own pairwise prompt (a panel member's); "" = the config's
 
     def aspects(self, prompts: list, completions: list) -> dict[str, list[float]]:
         """Each answer's 0-5 score on each aspect of CA (knowledge, power, vitality, benevolence),
@@ -46,15 +47,18 @@ class Judge:
         the balanced reading when this judge can weigh its verdicts."""
         from dynalign.evaluate import pairwise
 
-        return pairwise(prompts, answers_a, answers_b, self.chat, cfg.prompts.pairwise,
+        return pairwise(prompts, answers_a, answers_b, self.chat,
+                        self.pairwise_template or cfg.prompts.pairwise,
                         cfg.prompts.ca_definition, workers=self.workers,
                         resamples=cfg.eval.bootstrap, level=cfg.eval.level, seed=cfg.eval.seed,
                         progress=progress, weigh=self.weigh)
 
 
-def open_judge(endpoint, cfg, reading: str = "expected", batch_size: int = 4) -> Judge:
-    """`endpoint` (an EndpointConfig) as a Judge; `cfg` gives the prompts, paths and dtypes."""
-    template, definition = cfg.prompts.reward, cfg.prompts.ca_definition
+def open_judge(endpoint, cfg, reading: str = "expected", batch_size: int = 4,
+               template: str = "") -> Judge:
+    """`endpoint` (an EndpointConfig) as a Judge; `cfg` gives the prompts, paths and dtypes;
+    `template`, a reward prompt of its own (a panel member's), else prompts.reward."""
+    template, definition = template or cfg.prompts.reward, cfg.prompts.ca_definition
     aspects = {name: aspect_template(cfg.prompts.aspect, name) for name in ASPECTS}
     if endpoint.url == LOCAL:
         local = LocalJudge(endpoint.model, resolve(endpoint.model, cfg.home), cfg.learn, reading,

@@ -51,8 +51,8 @@ def make_reward(cfg: Config, tokenizer):
     if learn.reward == "rule":
         from dynalign.rewards import rule_reward
         return rule_reward(learn)
-    from learner.judge import open_judge
-    return open_judge(learn.judge, cfg, learn.self_score, learn.micro_batch).reward
+    from learner.panel_judge import open_judges
+    return open_judges(cfg, "learn", learn.self_score, learn.micro_batch, tokenizer).reward
 
 
 def step_callback(cfg: Config, store: Store, round_id: int, steps: StepProgress,
@@ -139,6 +139,9 @@ def run_round(cfg: Config, round_id: int) -> dict:
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = summarize(steps, selection.summary(), parent, time.perf_counter() - started,
                         getattr(reward, "unreadable", None), learn)
+    if hasattr(reward, "disagreements"):  # a judge panel: how often its members parted
+        summary["panel"] = {"disagreements": reward.disagreements, "scored": reward.scored,
+                            "failures": reward.failures[:5]}
     if gate is not None:
         summary["gate_eval"] = _gate_after(cfg, store, round_id, trainer.model, tokenizer, gate,
                                            steps, out)

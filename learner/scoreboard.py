@@ -126,12 +126,11 @@ class Measure:
         return cached[key]
 
     def judge(self):
-        from learner.judge import open_judge
+        from learner.panel_judge import open_judges
 
         if self._judge is None:
-            self.say(f"opening the judge ({self.cfg.eval.judge.model} at "
-                     f"{self.cfg.eval.judge.url or 'this server'})")
-            self._judge = open_judge(self.cfg.eval.judge, self.cfg)
+            self._judge = open_judges(self.cfg, "eval")
+            self.say(f"judging with {self._judge.label}")
             self.judge_id = sb.judge_identity(self._judge.label, self.cfg)
         return self._judge
 

@@ -43,6 +43,11 @@ class SelfReward:
         self.model = model
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        return [0.0 if s is None else s for s in self.read(prompts, completions)]
+
+    def read(self, prompts, completions) -> list[float | None]:
+        """The scores, None where a greedy answer starts with no digit (the reward counts those
+        as 0; a panel leaves them out)."""
         start = time.perf_counter()
         texts = [reward_prompt(self.template, self.definition, prompt_text(p), text_of(c))
                  for p, c in zip(prompts, completions)]
@@ -61,7 +66,7 @@ class SelfReward:
         return expected_scores(logits, self.digits)
 
     @torch.no_grad()
-    def greedy(self, texts: list[str]) -> list[float]:
+    def greedy(self, texts: list[str]) -> list[float | None]:
         ids, mask = self._encode(texts)
         # In training mode with gradient checkpointing (TRL's default) transformers drops the
         # KV cache while generate() still feeds one token per step: every token after the first
@@ -77,7 +82,7 @@ class SelfReward:
         answers = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         scores = [parse_score(a, strict=True) for a in answers]
         self.unreadable += sum(s is None for s in scores)
-        return [float(s or 0) for s in scores]
+        return [None if s is None else float(s) for s in scores]
 
     def _rows(self, texts: list[str]) -> list[list[int]]:
         """Each text as a chat-templated user turn, ready for the answer: token ids."""

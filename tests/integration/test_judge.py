@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from dynalign.cli import main
 from dynalign.config import load_config, resolved_toml
@@ -133,6 +134,63 @@ def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
     assert shares and all(0.0 <= share <= 1.0 for share in shares)
     balanced = report["pairwise"]["balanced"]
     assert balanced["n"] == 3 and balanced["judged"] + balanced["unreadable"] <= 3
+
+
+SHORT_PAIRWISE = ("Which answer to [Prompt] helps people more, A or B?\n\nA: [Response A]\n\n"
+                  "B: [Response B]\n\nReply A, B or tie.")
+
+
+def test_a_judge_panel_rewards_a_round_and_judges_its_gate_each_member_reported(tmp_path):
+    """Panels as a round's reward (the policy itself plus the embedded model under a rubric of its
+    own) and as the gate's judge (the embedded model under two pairwise prompts, and an endpoint
+    that refuses every connection). Plumbing, not judgement: the 135M cannot tell. The failed
+    member is reported and left out, never counted; the two others still make min_judges 2."""
+    from learner.round import run_round
+
+    panel = {"learn": {"reward": "judge", "judges": [
+                 {"url": "policy", "name": "policy"},
+                 {"url": "local", "model": MODEL, "weight": 2, "name": "short rubric",
+                  "reward": "Score 0-5 how much [Response] helps with [Prompt]. Only a digit."}]},
+             "eval": {"judges": [
+                 {"url": "local", "model": MODEL, "name": "paper prompt"},
+                 {"url": "local", "model": MODEL, "name": "short prompt",
+                  "pairwise": SHORT_PAIRWISE},
+                 {"url": "http://127.0.0.1:9/v1", "model": "gone", "name": "down"}]},
+             "panel": {"aggregate": "min", "min_judges": 2}}
+    (tmp_path / "panel.toml").write_text(tomli_w.dumps(panel))
+    cfg = load_config(tmp_path / "panel.toml", {
+        "model.path": MODEL, "generate.max_retries": 0,
+        "learn.max_steps": 1, "learn.prompts": 1, "learn.prompts_per_step": 1,
+        "learn.num_generations": 2, "learn.max_completion_tokens": 8, "learn.gate.prompts": 3,
+        "learn.gate.multiturn": 0, "learn.gate.limit": 0, "learn.gate.max_tokens": 8,
+        "learn.learning_rate": MOVING_LR})
+    store = Store(cfg.db_path)
+    round_id = store.open_round("test", resolved_toml(cfg), os.getpid())
+    summary = run_round(cfg, round_id)
+    folder = cfg.home / "rounds" / f"{round_id:04d}"
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert summary["unreadable_scores"] == 0 and 0.0 < steps[0]["reward"] < 5.0
+    assert summary["panel"]["scored"] == 2 and summary["panel"]["failures"] == []
+    assert summary["gate_eval"]["judge"].startswith("panel (min) of paper prompt = ")
+    pair = json.loads((folder / "gate.json").read_text())["pairwise"]
+    members = {m["judge"]: m for m in pair["members"]}
+    assert list(members) == ["paper prompt", "short prompt", "down"] and pair["aggregate"] == "min"
+    assert "cannot connect" in members["down"]["error"]
+    for name in ("paper prompt", "short prompt"):
+        assert members[name]["weight"] == 1.0 and "balanced" in members[name]
+    assert pair["n"] == 3 and len(pair["items"]) == 3
+    for item in pair["items"]:
+        prefs = [m["preference"] for m in item["members"]]
+        assert prefs[2] is None  # the failed member: left out, not a loss
+        readable = [p for p in prefs if p is not None]
+        if len(readable) < 2:
+            assert item["outcome"] == "unreadable"  # fewer than min_judges
+        else:
+            assert item["outcome"] == ("win" if min(readable) > 0.5 else "loss"
+                                       if min(readable) < 0.5 else "tie")
+        assert item["review"] == (any(p > 0.5 for p in readable) and
+                                  any(p < 0.5 for p in readable))
+    assert pair["disagreements"] == sum(item["review"] for item in pair["items"])
 
 
 def test_the_alignment_benchmark_runs_end_to_end(tmp_path):
