@@ -14,6 +14,7 @@ from dynalign.catalog import MODELS
 from dynalign.cli_eval import add_parser as add_eval_parser
 from dynalign.cli_judge import add_parser as add_judge_parser
 from dynalign.cli_logs import add_parser as add_logs_parser
+from dynalign.cli_reviews import add_parser as add_reviews_parser
 from dynalign.config import load_config, resolved_toml
 from dynalign.errors import DynalignError
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_judge_parser(sub)
     add_logs_parser(sub)
+    add_reviews_parser(sub)
     return parser
 
 
@@ -138,6 +140,9 @@ def run(args) -> int | None:
     elif args.command == "logs":
         from dynalign.cli_logs import logs_command
         return logs_command(cfg, args)
+    elif args.command == "reviews":
+        from dynalign.cli_reviews import reviews_command
+        return reviews_command(cfg, args)
     elif args.command in ("refresh", "rounds", "learn"):
         from dynalign import cli_rounds
         return getattr(cli_rounds, f"{args.command}_command")(cfg, args)

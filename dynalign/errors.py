@@ -66,3 +66,15 @@ class CanaryRunningError(CanaryError):
         super().__init__(f"a canary of version {version} is running: promote it (POST "
                          "/admin/canary/promote) or end it (DELETE /admin/canary) first",
                          code="canary_running")
+
+
+class ReviewError(DynalignError):
+    """A review verdict that cannot be taken (dynalign/reviews.py)."""
+
+
+class UnknownReviewError(ReviewError):
+    """No review item has that id."""
+
+
+class ReviewDecidedError(ReviewError):
+    """The review item was decided already: a verdict is given once."""

@@ -168,6 +168,18 @@ def m012_conversations(db):
     db["exchanges"].create_index(["continuation_key"])
 
 
+@migration
+def m013_reviews(db):
+    """The review queue (dynalign/reviews.py): judgements a judge panel disagreed on, for a
+    person to decide. `item` holds what was judged and each judge's numbers (JSON)."""
+    db["reviews"].create(
+        {"id": int, "created": str, "source": str, "round_id": int, "reason": str, "item": str,
+         "status": str, "verdict": str, "score": float, "decided_by": str, "decided_at": str},
+        pk="id")
+    db["reviews"].create_index(["status"])
+    db["reviews"].create_index(["round_id"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 

@@ -25,7 +25,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from dynalign import conversation
+from dynalign import conversation, reviews
 from dynalign.config import Config, load_config
 from dynalign.conversation import token_counter
 from dynalign.dataset import read_rows, seed_path
@@ -212,7 +212,8 @@ def _gate_after(cfg: Config, store: Store, round_id: int, model, tokenizer, gate
     items, before = gate
     report = after_training(model, tokenizer, items, cfg, before, steps)
     (out / "gate.json").write_text(json.dumps(report, indent=2))
-    return {"pairwise": headline(report["pairwise"]),
+    queued = reviews.queue_pairs(store, round_id, report["pairwise"])  # a panel's split pairs
+    return {"pairwise": headline(report["pairwise"]), "reviews": queued,
             "capabilities": {name: {side: headline(r) for side, r in sides.items()}
                              for name, sides in report["capabilities"].items()},
             "drift": {k: v for k, v in report["drift"].items() if k != "self_scores"},

@@ -21,10 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dynalign import conversation_ids
 from dynalign.canary import routing_key
 from dynalign.config import Config
-from dynalign.errors import (CanaryError, DynalignError, RoundBusyError, RoundError,
-                             UnknownRoundError, UnknownVersionError)
+from dynalign.errors import (CanaryError, DynalignError, ReviewDecidedError, RoundBusyError,
+                             RoundError, UnknownReviewError, UnknownRoundError,
+                             UnknownVersionError)
 from dynalign.store import Store
-from server import admin, canary, conversations, feedback, guard, learning
+from server import admin, canary, conversations, feedback, guard, learning, reviews
 from server.auth import ADMIN, Keys, client_key, load_keys, require_admin_key, require_chat_key
 from server.engine import EngineCallError, EngineClient
 from server.exchange_log import ExchangeLog, stored_client
@@ -80,6 +81,7 @@ def create_app(cfg: Config, mode: str, engine_url: str, on_ready=None,
     app.include_router(admin.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
     app.include_router(learning.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
     app.include_router(canary.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
+    app.include_router(reviews.router, prefix="/admin", dependencies=[Depends(require_admin_key)])
     return app
 
 
@@ -96,8 +98,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DynalignError)
     async def dynalign_error(request, e: DynalignError):
-        if isinstance(e, (UnknownVersionError, UnknownRoundError)):
+        if isinstance(e, (UnknownVersionError, UnknownRoundError, UnknownReviewError)):
             return error_response(404, str(e), "invalid_request_error", "not_found")
+        if isinstance(e, ReviewDecidedError):
+            return error_response(409, str(e), "invalid_request_error", "review_decided")
         if isinstance(e, CanaryError):
             return error_response(409, str(e), "invalid_request_error", e.code)
         if isinstance(e, RoundError):  # busy, or not in a state that allows it

@@ -6,7 +6,8 @@ POST /admin/refresh            start a round now; the body may override [learn] 
 GET  /admin/rounds             recent rounds with live progress, and the schedule (?limit=20;
                                ?steps=true adds each round's per-step metrics)
 GET  /admin/rounds/{id}        one round: progress (step i of N, ETA, reward), summary, per-step
-                               metrics, the config it ran with
+                               metrics, the config it ran with, and people's verdicts on the
+                               pairs its judge panel split on (reviews: GET /admin/reviews)
 POST /admin/rounds/{id}/cancel stop a queued or running round
 GET  /admin/schedule           the schedule: spec, next run, last firing and what it did
 PUT  /admin/schedule           an operator's schedule (kept across restarts); DELETE: the config's
@@ -19,6 +20,7 @@ import logging
 
 from fastapi import APIRouter, Path, Query, Request
 
+from dynalign import reviews
 from dynalign.config import Config
 from dynalign.erasure import forget
 from dynalign.rounds import round_view
@@ -122,8 +124,10 @@ async def list_rounds(request: Request, limit: int = Query(20, ge=1), steps: boo
 
 @router.get("/rounds/{round_id}")
 async def get_round(request: Request, round_id: int = Path(ge=MIN_ID, le=MAX_ID)):
-    cfg = request.app.state.cfg
-    return round_view(request.app.state.store.round(round_id), cfg.round_dir(round_id))
+    cfg, store = request.app.state.cfg, request.app.state.store
+    view = round_view(store.round(round_id), cfg.round_dir(round_id))
+    view["reviews"] = reviews.tally(store, round_id)  # people's verdicts, apart from the judges'
+    return view
 
 
 @router.post("/rounds/{round_id}/cancel")

@@ -1,0 +1,97 @@
+"""The review queue: judgements a judge panel disagreed on (dynalign/panel.py), for a person.
+
+A round's gate queues each pair its panel split on: the prompt, the candidate's answer (A) and
+the active version's (B), each judge's preference for A. An operator decides it in the console,
+over `POST /admin/reviews/{id}` or with `dynalign reviews decide`: "better" (A is), "worse" or
+"tie" for a pair, or a 0-5 score for a single answer. A verdict is given once, with who gave it.
+The verdicts of a round's items are shown with its gate report, apart from the judges' numbers
+(`tally`), never mixed into them.
+
+What is queued comes from the gate's held-out prompts and probes, never from users' logged
+chats, so erasure has nothing to find here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from dynalign.errors import DataError, ReviewDecidedError, UnknownReviewError
+from dynalign.store import now
+
+VERDICTS = ("better", "worse", "tie")
+STATUSES = ("open", "decided")
+
+
+def queue_pairs(store, round_id: int, pairwise: dict, source: str = "gate") -> list[int]:
+    """Queue the pairs of a panel's pairwise report marked `review`; their ids."""
+    ids = []
+    with store.db.conn:
+        for item in pairwise.get("items", []):
+            if not item.get("review"):
+                continue
+            body = {k: item[k] for k in ("prompt", "a", "b", "outcome", "members") if k in item}
+            row = {"created": now(), "source": source, "round_id": round_id,
+                   "reason": "the panel's judges preferred different answers",
+                   "item": json.dumps(body), "status": "open"}
+            ids.append(store.db["reviews"].insert(row).last_pk)
+    return ids
+
+
+def listing(store, status: str = "", round_id: int | None = None, limit: int = 50) -> list[dict]:
+    """Review items, newest first; `status` "open" or "decided" ("" = both)."""
+    where, args = [], []
+    if status:
+        where.append("status = ?")
+        args.append(status)
+    if round_id is not None:
+        where.append("round_id = ?")
+        args.append(round_id)
+    clause = f"where {' and '.join(where)} " if where else ""
+    rows = store.db.query(f"select * from reviews {clause}order by id desc limit ?", [*args, limit])
+    return [_view(r) for r in rows]
+
+
+def get(store, review_id: int) -> dict:
+    rows = list(store.db.query("select * from reviews where id = ?", [review_id]))
+    if not rows:
+        raise UnknownReviewError(f"no review item with id {review_id}")
+    return _view(rows[0])
+
+
+def decide(store, review_id: int, by: str, verdict: str | None = None,
+           score: float | None = None) -> dict:
+    """Record a person's verdict on an open item (once); the item as it now stands."""
+    item = get(store, review_id)
+    pair = "b" in item["item"]
+    if pair and verdict not in VERDICTS:
+        raise DataError(f"review {review_id} is a pair: its verdict is one of "
+                        f"{', '.join(VERDICTS)} (is A's answer better?); got {verdict!r}")
+    if not pair and (score is None or not 0 <= score <= 5):
+        raise DataError(f"review {review_id} is one answer: its verdict is a score 0-5; "
+                        f"got {score!r}")
+    if not by.strip():
+        raise DataError("a verdict needs who gave it ('by')")
+    with store.db.conn:
+        changed = store.db.execute(
+            "update reviews set status = 'decided', verdict = ?, score = ?, decided_by = ?, "
+            "decided_at = ? where id = ? and status = 'open'",
+            [verdict if pair else None, None if pair else score, by.strip(), now(), review_id])
+    if changed.rowcount == 0:
+        raise ReviewDecidedError(f"review {review_id} was decided already, by "
+                                 f"{item['decided_by']} ({item['verdict'] or item['score']})")
+    return get(store, review_id)
+
+
+def tally(store, round_id: int) -> dict:
+    """A round's queued items and the people's verdicts on them: how many are open, and of the
+    decided pairs, how often the candidate's answer was better (its human win rate)."""
+    rows = listing(store, round_id=round_id, limit=10_000)
+    decided = [r for r in rows if r["status"] == "decided" and r["verdict"]]
+    counts = {v: sum(r["verdict"] == v for r in decided) for v in VERDICTS}
+    return {"queued": len(rows), "open": sum(r["status"] == "open" for r in rows), **counts,
+            "win_rate": counts["better"] / len(decided) if decided else None,
+            "ids": [r["id"] for r in rows]}
+
+
+def _view(row: dict) -> dict:
+    return {**row, "item": json.loads(row["item"])}
