@@ -113,6 +113,12 @@ class Admin:
     def delete_exchange(self, exchange_id: int) -> dict:
         return self.call("DELETE", f"/exchanges/{exchange_id}")
 
+    def reviews(self, status: str = "", limit: int = 50) -> dict:
+        return self.call("GET", "/reviews", params={"status": status, "limit": limit})
+
+    def decide_review(self, review_id: int, body: dict) -> dict:
+        return self.call("POST", f"/reviews/{review_id}", json=body)
+
     def canary(self) -> dict:
         return self.call("GET", "/canary")
 

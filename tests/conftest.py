@@ -1,14 +1,13 @@
 """Every test runs in its own temp dir with its own state dir and no keys from the environment.
 
 `json_server` starts real local HTTP servers that stand in for an OpenAI-compatible provider or
-judge: each POST is answered by `respond(path, headers, body) -> (status, payload, headers)`."""
+judge (tests/helpers/stand_in.py), stopped after the test."""
 
-import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from helpers.stand_in import serve_json, url_of
 
 
 def pytest_configure(config):
@@ -46,26 +45,8 @@ def json_server():
     servers = []
 
     def start(respond) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status, payload, extra = respond(self.path, headers, body)
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                for key, value in {"Content-Type": "application/json",
-                                   "Content-Length": str(len(data)), **extra}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}/v1"
+        servers.append(serve_json(respond))
+        return url_of(servers[-1])
 
     yield start
     for server in servers:

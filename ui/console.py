@@ -1,6 +1,7 @@
 """The operator console (the "Operator" tab of ui/app.py): log in with the admin key, see and
 switch adapter versions, run a canary between two, start and watch refresh rounds, edit the
-schedule, plot rounds and versions, search and delete logged prompts. It talks only HTTP to the
+schedule, plot rounds and versions, decide the judge panel's disagreements, search and delete
+logged prompts. It talks only HTTP to the
 gateway's admin API.
 
 The key lives in a per-session gr.State; it is never logged nor shown. Layout here, the
@@ -116,6 +117,22 @@ def _exchanges_section(gr, c: dict) -> None:
     c["exchanges_msg"] = gr.Markdown(elem_id="exchanges-message")
 
 
+def _reviews_section(gr, c: dict) -> None:
+    gr.Markdown("### Review queue\nPairs a judge panel split on (one judge preferred each "
+                "answer): is A, the candidate's answer, better than B, the active version's?")
+    c["reviews"] = gr.Dataframe(headers=views.REVIEW_COLUMNS, interactive=False,
+                                elem_id="reviews-table", wrap=True,
+                                column_widths=views.REVIEW_WIDTHS)
+    with gr.Row(equal_height=True):
+        c["review_id"] = gr.Number(label="Review id", precision=0, elem_id="review-id")
+        c["reviewer"] = gr.Textbox(label="Your name", elem_id="reviewer")
+        c["review_better"] = gr.Button("A is better", elem_id="review-better")
+        c["review_worse"] = gr.Button("B is better", elem_id="review-worse")
+        c["review_tie"] = gr.Button("Tie", elem_id="review-tie")
+        c["reviews_reload"] = gr.Button("Reload", elem_id="reviews-reload")
+    c["reviews_msg"] = gr.Markdown(elem_id="reviews-message")
+
+
 def build_console(gr, api_url: str) -> dict:
     """The console's components and events, inside the caller's Blocks (and tab); returns the
     components by name (ui/app.py pauses the console's timer while its tab is hidden)."""
@@ -128,7 +145,7 @@ def build_console(gr, api_url: str) -> dict:
                "login_msg": login_msg, "timer": gr.Timer(POLL_S, active=False)}
     with gr.Column(visible=False, elem_id="console") as console:
         for section in (_adapters_section, _canary_section, _refresh_section, _schedule_section,
-                        _plots_section, _exchanges_section):
+                        _plots_section, _reviews_section, _exchanges_section):
             section(gr, c)
     c["console"] = console
     wire(gr, lambda k: Admin(api_url, k), c)

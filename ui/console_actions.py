@@ -150,6 +150,31 @@ def delete_exchange(admin: Admin, exchange_id) -> str:
     return f"deleted exchange {result['deleted']}" + (f"; ⚠️ {left}" if left else "")
 
 
+def reviews_frame(rows: list[list]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=views.REVIEW_COLUMNS)
+
+
+def reviews(admin: Admin) -> tuple[list[list], str]:
+    """The review queue, open items first, then the latest decided ones."""
+    listing, error = attempt(admin.reviews)
+    if error:
+        return [], error
+    items = sorted(listing["data"], key=lambda r: (r["status"] != "open", -r["id"]))
+    waiting = sum(r["status"] == "open" for r in items)
+    return views.review_rows(items), f"{waiting} waiting for a verdict"
+
+
+def decide(admin: Admin, review_id, verdict: str, by: str) -> str:
+    if review_id is None:
+        return "⚠️ give a review id"
+    if not (by or "").strip():
+        return "⚠️ give your name: a verdict is recorded with who gave it"
+    row, error = attempt(admin.decide_review, int(review_id), {"verdict": verdict, "by": by})
+    return error or f"review {row['id']}: {row['verdict']} (by {row['decided_by']})"
+
+
 def canary(admin: Admin) -> str:
     view, error = attempt(admin.canary)
     return error or views.canary_text(view)

@@ -24,6 +24,9 @@ EXCHANGE_COLUMNS = ["conversation", "id", "created", "user", "opt-out", "version
 # without widths Gradio squeezes short columns until their headers wrap letter by letter
 ADAPTER_WIDTHS = ["80px", "120px", "90px", "170px", "75px", "85px", "65px", "110px", "85px", "75px",
                   "120px", "150px", "420px"]
+REVIEW_COLUMNS = ["id", "round", "status", "judges (preference for A)", "prompt",
+                  "A: the candidate's answer", "B: the active version's"]
+REVIEW_WIDTHS = ["55px", "65px", "150px", "220px", "260px", "330px", "330px"]
 EXCHANGE_WIDTHS = ["150px", "60px", "170px", "100px", "80px", "130px", "340px", "280px"]
 ANSWER_START = 80
 OPEN_ROUND = ("queued", "running", "evaluating")
@@ -359,3 +362,21 @@ def scoreboard_series(rows: list[dict]) -> dict:
 def figures(folder: Path = FIGURES_DIR) -> list[Path]:
     """The seed set's diversity figures (PNGs)."""
     return sorted(folder.glob("*.png")) if folder.is_dir() else []
+
+
+def review_rows(items: list[dict]) -> list[list]:
+    """The review queue's table: each item's judges' preferences for A (1 = A, 0 = B; "-":
+    no readable verdict), the prompt's last user turn, both answers."""
+    rows = []
+    for row in items:
+        item = row["item"]
+        prompt = item["prompt"] if isinstance(item["prompt"], str) else \
+            (last_user_turn(item["prompt"]) or "")
+        judges = "; ".join(f"{m['judge']}: " + ("-" if m["preference"] is None else
+                                                 f"{m['preference']:.2f}")
+                           for m in item.get("members", []))
+        status = (f"{row['verdict'] or row['score']} by {row['decided_by']}"
+                  if row["status"] == "decided" else "open")
+        rows.append([row["id"], row["round_id"], status, judges, prompt, item.get("a", ""),
+                     item.get("b", "")])
+    return rows

@@ -114,9 +114,26 @@ def _wire_plots_and_exchanges(gr, admin_for, c: dict) -> None:
     c["delete"].click(delete, [c["key_state"], c["exchange_id"], *filters], outputs)
 
 
+def _wire_reviews(gr, admin_for, c: dict) -> None:
+    """Reload, and the three verdicts: each redraws the queue under its message."""
+    def show(key, message: str = ""):
+        rows, found = act.reviews(admin_for(key))
+        return act.reviews_frame(rows), message or found
+
+    def decide(verdict: str):
+        return lambda key, review_id, by: show(key, act.decide(admin_for(key), review_id,
+                                                                verdict, by))
+
+    outputs = [c["reviews"], c["reviews_msg"]]
+    c["reviews_reload"].click(show, [c["key_state"]], outputs)
+    for verdict in ("better", "worse", "tie"):
+        c[f"review_{verdict}"].click(decide(verdict),
+                                     [c["key_state"], c["review_id"], c["reviewer"]], outputs)
+
+
 def wire(gr, admin_for, c: dict) -> None:
     for part in (_wire_login, _wire_adapters, _wire_canary, _wire_rounds, _wire_schedule,
-                 _wire_plots_and_exchanges):
+                 _wire_plots_and_exchanges, _wire_reviews):
         part(gr, admin_for, c)
 
 

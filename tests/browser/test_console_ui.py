@@ -21,6 +21,7 @@ from selenium.webdriver.support import expected_conditions as EC
 
 from helpers.browser import OPT_OUT, ChatPage
 from helpers.live_server import run_server
+from helpers.stand_in import serve_json, url_of
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +39,40 @@ def css(elem_id: str) -> tuple[str, str]:
     return By.CSS_SELECTOR, f"#{elem_id}"
 
 
+PAIR = re.compile(r"Response A\n\n(.*)\n\nResponse B\n\n(.*)\n\nOutput format", re.DOTALL)
+
+
+def length_judge(prefer_longer: bool):
+    """A stand-in judge endpoint that prefers the longer (or the shorter) answer of a pair, in
+    either order: two of them disagree on every pair of unequal lengths."""
+    def respond(path, headers, body):
+        a, b = (len(t.split()) for t in PAIR.search(body["messages"][-1]["content"]).groups())
+        verdict = "tie" if a == b else "A" if (a > b) == prefer_longer else "B"
+        return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": "len",
+                     "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                         "role": "assistant", "content": verdict}}]}, {}
+    return respond
+
+
 @pytest.fixture(scope="module")
-def ui_server(browser_binaries, base_model, tmp_path_factory):
+def panel_settings():
+    """The gate's judge: a panel of two stand-in judges that always disagree."""
+    judges = [serve_json(length_judge(True)), serve_json(length_judge(False))]
+    yield "".join(f'[[eval.judges]]\nurl = "{url_of(j)}"\nmodel = "len"\nname = "{name}"\n'
+                  for j, name in zip(judges, ("longer", "shorter")))
+    for judge in judges:
+        judge.shutdown()
+        judge.server_close()
+
+
+@pytest.fixture(scope="module")
+def ui_server(browser_binaries, base_model, tmp_path_factory, panel_settings):
     """The conftest's server, with an admin key, in LoRA swap mode: a canary serves two versions
     side by side (the chat UI's tests run the CPU default, merged). Its chat asks for answers of
     at most UI_MAX_TOKENS (ui.max_tokens): the 135M filled the default 512 planning a garden day,
-    ~45 s an answer on a busy machine."""
+    ~45 s an answer on a busy machine. The gate's judge is a panel (test_j)."""
     yield from run_server(tmp_path_factory, base_model, "lora", ui=True, admin_key=ADMIN_KEY,
-                          ui_settings=f"max_tokens = {UI_MAX_TOKENS}\n")
+                          ui_settings=f"max_tokens = {UI_MAX_TOKENS}\n", settings=panel_settings)
 
 
 class Console(ChatPage):
@@ -346,6 +373,44 @@ def test_i_a_canary_is_started_watched_promoted_and_stopped(console, ui_server):
     console.shows("canary-status", "Canary 2: stopped")
     assert ui_server.get("/admin/canary").json()["canary"]["status"] == "stopped"
     assert ui_server.active() == "dynalign-v1"
+
+
+def test_j_the_pairs_a_judge_panel_split_on_are_decided_in_the_console(console, ui_server):
+    """A gated round whose judge panel (a judge preferring longer answers, one preferring shorter)
+    splits on the pairs: they are queued; an operator decides one in the console, once; the
+    verdict shows in the round's report, apart from the judges' numbers."""
+    logged_in(console)
+    gated = {**OVERRIDES, "gate.enabled": True, "gate.prompts": 2, "gate.multiturn": 0,
+             "gate.limit": 0, "gate.max_tokens": 16, "learning_rate": 1e-2}  # moves the answers
+    round_id = ui_server.post("/admin/refresh", json=gated).json()["id"]
+    done = ui_server.wait_for(lambda: ended(ui_server, round_id), ROUND_TIMEOUT_S, "the round")
+    tally = done["reviews"]
+    assert tally["queued"] >= 1 and tally["open"] == tally["queued"], done["summary"]
+    pair = ui_server.get(f"/admin/reviews/{tally['ids'][0]}").json()
+    assert sorted(m["preference"] for m in pair["item"]["members"]) == [0.0, 1.0]
+    console.click(css("reviews-reload"))
+    console.shows("reviews-message", f"{tally['open']} waiting for a verdict")
+    console.shows("reviews-table", pair["item"]["a"][:20].strip())
+    console.fill("review-id", str(pair["id"]))
+    console.fill("reviewer", "ann")
+    console.click(css("review-better"))
+    console.shows("reviews-message", f"review {pair['id']}: better (by ann)")
+    console.shows("reviews-table", "better by ann")
+    console.shot("reviews-table", "reviews")
+    console.click(css("review-worse"))  # a second verdict on the same item is refused
+    console.shows("reviews-message", "decided already, by ann")
+    console.fill("review-id", "99999")
+    console.click(css("review-tie"))
+    console.shows("reviews-message", "no review item with id 99999")
+    report = ui_server.get(f"/admin/rounds/{round_id}").json()["reviews"]
+    assert (report["better"], report["worse"], report["open"]) == (1, 0, tally["queued"] - 1)
+    assert report["win_rate"] == 1.0
+    assert ui_server.get(f"/admin/reviews/{pair['id']}").json()["decided_by"] == "ann"
+
+
+def ended(server, round_id: int) -> dict | None:
+    view = server.get(f"/admin/rounds/{round_id}").json()
+    return view if view["status"] in ("promoted", "rejected", "failed") else None
 
 
 def arms_with(server, requests: int) -> dict | None:
