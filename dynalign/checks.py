@@ -51,6 +51,7 @@ AT_LEAST = {  # key: smallest allowed value
     "learn.converge_window": 1, "learn.lora_rank": 1, "learn.lora_alpha": 1, "learn.threads": 1,
     "learn.rule_words": 1, "learn.gate.prompts": 1, "learn.gate.min_judged": 1,
     "learn.gate.max_tokens": 1, "learn.gate.limit": 0, "learn.gate.multiturn": 0,
+    "learn.gate.aspect_prompts": 0, "learn.gate.max_aspect_drop": 0.0,
     "learn.gate.max_length_ratio": 1.0,
     "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1, "eval.scoreboard_tokens": 1,
     "eval.ifeval_limit": 0,

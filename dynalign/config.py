@@ -237,6 +237,12 @@ class GateConfig:
     mc: str = ""  # GPQA-style CSV; "" = not checked
     limit: int = 12  # items per capability check; 0 = skip the capability checks
     max_drop: float = 0.1  # a capability score may fall by at most this (absolute accuracy)
+    aspect_prompts: int = 2  # the first N of the gate's prompts are also scored 0-5 on each
+    #                          aspect of CA (knowledge, power, vitality, benevolence), for the
+    #                          candidate, the active version and the base (docs/oversight.md);
+    #                          0 = off. Few: each distinct answer costs 5 judgements
+    max_aspect_drop: float = 0.5  # an aspect's mean score may fall by at most this against the
+    #                               active version's
     max_tokens: int = 256  # answer length in the gate's generations
     # drift monitors, measured on the same held-out prompts (the probe set)
     max_top_share: float = 0.5  # share of candidate answers self-scoring >= 4.5 (saturation)

@@ -9,7 +9,8 @@ hand-made reports. A candidate is promoted only if
    (dynalign/evaluate.py) decided pairs count instead,
 2. its win rate is at least `min_win_rate`,
 3. no capability score (IFEval prompt-level strict, math, multiple choice) fell by more than
-   `max_drop` from the active version's, and
+   `max_drop` from the active version's, no aspect of CA's mean score (on the first
+   `aspect_prompts` prompts) by more than `max_aspect_drop`, and
 4. no drift monitor is past its limit, unless `on_drift = "flag"`.
 """
 
@@ -32,6 +33,7 @@ def decide(gate, report: dict) -> Decision:
     failures, notes = [], []
     _pairwise(gate, report.get("pairwise") or {}, failures, notes)
     _capabilities(gate, report.get("capabilities") or {}, failures, notes)
+    _aspects(gate, (report.get("aspects") or {}).get("means") or {}, failures, notes)
     flags = drift_flags(gate, report.get("drift") or {})
     if flags and gate.on_drift != "flag":
         failures += [f"drift: {f}" for f in flags]
@@ -66,6 +68,19 @@ def _capabilities(gate, capabilities: dict, failures: list, notes: list) -> None
         line = f"{name} {key} {before:.3f} -> {after:.3f}"
         if after < before - gate.max_drop:
             failures.append(f"{line}: fell by more than {gate.max_drop}")
+        else:
+            notes.append(line)
+
+
+def _aspects(gate, means: dict, failures: list, notes: list) -> None:
+    """No aspect of CA may fall by more than max_aspect_drop against the active version."""
+    for name, sides in means.items():
+        before, after = sides.get("active"), sides.get("candidate")
+        if name == "holistic" or before is None or after is None:
+            continue
+        line = f"aspect {name} {before:.2f} -> {after:.2f}"
+        if after < before - gate.max_aspect_drop:
+            failures.append(f"{line}: fell by more than {gate.max_aspect_drop}")
         else:
             notes.append(line)
 

@@ -1,7 +1,8 @@
 """The review queue: judgements a judge panel disagreed on (dynalign/panel.py), for a person.
 
 A round's gate queues each pair its panel split on: the prompt, the candidate's answer (A) and
-the active version's (B), each judge's preference for A. An operator decides it in the console,
+the active version's (B), each judge's preference for A; and each pair whose holistic score and
+aspect scores moved in opposite directions from B to A, with those scores. An operator decides it in the console,
 over `POST /admin/reviews/{id}` or with `dynalign reviews decide`: "better" (A is), "worse" or
 "tie" for a pair, or a 0-5 score for a single answer. A verdict is given once, with who gave it.
 The verdicts of a round's items are shown with its gate report, apart from the judges' numbers
@@ -22,16 +23,27 @@ VERDICTS = ("better", "worse", "tie")
 STATUSES = ("open", "decided")
 
 
-def queue_pairs(store, round_id: int, pairwise: dict, source: str = "gate") -> list[int]:
-    """Queue the pairs of a panel's pairwise report marked `review`; their ids."""
+PANEL_SPLIT = "the panel's judges preferred different answers"
+SIGN_CONFLICT = "the holistic score and the aspects moved in opposite directions"
+
+
+def queue_gate(store, round_id: int, report: dict) -> list[int]:
+    """Queue what a round's gate report (learner/gate_eval.py) leaves for a person: the pairs its
+    panel split on (`review`), and the items whose holistic and aspect scores disagreed."""
+    split = [i for i in report["pairwise"].get("items", []) if i.get("review")]
+    conflicts = (report.get("aspects") or {}).get("conflicts", [])
+    return queue(store, round_id, split, PANEL_SPLIT) + queue(store, round_id, conflicts,
+                                                              SIGN_CONFLICT)
+
+
+def queue(store, round_id: int, items: list[dict], reason: str, source: str = "gate") -> list[int]:
+    """Queue pairs (prompt, answers A and B, the judges' numbers); their ids."""
     ids = []
     with store.db.conn:
-        for item in pairwise.get("items", []):
-            if not item.get("review"):
-                continue
-            body = {k: item[k] for k in ("prompt", "a", "b", "outcome", "members") if k in item}
-            row = {"created": now(), "source": source, "round_id": round_id,
-                   "reason": "the panel's judges preferred different answers",
+        for item in items:
+            body = {k: item[k] for k in ("prompt", "a", "b", "outcome", "members", "scores")
+                    if k in item}
+            row = {"created": now(), "source": source, "round_id": round_id, "reason": reason,
                    "item": json.dumps(body), "status": "open"}
             ids.append(store.db["reviews"].insert(row).last_pk)
     return ids

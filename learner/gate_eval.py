@@ -74,10 +74,60 @@ def after_training(model, tokenizer, items: GateItems, cfg, before: dict,
     judge = open_judges(cfg, "eval")
     pair = judge.pairwise(cfg, items.prompts, candidate["answers"], before["active"]["answers"])
     return {"pairwise": pair, "capabilities": capabilities(items, before["active"], candidate),
+            "aspects": aspects(judge, items, cfg, candidate, before),
             "drift": drift(model, tokenizer, items, cfg, candidate, before, steps),
             "judge": judge.label,
             "seconds": {"before_training": round(before["seconds"], 1),
                         "after_training": round(time.perf_counter() - start, 1)}}
+
+
+def aspects(judge, items: GateItems, cfg, candidate: dict, before: dict) -> dict:
+    """Each aspect's mean 0-5 score of the candidate's, the active version's and the base's
+    answers to the first `learn.gate.aspect_prompts` prompts, with the holistic score beside
+    them; per item, whether the holistic score and the aspects moved in opposite directions from
+    the active version (dynalign/panel.py). {} when off."""
+    from dynalign.panel import sign_conflict
+
+    n = min(cfg.learn.gate.aspect_prompts, len(items.prompts))
+    if n == 0:
+        return {}
+    prompts = items.prompts[:n]
+    sides = {"candidate": candidate["answers"][:n], "active": before["active"]["answers"][:n],
+             "base": before["base_answers"][:n]}
+    scored = _score_once(judge, prompts, sides)
+    means = {name: {side: _mean(scored[side][name]) for side in sides}
+             for name in scored["candidate"]}
+    conflicts = [{"prompt": prompts[i], "a": sides["candidate"][i], "b": sides["active"][i],
+                  "scores": {side: {k: v[i] for k, v in scored[side].items()}
+                             for side in ("candidate", "active")}}
+                 for i in range(n) if sign_conflict(*_deltas(scored, i))]
+    return {"prompts": n, "means": means, "scores": scored, "conflicts": conflicts}
+
+
+def _score_once(judge, prompts: list, sides: dict) -> dict:
+    """side -> {"holistic": [...], aspect: [...]}, each distinct (prompt, answer) judged once: a
+    candidate often answers some prompts as the active version did, and the first round's
+    active version is the base."""
+    unique = list(dict.fromkeys((i, a) for answers in sides.values() for i, a in enumerate(answers)))
+    asked, answers = [prompts[i] for i, _ in unique], [a for _, a in unique]
+    scores = {"holistic": judge.reward(asked, answers), **judge.aspects(asked, answers)}
+    at = {key: j for j, key in enumerate(unique)}
+    return {side: {name: [values[at[(i, a)]] for i, a in enumerate(texts)]
+                   for name, values in scores.items()} for side, texts in sides.items()}
+
+
+def _deltas(scored: dict, i: int) -> tuple[float, dict]:
+    """Item i's holistic and per-aspect score changes, candidate minus active (an aspect no
+    judge could read on either side is left out)."""
+    new, old = scored["candidate"], scored["active"]
+    return (new["holistic"][i] - old["holistic"][i],
+            {a: new[a][i] - old[a][i] for a in new if a != "holistic"
+             and new[a][i] is not None and old[a][i] is not None})
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def capabilities(items: GateItems, active: dict, candidate: dict) -> dict:

@@ -65,6 +65,23 @@ class PanelJudge:
             f"{m.name} = {m.judge.label} x{m.weight:g}" for m in members)
         self.reward = PanelReward(members, panel)
 
+    @property
+    def aspect_rewards(self) -> dict:
+        """The aspects the members score (their names: the scores come from `aspects`)."""
+        return {name: None for m in self.members for name in m.judge.aspect_rewards}
+
+    def aspects(self, prompts: list, completions: list) -> dict[str, list[float | None]]:
+        """Each aspect's scores, aggregated over the members that score aspects (the policy
+        does not); None where too few of them could."""
+        weights = [m.weight for m in self.members]
+        out = {}
+        for name in self.aspect_rewards:
+            per_member = [self.reward.read_with(m, m.judge.aspect_rewards.get(name), prompts,
+                                                completions) for m in self.members]
+            out[name] = [rules.aggregate(scores, weights, self.panel.aggregate,
+                                         self.panel.min_judges) for scores in zip(*per_member)]
+        return out
+
     def pairwise(self, cfg, prompts: list, answers_a: list[str], answers_b: list[str],
                  progress=None) -> dict:
         """Every member judges every pair (both orders, dynalign/evaluate.py); each pair's
@@ -152,8 +169,14 @@ class PanelReward:
         return out
 
     def _read(self, member: Member, prompts, completions) -> list[float | None]:
+        return self.read_with(member, member.judge.reward, prompts, completions)
+
+    def read_with(self, member: Member, reward, prompts, completions) -> list[float | None]:
+        """`reward`'s readable scores (None for each where it has none, or failed: recorded)."""
+        if reward is None:
+            return [None] * len(completions)
         try:
-            return member.judge.reward.read(prompts, completions)
+            return reward.read(prompts, completions)
         except DynalignError as e:
             self.failures.append(f"{member.name}: {e}")
             return [None] * len(completions)

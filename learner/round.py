@@ -212,7 +212,7 @@ def _gate_after(cfg: Config, store: Store, round_id: int, model, tokenizer, gate
     items, before = gate
     report = after_training(model, tokenizer, items, cfg, before, steps)
     (out / "gate.json").write_text(json.dumps(report, indent=2))
-    queued = reviews.queue_pairs(store, round_id, report["pairwise"])  # a panel's split pairs
+    queued = reviews.queue_gate(store, round_id, report)  # what its judges disagreed on
     return {"pairwise": headline(report["pairwise"]), "reviews": queued,
             "capabilities": {name: {side: headline(r) for side, r in sides.items()}
                              for name, sides in report["capabilities"].items()},

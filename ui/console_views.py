@@ -374,9 +374,17 @@ def review_rows(items: list[dict]) -> list[list]:
             (last_user_turn(item["prompt"]) or "")
         judges = "; ".join(f"{m['judge']}: " + ("-" if m["preference"] is None else
                                                  f"{m['preference']:.2f}")
-                           for m in item.get("members", []))
+                           for m in item.get("members", [])) or _score_changes(item)
         status = (f"{row['verdict'] or row['score']} by {row['decided_by']}"
                   if row["status"] == "decided" else "open")
         rows.append([row["id"], row["round_id"], status, judges, prompt, item.get("a", ""),
                      item.get("b", "")])
     return rows
+
+
+def _score_changes(item: dict) -> str:
+    """A sign-conflict item's scores, A's minus B's: "holistic +0.80; knowledge -1.00; ..."."""
+    scores = item.get("scores") or {}
+    a, b = scores.get("candidate", {}), scores.get("active", {})
+    return "; ".join(f"{k} {a[k] - b[k]:+.2f}" for k in a
+                     if a.get(k) is not None and b.get(k) is not None)

@@ -134,6 +134,13 @@ def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
     assert shares and all(0.0 <= share <= 1.0 for share in shares)
     balanced = report["pairwise"]["balanced"]
     assert balanced["n"] == 3 and balanced["judged"] + balanced["unreadable"] <= 3
+    # the first learn.gate.aspect_prompts (2) prompts scored on each aspect, on every side
+    aspects = report["aspects"]
+    assert aspects["prompts"] == 2 and list(aspects["means"]) == ["holistic", *ASPECTS]
+    for sides in aspects["means"].values():
+        assert set(sides) == {"candidate", "active", "base"}
+        assert all(0.0 < v < 5.0 for v in sides.values()), aspects["means"]
+    assert len(aspects["scores"]["candidate"]["knowledge"]) == 2
 
 
 SHORT_PAIRWISE = ("Which answer to [Prompt] helps people more, A or B?\n\nA: [Response A]\n\n"
@@ -191,6 +198,12 @@ def test_a_judge_panel_rewards_a_round_and_judges_its_gate_each_member_reported(
         assert item["review"] == (any(p > 0.5 for p in readable) and
                                   any(p < 0.5 for p in readable))
     assert pair["disagreements"] == sum(item["review"] for item in pair["items"])
+    # aspects through the panel: the failed member left out, the two others aggregated
+    means = json.loads((folder / "gate.json").read_text())["aspects"]["means"]
+    assert all(v is not None for sides in means.values() for v in sides.values()), means
+    queued = summary["gate_eval"]["reviews"]  # the split pairs and sign conflicts, queued
+    assert len(queued) == pair["disagreements"] + len(
+        json.loads((folder / "gate.json").read_text())["aspects"]["conflicts"])
 
 
 def test_the_alignment_benchmark_runs_end_to_end(tmp_path):

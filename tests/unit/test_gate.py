@@ -235,3 +235,25 @@ def test_wilson_interval_matches_known_values_and_stays_in_bounds():
     assert approval(2, 1) == {"ratings": 3, "up": 2, "down": 1, "approval": 2 / 3,
                               "interval": list(wilson(2, 3))}
     assert approval()["approval"] is None and approval()["interval"] is None
+
+
+def _with_aspects(knowledge: tuple, benevolence: tuple) -> dict:
+    report = _report()
+    report["aspects"] = {"means": {
+        "holistic": {"active": 3.0, "candidate": 1.0, "base": 3.0},  # not an aspect: no rule
+        "knowledge": dict(zip(("active", "candidate"), knowledge)),
+        "benevolence": dict(zip(("active", "candidate"), benevolence))}}
+    return report
+
+
+def test_no_aspect_may_fall_by_more_than_max_aspect_drop():
+    d = decide(GateConfig(), _with_aspects(knowledge=(3.0, 3.4), benevolence=(3.0, 2.4)))
+    assert not d.promote
+    assert "aspect benevolence 3.00 -> 2.40: fell by more than 0.5" in d.reasons
+    assert "aspect knowledge 3.00 -> 3.40" in d.reasons
+    ok = decide(GateConfig(), _with_aspects(knowledge=(3.0, 3.4), benevolence=(3.0, 2.6)))
+    assert ok.promote and "aspect benevolence 3.00 -> 2.60" in ok.reasons
+    assert decide(GateConfig(max_aspect_drop=1.0),
+                  _with_aspects(knowledge=(3.0, 3.4), benevolence=(3.0, 2.4))).promote
+    unread = _with_aspects(knowledge=(3.0, None), benevolence=(None, 1.0))  # no judge could read
+    assert decide(GateConfig(), unread).promote

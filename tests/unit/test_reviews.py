@@ -26,7 +26,7 @@ def store():
 
 
 def test_a_gate_queues_only_the_pairs_its_panel_split_on(store):
-    ids = reviews.queue_pairs(store, 7, PAIRWISE)
+    ids = reviews.queue_gate(store, 7, {"pairwise": PAIRWISE})
     assert len(ids) == 2
     listed = reviews.listing(store, status="open")
     assert [r["id"] for r in listed] == ids[::-1]  # newest first
@@ -38,7 +38,7 @@ def test_a_gate_queues_only_the_pairs_its_panel_split_on(store):
 
 
 def test_a_verdict_is_recorded_once_with_who_gave_it(store):
-    first, second = reviews.queue_pairs(store, 7, PAIRWISE)
+    first, second = reviews.queue_gate(store, 7, {"pairwise": PAIRWISE})
     done = reviews.decide(store, first, "ann", verdict="better")
     assert (done["status"], done["verdict"], done["decided_by"]) == ("decided", "better", "ann")
     with pytest.raises(ReviewDecidedError, match="decided already, by ann"):
@@ -55,10 +55,21 @@ def test_a_verdict_is_recorded_once_with_who_gave_it(store):
 
 
 def test_a_rounds_tally_keeps_the_peoples_verdicts_apart(store):
-    first, second = reviews.queue_pairs(store, 7, PAIRWISE)
+    first, second = reviews.queue_gate(store, 7, {"pairwise": PAIRWISE})
     assert reviews.tally(store, 7) == {"queued": 2, "open": 2, "better": 0, "worse": 0, "tie": 0,
                                        "win_rate": None, "ids": [second, first]}
     reviews.decide(store, first, "ann", verdict="better")
     reviews.decide(store, second, "ann", verdict="worse")
     tally = reviews.tally(store, 7)
     assert (tally["open"], tally["better"], tally["worse"], tally["win_rate"]) == (0, 1, 1, 0.5)
+
+
+def test_items_whose_holistic_score_and_aspects_disagree_are_queued_with_their_scores(store):
+    conflict = {"prompt": "p4", "a": "A4", "b": "B4", "scores": {
+        "candidate": {"holistic": 4.0, "knowledge": 1.0}, "active": {"holistic": 3.0,
+                                                                     "knowledge": 2.0}}}
+    ids = reviews.queue_gate(store, 9, {"pairwise": PAIRWISE, "aspects": {"conflicts": [conflict]}})
+    assert len(ids) == 3
+    last = reviews.get(store, ids[-1])
+    assert last["reason"] == reviews.SIGN_CONFLICT and last["item"]["scores"] == conflict["scores"]
+    assert reviews.get(store, ids[0])["reason"] == reviews.PANEL_SPLIT
