@@ -110,7 +110,7 @@ def _score_once(judge, prompts: list, sides: dict) -> dict:
     active version is the base."""
     unique = list(dict.fromkeys((i, a) for answers in sides.values() for i, a in enumerate(answers)))
     asked, answers = [prompts[i] for i, _ in unique], [a for _, a in unique]
-    scores = {"holistic": judge.reward(asked, answers), **judge.aspects(asked, answers)}
+    scores = {"holistic": judge.reward.read(asked, answers), **judge.aspects(asked, answers)}
     at = {key: j for j, key in enumerate(unique)}
     return {side: {name: [values[at[(i, a)]] for i, a in enumerate(texts)]
                    for name, values in scores.items()} for side, texts in sides.items()}
@@ -120,6 +120,8 @@ def _deltas(scored: dict, i: int) -> tuple[float, dict]:
     """Item i's holistic and per-aspect score changes, candidate minus active (an aspect no
     judge could read on either side is left out)."""
     new, old = scored["candidate"], scored["active"]
+    if new["holistic"][i] is None or old["holistic"][i] is None:
+        return 0.0, {}  # no holistic direction to disagree with
     return (new["holistic"][i] - old["holistic"][i],
             {a: new[a][i] - old[a][i] for a in new if a != "holistic"
              and new[a][i] is not None and old[a][i] is not None})

@@ -38,8 +38,9 @@ class Judge:
 
     def aspects(self, prompts: list, completions: list) -> dict[str, list[float]]:
         """Each answer's 0-5 score on each aspect of CA (knowledge, power, vitality, benevolence),
-        read like the holistic reward; one judgement per aspect."""
-        return {name: reward(prompts, completions) for name, reward in self.aspect_rewards.items()}
+        read like the holistic reward, None where unreadable; one judgement per aspect."""
+        return {name: reward.read(prompts, completions)
+                for name, reward in self.aspect_rewards.items()}
 
     def pairwise(self, cfg, prompts: list[str], answers_a: list[str], answers_b: list[str],
                  progress=None) -> dict:
