@@ -54,7 +54,7 @@ AT_LEAST = {  # key: smallest allowed value
     "learn.gate.aspect_prompts": 0, "learn.gate.max_aspect_drop": 0.0,
     "learn.gate.max_length_ratio": 1.0,
     "eval.max_tokens": 1, "eval.concurrency": 1, "eval.bootstrap": 1, "eval.scoreboard_tokens": 1,
-    "eval.ifeval_limit": 0,
+    "eval.ifeval_limit": 0, "eval.scoreboard_aspects": 0,
     "learn.converge_tolerance": 0.0, "learn.gate.max_kl": 0.0, "privacy.retention_days": 0,
     "ui.max_tokens": 1, "server.feedback_per_minute": 0, "panel.min_judges": 1,
     "panel.review_gap": 0.0}

@@ -347,6 +347,9 @@ class EvalConfig:
     #                               held-out prompts
     ifeval: str = ""  # the scoreboard's IFEval input_data.jsonl; "" = our own 40-prompt sample
     ifeval_limit: int = 40  # the scoreboard's IFEval prompts (the first N); 0 = skip
+    scoreboard_aspects: int = 10  # the scoreboard's first N prompts also scored 0-5 on each
+    #                               aspect of CA, version and base (4 judgements an answer;
+    #                               docs/oversight.md); 0 = skip
 
 
 @dataclass

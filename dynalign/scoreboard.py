@@ -118,7 +118,7 @@ def headline(result: dict) -> dict:
     out = {"pointwise": _rate(r["pointwise"]), "pairwise": _rate(r["outcome"]),
            "length_controlled": _rate(r["length_controlled"]["pointwise"]),
            "scores": result["scores"], "tokens": result["tokens"], "kl": result.get("kl"),
-           "ifeval": result.get("ifeval")}
+           "ifeval": result.get("ifeval"), "aspects": result.get("aspects") or {}}
     if "balanced" in r:
         out["balanced"] = _rate(r["balanced"])
     return out

@@ -65,7 +65,7 @@ class Measure:
                          "dtype": str(self.dtype).removeprefix("torch.")}
         self._judge = None
         self.judge_id = None
-        self.counts = {"answers": 0, "scores": 0, "pairs": 0}
+        self.counts = {"answers": 0, "scores": 0, "pairs": 0, "aspects": 0}
 
     def everything(self, prompts: list[str]) -> dict:
         from learner.gate_eval import mean_tokens
@@ -80,7 +80,9 @@ class Measure:
         for item, point in zip(items, sb.pointwise_items(prompts, sides["version"], sides["base"],
                                                         scores["version"], scores["base"])):
             item |= point
+        aspects = self.aspects(prompts[:self.cfg.eval.scoreboard_aspects], sides)
         return {"judge": judge.label, "n": len(prompts), "items": items, "kl": kl,
+                "aspects": aspects,
                 "readings": sb.readings(items, self.cfg, balanced=judge.weigh is not None),
                 "scores": {side: sb.mean(s) for side, s in scores.items()},
                 "tokens": {side: mean_tokens(self.tokenizer, a) for side, a in sides.items()},
@@ -142,6 +144,29 @@ class Measure:
             got = self.judge().reward([prompts[i] for i in part], [answers[i] for i in part])
             self.store.cache("score", {keys[i]: s for i, s in zip(part, got)})
             self.counts["scores"] += len(part)
+        cached = self.store.cached(keys)
+        return [cached[k] for k in keys]
+
+    def aspects(self, prompts: list[str], sides: dict) -> dict:
+        """Each aspect's mean 0-5 score of the version's and the base's answers to `prompts`;
+        each judgement cached under the judge, the aspect, the prompt and the answer."""
+        out = {}
+        for name in self.judge().aspect_rewards:
+            judge = {**self.judge_id, "aspect": name, "template": self.cfg.prompts.aspect}
+            out[name] = {side: sb.mean(self._aspect_scores(judge, name, prompts,
+                                                            sides[side][:len(prompts)]))
+                         for side in ("version", "base")}
+        return out
+
+    def _aspect_scores(self, judge: dict, name: str, prompts: list[str], answers: list[str]):
+        keys = [sb.score_key(judge, p, a) for p, a in zip(prompts, answers)]
+        missing = self._missing(keys, f"{name} judgements")
+        for start in range(0, len(missing), 8):
+            part = missing[start:start + 8]
+            got = self.judge().aspects([prompts[i] for i in part],
+                                       [answers[i] for i in part])[name]
+            self.store.cache("aspect", {keys[i]: s for i, s in zip(part, got)})
+            self.counts["aspects"] += len(part)
         cached = self.store.cached(keys)
         return [cached[k] for k in keys]
 

@@ -147,6 +147,9 @@ class StateCollector:
                                  labels=["version", "reading", "bound", "judge"])
         kl = GaugeMetricFamily("dynalign_scoreboard_kl", "A version's per-token KL to the base on "
                                "its own held-out answers", labels=["version", "judge"])
+        aspect = GaugeMetricFamily("dynalign_scoreboard_aspect", "A version's (of=version) and "
+                                   "the base's (of=base) mean 0-5 score on one aspect of CA",
+                                   labels=["version", "aspect", "of", "judge"])
         for row in self.store.scoreboards():
             name, summary = public_name(self.state.cfg, row["version"]), row["summary"]
             for reading in ("pointwise", "pairwise", "balanced", "length_controlled"):
@@ -158,8 +161,13 @@ class StateCollector:
                         rate.add_metric([name, reading, bound, row["judge"]], value)
             if summary.get("kl") is not None:
                 kl.add_metric([name, row["judge"]], summary["kl"])
+            for aspect_name, sides in (summary.get("aspects") or {}).items():
+                for of, value in sides.items():
+                    if value is not None:
+                        aspect.add_metric([name, aspect_name, of, row["judge"]], value)
         yield rate
         yield kl
+        yield aspect
 
     def _canary(self):
         requests = GaugeMetricFamily("dynalign_canary_requests", "The running canary's exchanges "

@@ -100,11 +100,15 @@ def test_a_scoreboard_run_again_computes_only_what_its_cache_lost(base_model, tm
             return store.scoreboard(store.scoreboards(1)[-1]["id"])["result"]
 
     first = scoreboard()
-    assert first["computed"] == {"answers": 10, "scores": 6, "pairs": 3}  # (3 + 2 IFEval) x 2
+    # answers (3 + 2 IFEval) x 2; aspects: 3 prompts x 2 sides x 4 aspects
+    assert first["computed"] == {"answers": 10, "scores": 6, "pairs": 3, "aspects": 24}
+    assert list(first["aspects"]) == ["knowledge", "power", "vitality", "benevolence"]
+    assert all(0 < v < 5 for sides in first["aspects"].values() for v in sides.values())
     with closing(Store(state / "dynalign.db")) as store:
         store.db.execute("delete from eval_cache where kind = 'score' and rowid in "
                          "(select rowid from eval_cache where kind = 'score' limit 2)")
         store.db.conn.commit()
     again = scoreboard()
-    assert again["computed"] == {"answers": 0, "scores": 2, "pairs": 0}
+    assert again["computed"] == {"answers": 0, "scores": 2, "pairs": 0, "aspects": 0}
     assert again["readings"] == first["readings"] and again["kl"] == first["kl"]
+    assert again["aspects"] == first["aspects"]  # from the cache

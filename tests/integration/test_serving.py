@@ -481,7 +481,8 @@ def test_the_scoreboard_is_served_by_version_and_exported_as_metrics(merged, reg
     items = [{"a": "x", "b": "y", "pointwise": o, "outcome": o} for o in ["win"] * 7 + ["loss"] * 3]
     result = {"readings": sb.readings(items, load_config(None), balanced=False), "kl": 0.25,
               "scores": {"base": 2.0, "version": 2.5}, "tokens": {"base": 40, "version": 30},
-              "ifeval": None}
+              "ifeval": None, "aspects": {"benevolence": {"version": 3.25, "base": 2.5},
+                                          "power": {"version": None, "base": 2.0}}}
     with closing(Store(merged.db_path)) as store:
         store.add_scoreboard(registered["version"], "judge-x", "seed held-out split", {},
                              sb.headline(result), result)
@@ -501,6 +502,13 @@ def test_the_scoreboard_is_served_by_version_and_exported_as_metrics(merged, reg
     assert value == pytest.approx(0.7) and low < value
     assert after[("dynalign_scoreboard_kl", frozenset({"version": registered["name"],
                                                        "judge": "judge-x"}.items()))] == 0.25
+    aspect = {"version": registered["name"], "judge": "judge-x"}
+    for name, of, value in (("benevolence", "version", 3.25), ("benevolence", "base", 2.5),
+                            ("power", "base", 2.0)):
+        key = ("dynalign_scoreboard_aspect", frozenset({**aspect, "aspect": name, "of": of}.items()))
+        assert after[key] == value
+    assert ("dynalign_scoreboard_aspect", frozenset(  # no reading: no gauge, never a 0
+        {**aspect, "aspect": "power", "of": "version"}.items())) not in after
 
 
 def test_swaps_under_load_fail_nothing(merged, registered, swap_under_load, check_swaps):
