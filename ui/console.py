@@ -93,6 +93,8 @@ def _plots_section(gr, c: dict) -> None:
     with gr.Row():
         c["scoreboard_plot"] = gr.Plot(label="Win rate vs base (scoreboard)", show_label=False,
                                        format="png", elem_id="scoreboard-plot")
+        c["aspect_plot"] = gr.Plot(label="Aspects of CA per version (scoreboard)",
+                                   show_label=False, format="png", elem_id="aspect-plot")
     with gr.Row():
         for path in views.figures():
             gr.Image(str(path), label=f"seed set: {path.stem}", elem_id=f"figure-{path.stem}",

@@ -120,15 +120,16 @@ def schedule_call(admin: Admin, call) -> str:
 
 def plots(admin: Admin, snap: dict):
     """(the reward-per-step figure of the recent rounds, the gate's scores per version figure,
-    the scoreboard's win rate vs the base per version figure)."""
+    the scoreboard's win rate vs the base per version figure, its aspects per version figure)."""
     from ui import console_plots
 
     detailed, _ = attempt(admin.rounds, PLOT_ROUNDS, True)
     series = views.reward_series((detailed or {}).get("data", []))
     scores = views.version_scores(snap["rounds"], snap["adapters"])
     boards = views.scoreboard_series(snap.get("scoreboards") or [])
+    aspects = views.aspect_series(snap.get("scoreboards") or [])
     return (console_plots.reward_figure(series), console_plots.eval_figure(scores),
-            console_plots.scoreboard_figure(boards))
+            console_plots.scoreboard_figure(boards), console_plots.aspect_figure(aspects))
 
 
 def exchanges(admin: Admin, q: str, user: str, opt_out: str,

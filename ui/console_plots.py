@@ -1,6 +1,7 @@
-"""The operator console's three charts, drawn with matplotlib (gr.Plot shows them as images):
-the reward per step of each recent round, each version's scores from the evaluation gate, and
-each version's win rate against the base model from its scoreboard.
+"""The operator console's four charts, drawn with matplotlib (gr.Plot shows them as images):
+the reward per step of each recent round, each version's scores from the evaluation gate, each
+version's win rate against the base model from its scoreboard, and each version's score on each
+aspect of CA from its scoreboard.
 
 matplotlib's object API (`Figure`, no pyplot): every call draws its own figure, so two operators'
 sessions drawing at once share nothing. The data comes from ui/console_views.py.
@@ -130,5 +131,29 @@ def scoreboard_figure(data: dict):
     ax.set_xticks(range(len(versions)), [f"v{version}" for version in versions])
     ax.set_xlim(-0.5, len(versions) - 0.5)
     ax.set_xlabel("version")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def aspect_figure(data: dict):
+    """Each version's mean 0-5 score on each aspect of CA (ui/console_views.aspect_series): a
+    line per aspect, the base's score on it dotted in the same colour."""
+    fig, ax = _figure("Aspects of CA per version (scoreboard)")
+    ax.set_ylim(*REWARD_SCALE)
+    ax.set_ylabel("mean score (0-5)")
+    versions = data.get("versions") or []
+    if not versions:
+        _empty(ax, SCOREBOARD_EMPTY)
+        return fig
+    at = {version: i for i, version in enumerate(versions)}
+    for i, (name, points) in enumerate(data["aspects"].items()):
+        color = f"C{i % 10}"
+        ax.plot([at[v] for v, _ in points], [y for _, y in points], marker="o", color=color,
+                label=name)
+        if name in data["base"]:
+            ax.axhline(data["base"][name], color=color, linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(versions)), [f"v{version}" for version in versions])
+    ax.set_xlim(-0.5, len(versions) - 0.5)
+    ax.set_xlabel("version (dotted: the base)")
     ax.legend(loc="best", fontsize="small")
     return fig

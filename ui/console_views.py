@@ -388,3 +388,23 @@ def _score_changes(item: dict) -> str:
     a, b = scores.get("candidate", {}), scores.get("active", {})
     return "; ".join(f"{k} {a[k] - b[k]:+.2f}" for k in a
                      if a.get(k) is not None and b.get(k) is not None)
+
+
+def aspect_series(rows: list[dict]) -> dict:
+    """The aspect chart's data from GET /admin/scoreboard's rows: {"versions": the versions with
+    aspect scores, oldest first, "aspects": {aspect: [(version, mean 0-5)]}, "base": {aspect:
+    the base's mean}}, from the first judge and prompt set that scored aspects (one scale)."""
+    scored = [r for r in sorted(rows, key=lambda r: (r["version"], r.get("id") or 0))
+              if _dig(r, "summary", "aspects")]
+    if not scored:
+        return {"versions": [], "aspects": {}, "base": {}}
+    first = (scored[0].get("judge"), scored[0].get("prompts"))
+    latest = {r["version"]: r for r in scored if (r.get("judge"), r.get("prompts")) == first}
+    aspects, base = {}, {}
+    for version, row in sorted(latest.items()):
+        for name, sides in row["summary"]["aspects"].items():
+            if sides.get("version") is not None:
+                aspects.setdefault(name, []).append((version, sides["version"]))
+            if sides.get("base") is not None:
+                base[name] = sides["base"]
+    return {"versions": sorted(latest), "aspects": aspects, "base": base}

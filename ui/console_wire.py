@@ -19,7 +19,7 @@ def _wire_login(gr, admin_for, c: dict) -> None:
         ok, message = act.login(snap)
         if not ok:
             return ("", message, gr.Column(visible=False), gr.Timer(active=False),
-                    *[gr.skip()] * 9)
+                    *[gr.skip()] * 10)
         _, active, table, sig = _view(snap)
         return (key, message, gr.Column(visible=True), gr.Timer(active=True), active, table, sig,
                 act.progress(snap), act.schedule(admin), *act.plots(admin, snap),
@@ -27,7 +27,7 @@ def _wire_login(gr, admin_for, c: dict) -> None:
 
     outputs = [c["key_state"], c["login_msg"], c["console"], c["timer"], c["active"], c["adapters"],
                c["seen"], c["progress"], c["schedule"], c["reward_plot"], c["eval_plot"],
-               c["scoreboard_plot"], c["canary"]]
+               c["scoreboard_plot"], c["aspect_plot"], c["canary"]]
     gr.on([c["login"].click, c["key"].submit], login, [c["key"]], outputs, show_progress="hidden")
 
 
@@ -74,12 +74,12 @@ def _wire_rounds(gr, admin_for, c: dict) -> None:
         snap = act.snapshot(admin)
         _, active, table, sig = _view(snap)
         if sig == seen:
-            return act.progress(snap), act.canary(admin), *[gr.skip()] * 6
+            return act.progress(snap), act.canary(admin), *[gr.skip()] * 7
         return act.progress(snap), act.canary(admin), active, table, sig, *act.plots(admin, snap)
 
     c["timer"].tick(tick, [c["key_state"], c["seen"]],
                     [c["progress"], c["canary"], c["active"], c["adapters"], c["seen"],
-                     c["reward_plot"], c["eval_plot"], c["scoreboard_plot"]],
+                     c["reward_plot"], c["eval_plot"], c["scoreboard_plot"], c["aspect_plot"]],
                     show_progress="hidden")
     c["refresh"].click(lambda key, text: (act.refresh(admin_for(key), text),
                                           act.progress(act.snapshot(admin_for(key)))),

@@ -148,7 +148,8 @@ def test_the_snapshot_reads_the_scoreboards_and_a_new_one_redraws():
     assert "62 % [52, 71]" in act.adapters_view(snap)[1][1]
     assert act.signature(snap) != act.signature({**snap, "scoreboards": BOARDS[:2]})
     figures = act.plots(admin, snap)
-    assert len(figures) == 3 and figures[2].axes[0].get_title() == "Win rate vs base (scoreboard)"
+    assert len(figures) == 4 and figures[2].axes[0].get_title() == "Win rate vs base (scoreboard)"
+    assert figures[3].axes[0].get_title() == "Aspects of CA per version (scoreboard)"
     admin.scoreboard(3)
     assert str(seen[-1].url) == "http://gw.test/admin/scoreboard?version=3"
     # a gateway without scoreboards: none shown, nothing else lost
@@ -355,3 +356,28 @@ def test_a_canary_without_a_version_is_a_message_not_a_call():
             200, json={"canary": None, "arms": None})))
     assert act.start_canary(admin, "", "0.3", "") == "⚠️ canary: give the version to try"
     assert calls == []
+
+
+def test_the_aspect_chart_draws_each_aspect_per_version_and_the_base_dotted():
+    from ui import console_plots as plots
+
+    with_aspects = []
+    for row_id, version, judge, values in ((1, 1, QWEN, (2.0, 3.0)), (2, 1, LLAMA, (4.0, 4.0)),
+                                           (3, 2, QWEN, (2.5, None))):
+        row = board(row_id, version, judge)
+        row["summary"]["aspects"] = {"knowledge": {"version": values[0], "base": 1.5},
+                                     "power": {"version": values[1], "base": 2.0}}
+        with_aspects.append(row)
+    data = views.aspect_series([board(9, 1, QWEN), *with_aspects])  # a row without: skipped
+    assert data == {"versions": [1, 2], "aspects": {"knowledge": [(1, 2.0), (2, 2.5)],
+                                                    "power": [(1, 3.0)]},  # LLAMA: another scale
+                    "base": {"knowledge": 1.5, "power": 2.0}}
+    fig = plots.aspect_figure(data)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] \
+        == ["knowledge", "power"]
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert sorted(line.get_ydata()[0] for line in dotted) == [1.5, 2.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["v1", "v2"]
+    empty = plots.aspect_figure(views.aspect_series([]))
+    assert "no scoreboard yet" in empty.axes[0].texts[0].get_text()
