@@ -57,7 +57,9 @@ def line(row: dict) -> str:
     judges = ", ".join(f"{m['judge']} {_pref(m['preference'])}" for m in item.get("members", []))
     state = (f"{row['verdict'] or row['score']} by {row['decided_by']}"
              if row["status"] == "decided" else "open")
-    return f"#{row['id']} round {row['round_id']} [{state}] ({judges}) {prompt[:60]!r}"
+    where = (f"round {row['round_id']}" if row["round_id"] is not None
+             else f"v{row.get('version')} scoreboard")
+    return f"#{row['id']} {where} [{state}] ({judges}) {prompt[:60]!r}"
 
 
 def _pref(value) -> str:

@@ -6,7 +6,8 @@ aspect scores moved in opposite directions from B to A, with those scores. An op
 over `POST /admin/reviews/{id}` or with `dynalign reviews decide`: "better" (A is), "worse" or
 "tie" for a pair, or a 0-5 score for a single answer. A verdict is given once, with who gave it.
 The verdicts of a round's items are shown with its gate report, apart from the judges' numbers
-(`tally`), never mixed into them.
+(`tally`), never mixed into them; so are a scoreboard's: the pairs (A the version's answer, B
+the base's) its panel split on, with the version's scoreboard.
 
 What is queued comes from the gate's held-out prompts and probes, never from users' logged
 chats, so erasure has nothing to find here.
@@ -36,22 +37,42 @@ def queue_gate(store, round_id: int, report: dict) -> list[int]:
                                                               SIGN_CONFLICT)
 
 
-def queue(store, round_id: int, items: list[dict], reason: str, source: str = "gate") -> list[int]:
-    """Queue pairs (prompt, answers A and B, the judges' numbers); their ids."""
+def queue_scoreboard(store, version: int, items: list[dict]) -> list[int]:
+    """Queue the scoreboard's pairs (A the version's answer, B the base's) its panel split on;
+    a pair queued by an earlier run of the same scoreboard is not queued again."""
+    split = [i for i in items if i.get("review")]
+    return queue(store, None, split, PANEL_SPLIT, source="scoreboard", version=version)
+
+
+def queue(store, round_id: int | None, items: list[dict], reason: str, source: str = "gate",
+          version: int | None = None) -> list[int]:
+    """Queue pairs (prompt, answers A and B, the judges' numbers); the ids of those queued now."""
     ids = []
     with store.db.conn:
         for item in items:
-            body = {k: item[k] for k in ("prompt", "a", "b", "outcome", "members", "scores")
-                    if k in item}
+            body = json.dumps({k: item[k] for k in ("prompt", "a", "b", "outcome", "members",
+                                                    "scores") if k in item})
+            if version is not None and _queued(store, source, version, body):
+                continue
             row = {"created": now(), "source": source, "round_id": round_id, "reason": reason,
-                   "item": json.dumps(body), "status": "open"}
+                   "item": body, "status": "open", "version": version}
             ids.append(store.db["reviews"].insert(row).last_pk)
     return ids
 
 
-def listing(store, status: str = "", round_id: int | None = None, limit: int = 50) -> list[dict]:
-    """Review items, newest first; `status` "open" or "decided" ("" = both)."""
+def _queued(store, source: str, version: int, body: str) -> bool:
+    return bool(list(store.db.query("select 1 from reviews where source = ? and version = ? and "
+                                    "item = ? limit 1", [source, version, body])))
+
+
+def listing(store, status: str = "", round_id: int | None = None, limit: int = 50,
+            version: int | None = None) -> list[dict]:
+    """Review items, newest first; `status` "open" or "decided" ("" = both); one round's, or
+    one version's (the scoreboard's items)."""
     where, args = [], []
+    if version is not None:
+        where.append("version = ?")
+        args.append(version)
     if status:
         where.append("status = ?")
         args.append(status)
@@ -94,10 +115,11 @@ def decide(store, review_id: int, by: str, verdict: str | None = None,
     return get(store, review_id)
 
 
-def tally(store, round_id: int) -> dict:
-    """A round's queued items and the people's verdicts on them: how many are open, and of the
-    decided pairs, how often the candidate's answer was better (its human win rate)."""
-    rows = listing(store, round_id=round_id, limit=10_000)
+def tally(store, round_id: int | None = None, version: int | None = None) -> dict:
+    """A round's (or a version's scoreboard's) queued items and the people's verdicts on them:
+    how many are open, and of the decided pairs, how often A's answer was better (its human win
+    rate)."""
+    rows = listing(store, round_id=round_id, version=version, limit=10_000)
     decided = [r for r in rows if r["status"] == "decided" and r["verdict"]]
     counts = {v: sum(r["verdict"] == v for r in decided) for v in VERDICTS}
     return {"queued": len(rows), "open": sum(r["status"] == "open" for r in rows), **counts,

@@ -180,6 +180,14 @@ def m013_reviews(db):
     db["reviews"].create_index(["round_id"])
 
 
+@migration
+def m014_review_version(db):
+    """The version a review item's answer A came from, where it is known when the item is queued
+    (the scoreboard's; a gate's candidate has no version yet: its round says)."""
+    db["reviews"].add_column("version", int)
+    db["reviews"].create_index(["version"])
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 

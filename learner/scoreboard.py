@@ -20,6 +20,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from dynalign import reviews
 from dynalign import scoreboard as sb
 from dynalign.config import load_config
 from dynalign.errors import DataError, DynalignError
@@ -42,6 +43,7 @@ def run(cfg, version: int | None = None, prompts_path: str | None = None, say=No
         result |= {"version": version, "base": cfg.model_name, "prompts_source": source,
                    "seconds": round(time.perf_counter() - started, 1)}
         settings = measure.settings | {"judge": measure.judge_id}
+        result["reviews"] = reviews.queue_scoreboard(store, version, result["items"])
         return store.add_scoreboard(version, result["judge"], source, settings,
                                     sb.headline(result), result)
 

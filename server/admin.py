@@ -7,6 +7,7 @@ import time
 
 from fastapi import APIRouter, Path, Query, Request
 
+from dynalign import reviews
 from dynalign.erasure import forget
 from dynalign.evaluate import approval, approval_by_version
 from dynalign.rounds import round_view
@@ -100,7 +101,9 @@ async def scoreboard(request: Request, version: str | None = None):
         _versions(request).store.adapter(number)  # unknown: 404 naming it
     cfg = _versions(request).cfg
     rows = await request.app.state.db(Store.scoreboards, number)
-    return {"data": [{**r, "name": public_name(cfg, r["version"])} for r in rows]}
+    store = _versions(request).store  # people's verdicts on each version's split pairs, apart
+    return {"data": [{**r, "name": public_name(cfg, r["version"]),
+                      "reviews": reviews.tally(store, version=r["version"])} for r in rows]}
 
 
 @router.post("/adapters/{version}/activate")

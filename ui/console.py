@@ -121,7 +121,9 @@ def _exchanges_section(gr, c: dict) -> None:
 
 def _reviews_section(gr, c: dict) -> None:
     gr.Markdown("### Review queue\nPairs a judge panel split on (one judge preferred each "
-                "answer): is A, the candidate's answer, better than B, the active version's?")
+                "answer), or whose holistic and aspect scores disagreed: is A better than B? "
+                "A gate's: A the candidate's answer, B the active version's. A scoreboard's: "
+                "A the version's, B the base's.")
     c["reviews"] = gr.Dataframe(headers=views.REVIEW_COLUMNS, interactive=False,
                                 elem_id="reviews-table", wrap=True,
                                 column_widths=views.REVIEW_WIDTHS)

@@ -24,8 +24,8 @@ EXCHANGE_COLUMNS = ["conversation", "id", "created", "user", "opt-out", "version
 # without widths Gradio squeezes short columns until their headers wrap letter by letter
 ADAPTER_WIDTHS = ["80px", "120px", "90px", "170px", "75px", "85px", "65px", "110px", "85px", "75px",
                   "120px", "150px", "420px"]
-REVIEW_COLUMNS = ["id", "round", "status", "judges (preference for A)", "prompt",
-                  "A: the candidate's answer", "B: the active version's"]
+REVIEW_COLUMNS = ["id", "round or version", "status", "judges (preference for A)", "prompt",
+                  "A: the candidate's (the version's)", "B: the active's (the base's)"]
 REVIEW_WIDTHS = ["55px", "65px", "150px", "220px", "260px", "330px", "330px"]
 EXCHANGE_WIDTHS = ["150px", "60px", "170px", "100px", "80px", "130px", "340px", "280px"]
 ANSWER_START = 80
@@ -377,7 +377,9 @@ def review_rows(items: list[dict]) -> list[list]:
                            for m in item.get("members", [])) or _score_changes(item)
         status = (f"{row['verdict'] or row['score']} by {row['decided_by']}"
                   if row["status"] == "decided" else "open")
-        rows.append([row["id"], row["round_id"], status, judges, prompt, item.get("a", ""),
+        where = row["round_id"] if row["round_id"] is not None else \
+            f"v{row.get('version')} scoreboard"
+        rows.append([row["id"], where, status, judges, prompt, item.get("a", ""),
                      item.get("b", "")])
     return rows
 

@@ -73,3 +73,15 @@ def test_items_whose_holistic_score_and_aspects_disagree_are_queued_with_their_s
     last = reviews.get(store, ids[-1])
     assert last["reason"] == reviews.SIGN_CONFLICT and last["item"]["scores"] == conflict["scores"]
     assert reviews.get(store, ids[0])["reason"] == reviews.PANEL_SPLIT
+
+
+def test_a_scoreboards_split_pairs_are_queued_once_per_version_and_tallied_apart(store):
+    items = PAIRWISE["items"]
+    first = reviews.queue_scoreboard(store, 3, items)
+    assert len(first) == 2 and reviews.queue_scoreboard(store, 3, items) == []  # a rerun
+    assert len(reviews.queue_scoreboard(store, 4, items)) == 2  # another version's
+    reviews.decide(store, first[0], "ann", verdict="worse")
+    tally = reviews.tally(store, version=3)
+    assert (tally["queued"], tally["open"], tally["worse"], tally["win_rate"]) == (2, 1, 1, 0.0)
+    assert reviews.get(store, first[0])["source"] == "scoreboard"
+    assert reviews.tally(store, round_id=7)["queued"] == 0  # a gate's round is another thing
