@@ -406,6 +406,13 @@ def test_j_the_pairs_a_judge_panel_split_on_are_decided_in_the_console(console, 
     assert (report["better"], report["worse"], report["open"]) == (1, 0, tally["queued"] - 1)
     assert report["win_rate"] == 1.0
     assert ui_server.get(f"/admin/reviews/{pair['id']}").json()["decided_by"] == "ann"
+    # the same queue from the command line: listed, and a second verdict refused (exit 1)
+    listed = ui_server.cli("reviews", "list", "--round", str(round_id), timeout=120)
+    assert listed.returncode == 0 and f"#{pair['id']} round {round_id} [better by ann]" in \
+        listed.stdout, listed.stderr
+    again = ui_server.cli("reviews", "decide", str(pair["id"]), "--verdict", "tie", "--by", "bob",
+                          timeout=120)
+    assert again.returncode == 1 and "decided already, by ann" in again.stderr
 
 
 def ended(server, round_id: int) -> dict | None:
