@@ -15,8 +15,8 @@ import re
 from urllib.parse import urlsplit
 
 from dynalign import canary
-from dynalign.panel import AGGREGATES
 from dynalign.errors import ConfigError
+from dynalign.panel import AGGREGATES
 from dynalign.schedule_spec import make_trigger, spec_of
 
 REWARDS = ("self", "rule", "judge")
@@ -144,13 +144,12 @@ def _panels(cfg) -> list[str]:
                 out.append(f"{key}.weight must be above 0; got {judge.weight!r}")
             if judge.max_tokens < 1:
                 out.append(f"{key}.max_tokens must be at least 1")
-    if cfg.learn.judges and cfg.learn.reward != "judge":
-        out.append(f'learn.judges is a reward panel: it needs learn.reward = "judge" (got '
-                   f"{cfg.learn.reward!r})")
-    for section, judges in (("learn.judges", cfg.learn.judges), ("eval.judges", cfg.eval.judges)):
         if judges and cfg.panel.min_judges > len(judges):
             out.append(f"panel.min_judges ({cfg.panel.min_judges}) is more than {section} lists "
                        f"({len(judges)})")
+    if cfg.learn.judges and cfg.learn.reward != "judge":
+        out.append(f'learn.judges is a reward panel: it needs learn.reward = "judge" (got '
+                   f"{cfg.learn.reward!r})")
     return out
 
 

@@ -71,8 +71,7 @@ def judge_command(cfg, args) -> int:
         scores = reward(asked, responses)
         aspects = _aspects(judge, args, asked, responses)
         for i, (row, score) in enumerate(zip(rows, scores)):
-            extra = {"aspects": {k: None if v[i] is None else round(v[i], 4)
-                                 for k, v in aspects.items()}} if aspects else {}
+            extra = {"aspects": {k: round(v[i], 4) for k, v in aspects.items()}} if aspects else {}
             print(json.dumps({**row, "score": round(score, 4), **extra}))
         return max(_unreadable(r) for r in (judge.reward, *judge.aspect_rewards.values()))
     rows = _rows(args.data or CALIBRATION, ("prompt", *KINDS), args.limit)

@@ -2,8 +2,8 @@
 
 A round's gate queues each pair its panel split on: the prompt, the candidate's answer (A) and
 the active version's (B), each judge's preference for A; and each pair whose holistic score and
-aspect scores moved in opposite directions from B to A, with those scores. An operator decides it in the console,
-over `POST /admin/reviews/{id}` or with `dynalign reviews decide`: "better" (A is), "worse" or
+aspect scores moved in opposite directions from B to A, with those scores. An operator decides
+it in the console, over `POST /admin/reviews/{id}` or with `dynalign reviews decide`: "better" (A is), "worse" or
 "tie" for a pair, or a 0-5 score for a single answer. A verdict is given once, with who gave it.
 The verdicts of a round's items are shown with its gate report, apart from the judges' numbers
 (`tally`), never mixed into them; so are a scoreboard's: the pairs (A the version's answer, B

@@ -87,6 +87,7 @@ def aspects(judge, items: GateItems, cfg, candidate: dict, before: dict) -> dict
     them; per item, whether the holistic score and the aspects moved in opposite directions from
     the active version (dynalign/panel.py). {} when off."""
     from dynalign.panel import sign_conflict
+    from dynalign.scoreboard import mean
 
     n = min(cfg.learn.gate.aspect_prompts, len(items.prompts))
     if n == 0:
@@ -95,7 +96,7 @@ def aspects(judge, items: GateItems, cfg, candidate: dict, before: dict) -> dict
     sides = {"candidate": candidate["answers"][:n], "active": before["active"]["answers"][:n],
              "base": before["base_answers"][:n]}
     scored = _score_once(judge, prompts, sides)
-    means = {name: {side: _mean(scored[side][name]) for side in sides}
+    means = {name: {side: mean(scored[side][name]) for side in sides}
              for name in scored["candidate"]}
     conflicts = [{"prompt": prompts[i], "a": sides["candidate"][i], "b": sides["active"][i],
                   "scores": {side: {k: v[i] for k, v in scored[side].items()}
@@ -125,11 +126,6 @@ def _deltas(scored: dict, i: int) -> tuple[float, dict]:
     return (new["holistic"][i] - old["holistic"][i],
             {a: new[a][i] - old[a][i] for a in new if a != "holistic"
              and new[a][i] is not None and old[a][i] is not None})
-
-
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def capabilities(items: GateItems, active: dict, candidate: dict) -> dict:

@@ -36,11 +36,14 @@ class Judge:
     aspect_rewards: dict = field(default_factory=dict)  # aspect -> its 0-5 reward (prompts.ASPECT)
     pairwise_template: str = ""  # its own pairwise prompt (a panel member's); "" = the config's
 
-    def aspects(self, prompts: list, completions: list) -> dict[str, list[float]]:
+    def aspects(self, prompts: list, completions: list) -> dict[str, list[float | None]]:
         """Each answer's 0-5 score on each aspect of CA (knowledge, power, vitality, benevolence),
         read like the holistic reward, None where unreadable; one judgement per aspect."""
-        return {name: reward.read(prompts, completions)
-                for name, reward in self.aspect_rewards.items()}
+        return {name: self.aspect(name, prompts, completions) for name in self.aspect_rewards}
+
+    def aspect(self, name: str, prompts: list, completions: list) -> list[float | None]:
+        """Each answer's 0-5 score on one aspect."""
+        return self.aspect_rewards[name].read(prompts, completions)
 
     def pairwise(self, cfg, prompts: list[str], answers_a: list[str], answers_b: list[str],
                  progress=None) -> dict:

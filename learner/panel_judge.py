@@ -36,7 +36,7 @@ def open_judges(cfg, role: str, reading: str = "expected", batch_size: int = 4, 
     members = [Member(j.name or f"judge {i + 1}: {j.model}", j.weight,
                       _member(j, cfg, reading, batch_size, tokenizer))
                for i, j in enumerate(section.judges)]
-    return PanelJudge(members, cfg.panel, reading)
+    return PanelJudge(members, cfg.panel)
 
 
 def _member(judge, cfg, reading: str, batch_size: int, tokenizer):
@@ -59,7 +59,7 @@ class PanelJudge:
     weigh = None  # the members' own balanced readings are used inside `pairwise`
     workers = 1
 
-    def __init__(self, members: list[Member], panel, reading: str = "expected"):
+    def __init__(self, members: list[Member], panel):
         self.members, self.panel = members, panel
         self.label = f"panel ({panel.aggregate}) of " + "; ".join(
             f"{m.name} = {m.judge.label} x{m.weight:g}" for m in members)
@@ -71,16 +71,17 @@ class PanelJudge:
         return {name: None for m in self.members for name in m.judge.aspect_rewards}
 
     def aspects(self, prompts: list, completions: list) -> dict[str, list[float | None]]:
-        """Each aspect's scores, aggregated over the members that score aspects (the policy
-        does not); None where too few of them could."""
+        """Each aspect's scores (`aspect`)."""
+        return {name: self.aspect(name, prompts, completions) for name in self.aspect_rewards}
+
+    def aspect(self, name: str, prompts: list, completions: list) -> list[float | None]:
+        """One aspect's scores, aggregated over the members that score aspects (the policy does
+        not); None where too few of them could."""
+        per_member = [self.reward.read_with(m, m.judge.aspect_rewards.get(name), prompts,
+                                            completions) for m in self.members]
         weights = [m.weight for m in self.members]
-        out = {}
-        for name in self.aspect_rewards:
-            per_member = [self.reward.read_with(m, m.judge.aspect_rewards.get(name), prompts,
-                                                completions) for m in self.members]
-            out[name] = [rules.aggregate(scores, weights, self.panel.aggregate,
-                                         self.panel.min_judges) for scores in zip(*per_member)]
-        return out
+        return [rules.aggregate(scores, weights, self.panel.aggregate, self.panel.min_judges)
+                for scores in zip(*per_member)]
 
     def pairwise(self, cfg, prompts: list, answers_a: list[str], answers_b: list[str],
                  progress=None) -> dict:

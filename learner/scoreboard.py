@@ -140,12 +140,18 @@ class Measure:
 
     def scores(self, prompts: list[str], answers: list[str]) -> list:
         keys = [sb.score_key(self.judge_id, p, a) for p, a in zip(prompts, answers)]
-        missing = self._missing(keys, "0-5 judgements")
-        for start in range(0, len(missing), 8):  # cached as it goes: a stopped run resumes
+        return self._judged(keys, "score", "0-5 judgements",
+                            lambda part: self.judge().reward([prompts[i] for i in part],
+                                                             [answers[i] for i in part]))
+
+    def _judged(self, keys: list[str], kind: str, what: str, compute) -> list:
+        """The cached value of each key; the missing ones computed 8 at a time by
+        `compute(indices)` and cached as it goes (a stopped run resumes), counted in `kind`s."""
+        missing = self._missing(keys, what)
+        for start in range(0, len(missing), 8):
             part = missing[start:start + 8]
-            got = self.judge().reward([prompts[i] for i in part], [answers[i] for i in part])
-            self.store.cache("score", {keys[i]: s for i, s in zip(part, got)})
-            self.counts["scores"] += len(part)
+            self.store.cache(kind, {keys[i]: s for i, s in zip(part, compute(part))})
+            self.counts[f"{kind}s"] += len(part)
         cached = self.store.cached(keys)
         return [cached[k] for k in keys]
 
@@ -162,15 +168,9 @@ class Measure:
 
     def _aspect_scores(self, judge: dict, name: str, prompts: list[str], answers: list[str]):
         keys = [sb.score_key(judge, p, a) for p, a in zip(prompts, answers)]
-        missing = self._missing(keys, f"{name} judgements")
-        for start in range(0, len(missing), 8):
-            part = missing[start:start + 8]
-            got = self.judge().aspects([prompts[i] for i in part],
-                                       [answers[i] for i in part])[name]
-            self.store.cache("aspect", {keys[i]: s for i, s in zip(part, got)})
-            self.counts["aspects"] += len(part)
-        cached = self.store.cached(keys)
-        return [cached[k] for k in keys]
+        return self._judged(keys, "aspect", f"{name} judgements",
+                            lambda part: self.judge().aspect(name, [prompts[i] for i in part],
+                                                             [answers[i] for i in part]))
 
     def pairs(self, prompts: list[str], version: list[str], base: list[str]) -> list[dict]:
         keys = [sb.pair_key(self.judge_id, p, a, b) for p, a, b in zip(prompts, version, base)]

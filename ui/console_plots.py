@@ -128,11 +128,16 @@ def scoreboard_figure(data: dict):
     for version in versions:
         if version not in drawn:
             ax.text(at[version], 0.02, "n/a", ha="center", va="bottom", fontsize="x-small")
+    _versions_axis(ax, versions, "version")
+    return fig
+
+
+def _versions_axis(ax, versions: list[int], label: str) -> None:
+    """One tick per version ("v3"), a label, and the legend."""
     ax.set_xticks(range(len(versions)), [f"v{version}" for version in versions])
     ax.set_xlim(-0.5, len(versions) - 0.5)
-    ax.set_xlabel("version")
+    ax.set_xlabel(label)
     ax.legend(loc="best", fontsize="small")
-    return fig
 
 
 def aspect_figure(data: dict):
@@ -152,8 +157,5 @@ def aspect_figure(data: dict):
                 label=name)
         if name in data["base"]:
             ax.axhline(data["base"][name], color=color, linestyle=":", linewidth=1)
-    ax.set_xticks(range(len(versions)), [f"v{version}" for version in versions])
-    ax.set_xlim(-0.5, len(versions) - 0.5)
-    ax.set_xlabel("version (dotted: the base)")
-    ax.legend(loc="best", fontsize="small")
+    _versions_axis(ax, versions, "version (dotted: the base)")
     return fig

@@ -98,31 +98,40 @@ def test_judge_check_fails_a_judge_that_cannot_tell(capsys):
     assert gap < 0.75
 
 
+# a one-step round on the embedded model with a small gate (no capability checks)
+ONE_STEP = {"model.path": MODEL, "learn.max_steps": 1, "learn.prompts": 1,
+            "learn.prompts_per_step": 1, "learn.num_generations": 2,
+            "learn.max_completion_tokens": 8, "learn.gate.limit": 0, "learn.gate.max_tokens": 8,
+            "learn.learning_rate": MOVING_LR}
+
+
+def one_round(cfg) -> tuple[dict, Path, list[dict]]:
+    """A round run in this process, the normal code path: its summary, folder and step metrics."""
+    from learner.round import run_round
+
+    round_id = Store(cfg.db_path).open_round("test", resolved_toml(cfg), os.getpid())
+    summary = run_round(cfg, round_id)
+    folder = cfg.home / "rounds" / f"{round_id:04d}"
+    return summary, folder, [json.loads(line) for line in
+                             (folder / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_a_local_judge_rewards_a_round_and_judges_its_gate(tmp_path):
     """The normal round code path with learn.reward = "judge" and both judges local: the reward
     is read from the judge's digit probabilities (graded, never the unreadable 0) and the gate's
     pairwise verdicts come from the same model, named in the round's summary. The step's learning
     rate moves the answers, so the gate has pairs to judge."""
-    from learner.round import run_round
-
     cfg = load_config(None, {
-        "model.path": MODEL, "learn.reward": "judge", "learn.judge.url": "local",
+        **ONE_STEP, "learn.reward": "judge", "learn.judge.url": "local",
         "learn.judge.model": MODEL, "eval.judge.url": "local", "eval.judge.model": MODEL,
-        "learn.max_steps": 1, "learn.prompts": 1, "learn.prompts_per_step": 1,
-        "learn.num_generations": 2, "learn.max_completion_tokens": 8, "learn.gate.prompts": 2,
-        "learn.gate.multiturn": 1, "learn.gate.limit": 0, "learn.gate.max_tokens": 8,
-        "learn.learning_rate": MOVING_LR})
-    store = Store(cfg.db_path)
-    round_id = store.open_round("test", resolved_toml(cfg), os.getpid())
-    summary = run_round(cfg, round_id)
-    steps = [json.loads(line) for line in
-             (cfg.home / "rounds" / f"{round_id:04d}" / "metrics.jsonl").read_text().splitlines()]
+        "learn.gate.prompts": 2, "learn.gate.multiturn": 1})
+    summary, folder, steps = one_round(cfg)
     assert summary["reward"] == "judge" and summary["unreadable_scores"] == 0
     assert 0.0 < steps[0]["reward"] < 5.0
     gate = summary["gate_eval"]
     assert gate["judge"] == f"{MODEL} (local, float32)"
     assert gate["pairwise"]["n"] == 3  # 2 held-out prompts and a multi-turn probe
-    report = json.loads((cfg.home / "rounds" / f"{round_id:04d}" / "gate.json").read_text())
+    report = json.loads((folder / "gate.json").read_text())
     probe = report["pairwise"]["items"][-1]["prompt"]  # judged with its earlier turns
     assert [m["role"] for m in probe] == ["user", "assistant", "user", "assistant", "user"]
     judged = [item for item in report["pairwise"]["items"] if not item["identical"]]
@@ -152,8 +161,6 @@ def test_a_judge_panel_rewards_a_round_and_judges_its_gate_each_member_reported(
     own) and as the gate's judge (the embedded model under two pairwise prompts, and an endpoint
     that refuses every connection). Plumbing, not judgement: the 135M cannot tell. The failed
     member is reported and left out, never counted; the two others still make min_judges 2."""
-    from learner.round import run_round
-
     panel = {"learn": {"reward": "judge", "judges": [
                  {"url": "policy", "name": "policy"},
                  {"url": "local", "model": MODEL, "weight": 2, "name": "short rubric",
@@ -166,16 +173,8 @@ def test_a_judge_panel_rewards_a_round_and_judges_its_gate_each_member_reported(
              "panel": {"aggregate": "min", "min_judges": 2}}
     (tmp_path / "panel.toml").write_text(tomli_w.dumps(panel))
     cfg = load_config(tmp_path / "panel.toml", {
-        "model.path": MODEL, "generate.max_retries": 0,
-        "learn.max_steps": 1, "learn.prompts": 1, "learn.prompts_per_step": 1,
-        "learn.num_generations": 2, "learn.max_completion_tokens": 8, "learn.gate.prompts": 3,
-        "learn.gate.multiturn": 0, "learn.gate.limit": 0, "learn.gate.max_tokens": 8,
-        "learn.learning_rate": MOVING_LR})
-    store = Store(cfg.db_path)
-    round_id = store.open_round("test", resolved_toml(cfg), os.getpid())
-    summary = run_round(cfg, round_id)
-    folder = cfg.home / "rounds" / f"{round_id:04d}"
-    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        **ONE_STEP, "generate.max_retries": 0, "learn.gate.prompts": 3, "learn.gate.multiturn": 0})
+    summary, folder, steps = one_round(cfg)
     assert summary["unreadable_scores"] == 0 and 0.0 < steps[0]["reward"] < 5.0
     assert summary["panel"]["scored"] == 2 and summary["panel"]["failures"] == []
     assert summary["gate_eval"]["judge"].startswith("panel (min) of paper prompt = ")
